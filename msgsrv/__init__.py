@@ -1,0 +1,3 @@
+"""msgsrv: a small, dependable, dependency-free multi-service network daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""The msgsrv exception tree: one base class, a few leaves.
+
+Wire-facing errors carry a short, stable ``code`` (see docs/PROTOCOL.rst) that
+travels in error frames; the human sentence travels next to it.
+"""
+
+
+class MsgsrvError(Exception):
+    """Base class of every error msgsrv raises on purpose."""
+
+    code = "error"
+
+
+class ConfigError(MsgsrvError, ValueError):
+    """A configuration file or value breaks a declared rule."""
+
+    code = "config"
+
+
+class ProtocolError(MsgsrvError, ValueError):
+    """The peer sent bytes that break the wire protocol."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ServerError(MsgsrvError):
+    """The server answered a request with an error frame or line."""
+
+    def __init__(self, code, message):
+        super().__init__("%s: %s" % (code, message))
+        self.code = code
+        self.message = message
+
+
+class AuthError(ServerError):
+    """The server refused our credentials (or we could not present any)."""
+
+
+class ConnectionFailed(MsgsrvError, ConnectionError):
+    """Could not connect, or the peer closed or reset the connection."""
+
+    code = "closed"
+
+
+class RequestTimeout(MsgsrvError, TimeoutError):
+    """An operation did not complete within its timeout."""
+
+    code = "timeout"
+
+
+__all__ = [
+    "MsgsrvError", "ConfigError", "ProtocolError", "ServerError", "AuthError",
+    "ConnectionFailed", "RequestTimeout",
+]
