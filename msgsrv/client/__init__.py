@@ -1,0 +1,15 @@
+"""Blocking client library for msgsrv services (standard library only).
+
+Every error is one of the :mod:`msgsrv.errors` classes: ConnectionFailed,
+RequestTimeout, ProtocolError, ServerError (AuthError).
+"""
+
+from ..errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
+                      ServerError)
+from .echo import EchoClient
+
+__all__ = [
+    "EchoClient",
+    "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
+    "AuthError",
+]

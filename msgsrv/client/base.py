@@ -1,0 +1,68 @@
+"""Connecting, with socket errors turned into the msgsrv exception tree."""
+
+import socket
+
+from ..errors import ConnectionFailed, RequestTimeout
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def parse_address(text, default_port=None):
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into ``(host, port)``; ValueError if bad."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError("address must be HOST:PORT (got %r)" % text)
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("port must be 1..65535 (got %r)" % port)
+    return host, int(port)
+
+
+def connect_tcp(host, port, timeout=DEFAULT_TIMEOUT):
+    """Open a TCP connection with ``timeout`` on every later operation too.
+
+    Raises ConnectionFailed (refused, unreachable, reset) or RequestTimeout.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        raise RequestTimeout("connecting to %s:%d timed out" % (host, port)) from None
+    except OSError as exc:
+        raise ConnectionFailed("cannot connect to %s:%d: %s"
+                               % (host, port, exc.strerror or exc)) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def open_udp(host, port, timeout=DEFAULT_TIMEOUT):
+    """A UDP socket connected to ``(host, port)`` (replies from elsewhere are ignored)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        raise ConnectionFailed("cannot reach %s:%d: %s" % (host, port, exc.strerror)) from None
+    return sock
+
+
+class Client:
+    """Base of the blocking clients: owns one socket; a context manager."""
+
+    sock = None
+
+    def close(self):
+        """Close the connection (idempotent)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

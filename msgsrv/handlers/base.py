@@ -1,0 +1,159 @@
+"""The handler contracts.
+
+:class:`Handler` (TCP, served by the worker pool) is called per event:
+``connection_made``, ``data_received``, ``eof_received``, ``timed_out``,
+``connection_lost``.  Calls for one connection never overlap.  A call may
+block inside ``self.conn.blocking(timeout)`` and then owns the connection
+until it returns; otherwise it must return promptly.
+
+:class:`FramedHandler` adds the frame codec: ``message_received`` per frame,
+``reply`` and ``reply_error``, and a blocking :class:`~msgsrv.stream.FrameStream`
+for streaming bodies.
+
+:class:`DatagramHandler` (UDP) runs inline, once per datagram.
+"""
+
+import contextlib
+import logging
+import socketserver
+
+from ..errors import ConnectionFailed, ProtocolError, RequestTimeout
+from ..pool import format_peer
+from ..protocol import NEED_DATA, FrameDecoder, encode, error_header
+from ..settings import Setting, seconds, size
+from ..stream import FrameStream
+
+log = logging.getLogger("msgsrv.handler")
+
+
+class Handler:
+    """Base class of pool-served TCP handlers; one instance per connection.
+
+    ``self.conn`` is the :class:`msgsrv.pool.Connection`, ``self.server``
+    the service's server, ``self.options`` the service options as they were
+    when the connection was accepted.
+    """
+
+    settings = ()
+
+    def __init__(self, conn, server):
+        self.conn = conn
+        self.server = server
+        self.options = server.config.options
+
+    @classmethod
+    def refuse(cls, sock, code, reason):
+        """Tell a refused client why, if the protocol has a way (best effort, never blocks)."""
+
+    def connection_made(self):
+        """The connection is ready; send a greeting here if the protocol has one."""
+
+    def data_received(self, data):
+        """Bytes arrived from the peer."""
+        raise NotImplementedError
+
+    def eof_received(self):
+        """The peer shut down its sending side.  Return True to keep the connection open."""
+        return False
+
+    def timed_out(self, reason):
+        """The idle timeout or a deadline set with ``conn.set_deadline`` expired."""
+        log.info("%s: %s %s, closing", self.server.name, format_peer(self.conn.address), reason)
+        self.conn.abort(reason)
+
+    def server_closing(self):
+        """The server is shutting down; say goodbye if the protocol has a way."""
+
+    def connection_lost(self):
+        """The connection is closed; release what this handler holds."""
+
+
+class FramedHandler(Handler):
+    """A handler speaking the frame protocol (docs/PROTOCOL.rst)."""
+
+    settings = (
+        Setting("max_header", size(64, 16 << 20), "64K",
+                "Largest frame header accepted (bytes of JSON)."),
+        Setting("max_body", size(0, 1 << 30), "1M",
+                "Largest frame body accepted (file data is streamed, not framed)."),
+        Setting("io_timeout", seconds(0.1, 3600), "30",
+                "Seconds a blocking transfer waits for the peer before giving up."),
+    )
+
+    def connection_made(self):
+        self.decoder = FrameDecoder(self.options["max_header"], self.options["max_body"])
+
+    @classmethod
+    def refuse(cls, sock, code, reason):
+        with contextlib.suppress(OSError):
+            sock.send(encode(error_header(code, reason)))
+
+    def data_received(self, data):
+        try:
+            self.decoder.feed(data)
+            while not self.conn.closing:
+                message = self.decoder.next_message()
+                if message is NEED_DATA:
+                    return
+                self._handle(message)
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.message)
+
+    def _handle(self, message):
+        try:
+            self.message_received(message)
+        except ProtocolError as exc:
+            self.reply_error(exc.code, exc.message)
+        except (ConnectionFailed, RequestTimeout, OSError) as exc:
+            log.info("%s: %s transfer ended: %s", self.server.name,
+                     format_peer(self.conn.address), exc)
+            self.conn.abort(str(exc))
+
+    def eof_received(self):
+        try:
+            self.decoder.eof()
+        except ProtocolError as exc:
+            log.info("%s: %s %s", self.server.name, format_peer(self.conn.address), exc.message)
+        return False
+
+    def message_received(self, message):
+        """One complete frame arrived.  Raise ProtocolError to answer with an error frame."""
+        raise NotImplementedError
+
+    def reply(self, header, body=b""):
+        """Queue one frame for the peer (never blocks)."""
+        return self.conn.send(encode(header, body, max_header=1 << 30, max_body=1 << 40))
+
+    def reply_error(self, code, message, **extra):
+        """Queue an error frame; the connection stays open."""
+        return self.reply(error_header(code, message, **extra))
+
+    def fail(self, code, message):
+        """Protocol violation: one log line, an error frame, then close."""
+        log.warning("%s: %s protocol error %s: %s", self.server.name,
+                    format_peer(self.conn.address), code, message)
+        self.reply_error(code, message)
+        self.conn.close("protocol error: %s" % code)
+
+    @contextlib.contextmanager
+    def stream(self, timeout=None):
+        """Within message_received: a blocking FrameStream sharing this decoder."""
+        timeout = self.options["io_timeout"] if timeout is None else timeout
+        with self.conn.blocking(timeout) as sock:
+            yield FrameStream(sock, decoder=self.decoder)
+
+
+class DatagramHandler(socketserver.BaseRequestHandler):
+    """Base class of UDP handlers; runs inline, once per datagram.
+
+    ``self.data`` is the datagram, ``self.reply(data)`` answers the sender.
+    """
+
+    settings = ()
+
+    def setup(self):
+        self.data, self.socket = self.request
+
+    def reply(self, data):
+        """Send one datagram back to the sender."""
+        self.socket.sendto(data, self.client_address)

@@ -1,0 +1,19 @@
+"""Echo (RFC 862) over TCP and UDP: every byte received is sent back."""
+
+from .base import DatagramHandler, Handler
+
+
+class EchoHandler(Handler):
+    """TCP echo.  Memory stays bounded: reading pauses while the echo backlog
+    is above ``max_pending_output``; a half-close still gets every echo back."""
+
+    def data_received(self, data):
+        self.conn.send(data)
+
+
+class EchoDatagramHandler(DatagramHandler):
+    """UDP echo: each datagram is answered with the same bytes."""
+
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data, self.client_address)

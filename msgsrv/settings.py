@@ -1,0 +1,174 @@
+"""Settings declared once, as data: name, parser, default, help.
+
+Each parser turns the INI text into a value or raises ``ValueError`` whose
+text is the rule that was broken (``must be 0..65535``); the config loader
+adds the file, section, key and offending value around it.
+"""
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its parser, default (as INI text) and help.
+
+    A name ending in ``.*`` declares a family of keys (``command.df``,
+    ``command.uptime``); their values are gathered into a dict keyed by the
+    part after the dot.
+    """
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Optional[str]
+    help: str
+
+    @property
+    def is_family(self):
+        """True when this setting names a ``prefix.*`` family of keys."""
+        return self.name.endswith(".*")
+
+    @property
+    def prefix(self):
+        """The family prefix including the dot (``command.``)."""
+        return self.name[:-1]
+
+
+def integer(low, high=None):
+    """Parser for a whole number in ``low..high`` (``high`` None: no upper bound)."""
+    rule = "must be %d..%d" % (low, high) if high is not None else "must be >= %d" % low
+
+    def parse(text):
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(rule)
+        return value
+    parse.rule = rule
+    return parse
+
+
+def seconds(low=0.0, high=None):
+    """Parser for a duration in seconds (a decimal number) in ``low..high``."""
+    def parse(text):
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if value != value or value < low or (high is not None and value > high):
+            raise ValueError("must be a number of seconds in %g..%s"
+                             % (low, "inf" if high is None else "%g" % high))
+        return value
+    return parse
+
+
+def size(low=0, high=None):
+    """Parser for a byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    def parse(text):
+        match = re.fullmatch(r"\s*(\d+)\s*([kmgtKMGT]?)i?[bB]?\s*", text)
+        if not match:
+            raise ValueError("must be a byte count such as 4096, 64K or 1M")
+        value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        if value < low or (high is not None and value > high):
+            raise ValueError("must be %d..%s bytes" % (low, "" if high is None else high))
+        return value
+    return parse
+
+
+def boolean(text):
+    """Parser for yes/no, true/false, on/off, 1/0."""
+    lowered = text.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
+def choice(*values):
+    """Parser accepting exactly one of ``values`` (case-insensitive)."""
+    def parse(text):
+        lowered = text.strip().lower()
+        if lowered not in values:
+            raise ValueError("must be one of %s" % ", ".join(values))
+        return lowered
+    return parse
+
+
+def text(value):
+    """Parser for free text (surrounding white space removed)."""
+    return value.strip()
+
+
+def host(value):
+    """Parser for a listen address: an IPv4/IPv6 literal or a host name."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must be an IP address or host name")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
+        raise ValueError("must be an IP address or host name")
+    return value
+
+
+def word_list(value):
+    """Parser for a comma- or space-separated list of words."""
+    return tuple(word for word in re.split(r"[\s,]+", value.strip()) if word)
+
+
+def handler_spec(value):
+    """Parser for a handler name (``echo``) or ``package.module:Class``."""
+    value = value.strip()
+    if re.fullmatch(r"[a-z][a-z0-9_]*", value):
+        return value
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        return value
+    raise ValueError("must be a built-in handler name or package.module:Class")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+GLOBAL_SETTINGS = (
+    Setting("log_level", choice(*LOG_LEVELS), "info", "Least severe level that is logged."),
+    Setting("log_file", text, "", "Log file path; empty logs to standard error."),
+    Setting("shutdown_timeout", seconds(0, 3600), "10",
+            "Seconds running handlers get to finish after SIGTERM/SIGINT."),
+    Setting("pidfile", text, "", "Pid file path (locked while the daemon runs); empty for none."),
+    Setting("thread_stack_size", size(0, 1 << 30), "0",
+            "Stack size of threads the daemon starts (0: the platform default; "
+            "at least 32K otherwise)."),
+)
+
+SERVICE_SETTINGS = (
+    Setting("handler", handler_spec, None,
+            "Built-in handler name (echo, chat, command, file, status) or package.module:Class."),
+    Setting("transport", choice("tcp", "udp"), "tcp", "tcp or udp."),
+    Setting("host", host, "127.0.0.1", "Address to listen on."),
+    Setting("port", integer(0, 65535), "0", "Port to listen on; 0 picks a free port (logged)."),
+    Setting("max_connections", integer(1, 1000000), "1000",
+            "TCP: most connections served at once; more are refused with a reason."),
+    Setting("max_connections_per_ip", integer(1, 1000000), "100",
+            "TCP: most connections at once from one client address."),
+    Setting("idle_timeout", seconds(0, 86400 * 7), "300",
+            "TCP: a client silent (and not reading) this long is disconnected; 0 disables."),
+    Setting("backlog", integer(1, 65535), "1024", "TCP: listen backlog (pending accepts)."),
+    Setting("workers", integer(1, 256), "4",
+            "TCP: threads that serve ready connections (more are started while "
+            "handlers block, up to max_threads)."),
+    Setting("max_threads", integer(1, 10000), "64",
+            "TCP: most threads one service uses, including blocked handlers."),
+    Setting("max_pending_output", size(1024, 1 << 30), "1M",
+            "TCP: bytes queued for a slow reader before reading from it pauses."),
+    Setting("max_datagram", integer(1, 65507), "65507",
+            "UDP: largest datagram accepted; larger ones are logged and dropped."),
+)

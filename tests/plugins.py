@@ -1,0 +1,52 @@
+"""Handlers used by the tests as user plugins (imported by package.module:Class)."""
+
+import socketserver
+
+from msgsrv.handlers.base import FramedHandler, Handler
+
+
+class ShoutHandler(socketserver.BaseRequestHandler):
+    """A plain socketserver handler: upper-cases each line (thread-per-connection mode)."""
+
+    def handle(self):
+        stream = self.request.makefile("rwb")
+        for line in stream:
+            stream.write(line.upper())
+            stream.flush()
+
+
+class DatagramShout(socketserver.BaseRequestHandler):
+    """A plain socketserver handler on UDP: upper-cases the datagram."""
+
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data.upper(), self.client_address)
+
+
+class CrashHandler(Handler):
+    """Raises on ``boom``; echoes anything else."""
+
+    def data_received(self, data):
+        if b"boom" in data:
+            raise RuntimeError("boom requested")
+        self.conn.send(data)
+
+
+class CrashingThreadHandler(socketserver.BaseRequestHandler):
+    """A plain handler that raises after reading one chunk."""
+
+    def handle(self):
+        self.request.recv(100)
+        raise RuntimeError("plain handler exploded")
+
+
+class BlockingFramed(FramedHandler):
+    """Framed test handler: ``sleep`` blocks in a stream for a while, ``ping`` answers."""
+
+    def message_received(self, message):
+        if message.type == "sleep":
+            with self.stream() as stream:
+                stream.read_raw(int(message.header["bytes"]), lambda chunk: None)
+            self.reply({"type": "slept"})
+        else:
+            self.reply({"type": "pong", "echo": message.header}, message.body)

@@ -1,0 +1,75 @@
+"""Documentation that must not drift: settings tables, example config, CI command, plugin example."""
+
+import re
+import sys
+import textwrap
+
+import pytest
+
+from msgsrv import config, settings_doc
+from msgsrv.protocol import CODES
+from tests.conftest import ROOT, connect, service_config
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def read(name):
+    with open("%s/%s" % (ROOT, name), encoding="utf-8") as stream:
+        return stream.read()
+
+
+def test_readme_settings_tables_are_generated_from_declarations():
+    readme = read("README.rst")
+    assert settings_doc.update(readme) == readme, (
+        "README settings tables are stale: run python -m msgsrv.settings_doc README.rst")
+
+
+def test_every_settings_group_has_a_block_in_the_readme():
+    readme = read("README.rst")
+    for group, declared in settings_doc.groups().items():
+        if declared:
+            assert ".. BEGIN settings:%s\n" % group in readme, group
+
+
+def test_example_config_shows_every_key_with_its_declared_default():
+    text = read("conf/server.ini")
+    commented = dict(re.findall(r"^#\s*([a-z_.]+) =[ ]?(.*)$", text, re.M))
+    assigned = set(re.findall(r"^([a-z_.]+) =", text, re.M))
+    for group, declared in settings_doc.groups().items():
+        for setting in declared:
+            if setting.is_family:
+                assert any(k.startswith(setting.prefix) for k in commented.keys() | assigned), \
+                    setting.name
+                continue
+            assert setting.name in commented or setting.name in assigned, (group, setting.name)
+            if setting.name in commented:
+                assert commented[setting.name].strip() == (setting.default or ""), setting.name
+    config.load("%s/conf/server.ini" % ROOT)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = read("README.rst")
+    command = re.search(r"^    (python -m pip install .*)$", readme, re.M).group(1)
+    assert command in read(".ci/run").splitlines()
+
+
+def test_readme_plugin_example_runs(tmp_path, monkeypatch, start_service):
+    block = re.search(r"A complete example.*?::\n\n(.*?)\n\S", read("README.rst"), re.S).group(1)
+    (tmp_path / "upper.py").write_text(textwrap.dedent(block))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    server = start_service("upper:UpperHandler")
+    with connect(server) as sock:
+        sock.sendall(b"hello\nwor")
+        sock.sendall(b"ld\n")
+        got = b""
+        while got.count(b"\n") < 2:
+            got += sock.recv(100)
+    assert got == b"HELLO\nWORLD\n"
+    assert service_config("upper:UpperHandler", case="lower")["case"] == "lower"
+    sys.modules.pop("upper", None)
+
+
+def test_protocol_doc_lists_every_frame_error_code():
+    protocol = read("docs/PROTOCOL.rst")
+    for code in CODES:
+        assert "``%s``" % code in protocol, code
