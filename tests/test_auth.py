@@ -158,6 +158,15 @@ def test_ensure_keys_file_creates_private_dirs_and_file(tmp_path, open_umask):
     assert os.listdir(path.parent) == ["keys"]  # no temp file left behind
 
 
+def test_ensure_keys_file_gives_mode_0600_even_when_the_umask_drops_owner_bits(tmp_path):
+    old = os.umask(0o277)
+    try:
+        assert ensure_keys_file(tmp_path / "keys") is True
+    finally:
+        os.umask(old)
+    assert mode_of(tmp_path / "keys") == 0o600
+
+
 def test_ensure_keys_file_never_touches_an_existing_file(tmp_path):
     path = tmp_path / "keys"
     assert ensure_keys_file(path, name="ops@example") is True
@@ -372,6 +381,12 @@ def test_unknown_name_still_costs_one_hmac(monkeypatch):
     proof = real(b"whatever-secret!", server.hello()["nonce"], "mallory")
     server.receive({"type": "auth", "key": "mallory", "proof": proof})
     assert len(calls) == 1 and calls[0][2] == "mallory"
+
+
+def test_a_proof_made_with_the_dummy_secret_does_not_authenticate(monkeypatch):
+    monkeypatch.setattr(auth, "_DUMMY_SECRET", b"known-dummy-secret")
+    server = ServerHandshake(KEYS)
+    generic_failure(server.receive(answer_hello(server.hello(), "mallory", b"known-dummy-secret")))
 
 
 def test_a_valid_proof_replayed_on_a_new_handshake_fails():
