@@ -217,7 +217,8 @@ def _check_component(part, client_path):
         raise PathRefused("path %s has a name longer than %d bytes (got %d)"
                           % (_shown(client_path), MAX_NAME_BYTES, size))
     if is_temp_name(part):
-        raise PathRefused("path %s uses a reserved name (%s...)" % (_shown(client_path), TEMP_PREFIX))
+        raise PathRefused("path %s uses a reserved name (%s...)"
+                          % (_shown(client_path), TEMP_PREFIX))
 
 
 def _exists(real, client_path):
