@@ -4,7 +4,7 @@ The server greets with a fresh random nonce, the client answers with its key nam
 and HMAC-SHA256(secret, nonce and name), the server checks it in constant time.
 Sans-IO: this module builds and checks header dicts; it never touches a socket and
 never sleeps (the socket layer waits ``FAILURE_DELAY`` before a failure reply).
-The wire format is specified in docs/AUTH.rst.
+The wire format is specified in docs/PROTOCOL.rst ("Authentication").
 """
 
 import hashlib

@@ -1,7 +1,7 @@
 """The chat service's line protocol, sans-IO: bytes in, events out, and back.
 
 The chat service speaks UTF-8 lines so that ``nc`` and ``telnet`` work; the
-grammar is specified in docs/CHAT.rst. This module never touches a socket: a
+grammar is specified in docs/PROTOCOL.rst ("Chat protocol"). This module never touches a socket: a
 handler feeds received bytes to a :class:`LineReader`, turns each
 :class:`Line` into a :class:`Command` with :func:`parse_line`, and sends the
 bytes the ``format_*`` functions return. The client library reads those lines
@@ -315,7 +315,7 @@ NOTICES = {
     "shutdown": NoticeSpec((), "text"),
 }
 
-# Every error code the chat service sends, with what it means (docs/CHAT.rst).
+# Every error code the chat service sends, with what it means (docs/PROTOCOL.rst ("Chat protocol")).
 ERRORS = {
     "unknown-command": "the line starts with '/' but names no command",
     "bad-args": "a command got too few or too many arguments",

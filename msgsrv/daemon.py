@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 
+from .errors import ConfigError
 from .server import make_server
 
 log = logging.getLogger("msgsrv")
@@ -71,6 +72,9 @@ class Daemon:
     def _start_service(self, service):
         try:
             server = make_server(service)
+        except ConfigError:
+            self.stop()
+            raise
         except OSError as exc:
             self.stop()
             raise OSError("[service:%s] cannot listen on %s:%d: %s"
@@ -105,6 +109,9 @@ class Daemon:
         except OSError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         self._running = True
         try:
             while self._running:

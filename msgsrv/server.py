@@ -106,6 +106,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self._per_ip = collections.Counter()
         self.pool = None
         if self.pooled:
+            config.handler_class.prepare_service(self)
             self.pool = WorkerPool(config.name, self._make_handler,
                                    workers=config["workers"], max_threads=config["max_threads"],
                                    max_pending_output=config["max_pending_output"],

@@ -2,6 +2,7 @@
 
 import socketserver
 
+from msgsrv.handlers.authed import AuthenticatedHandler
 from msgsrv.handlers.base import FramedHandler, Handler
 
 
@@ -50,3 +51,17 @@ class BlockingFramed(FramedHandler):
             self.reply({"type": "slept"})
         else:
             self.reply({"type": "pong", "echo": message.header}, message.body)
+
+
+class AuthedEcho(AuthenticatedHandler):
+    """Answers every request with its header, tagged with the identity."""
+
+    def request_received(self, message):
+        self.reply({"type": "echo", "identity": self.identity, "request": message.header})
+
+
+class AnonymousEcho(AuthedEcho):
+    """AuthedEcho that also serves anonymous clients."""
+
+    def anonymous_allowed(self):
+        return True

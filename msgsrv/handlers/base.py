@@ -42,6 +42,14 @@ class Handler:
         self.options = server.config.options
 
     @classmethod
+    def prepare_service(cls, server):
+        """Called once when a service using this handler is created (or reloaded).
+
+        Load shared resources here (keys, roots) onto ``server``; raise
+        ConfigError to refuse to start.
+        """
+
+    @classmethod
     def refuse(cls, sock, code, reason):
         """Tell a refused client why, if the protocol has a way (best effort, never blocks)."""
 
@@ -82,6 +90,7 @@ class FramedHandler(Handler):
 
     def connection_made(self):
         self.decoder = FrameDecoder(self.options["max_header"], self.options["max_body"])
+        self._held = False
 
     @classmethod
     def refuse(cls, sock, code, reason):
@@ -91,13 +100,31 @@ class FramedHandler(Handler):
     def data_received(self, data):
         try:
             self.decoder.feed(data)
-            while not self.conn.closing:
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.message)
+            return
+        self._drain()
+
+    def _drain(self):
+        try:
+            while not self.conn.closing and not self._held:
                 message = self.decoder.next_message()
                 if message is NEED_DATA:
                     return
                 self._handle(message)
         except ProtocolError as exc:
             self.fail(exc.code, exc.message)
+
+    def hold(self):
+        """Stop taking messages (buffered ones wait too) until release()."""
+        self._held = True
+        self.conn.pause_reading()
+
+    def release(self):
+        """Take messages again, starting with any already buffered."""
+        self._held = False
+        self.conn.resume_reading()
+        self._drain()
 
     def _handle(self, message):
         try:
@@ -108,6 +135,12 @@ class FramedHandler(Handler):
             log.info("%s: %s transfer ended: %s", self.server.name,
                      format_peer(self.conn.address), exc)
             self.conn.abort(str(exc))
+        except Exception:
+            log.exception("%s: handler error for %s", self.server.name,
+                          format_peer(self.conn.address))
+            self.server.counters.incr("errors")
+            self.reply_error("internal", "internal server error (logged)")
+            self.conn.close("handler error")
 
     def eof_received(self):
         try:

@@ -1,0 +1,115 @@
+"""AuthenticatedHandler: a FramedHandler that runs the HMAC handshake first.
+
+On connect the server sends the hello frame (docs/PROTOCOL.rst,
+"Authentication"); every request before a successful ``auth`` is treated as
+an attempt.  A failed attempt is answered after ``auth.FAILURE_DELAY``
+seconds (the connection is held, no thread sleeps), and the connection
+closes after ``max_auth_failures``.  The handshake must finish within
+``auth_timeout``.  Subclasses implement ``request_received(message)`` and may
+allow anonymous requests by overriding ``anonymous_allowed()``.
+"""
+
+import logging
+
+from .. import __version__, auth
+from ..errors import ConfigError
+from ..pool import format_peer
+from ..settings import Setting, integer, seconds, text
+from .base import FramedHandler
+
+log = logging.getLogger("msgsrv.auth")
+
+
+class AuthenticatedHandler(FramedHandler):
+    """Base class of services that need to know who is asking."""
+
+    settings = FramedHandler.settings + (
+        Setting("keys_file", text, "var/keys/msgsrv.keys",
+                "File of NAME SECRET lines (mode 0600). Created with one random key "
+                "'admin' if missing; relative paths are from the working directory."),
+        Setting("auth_timeout", seconds(0.1, 3600), "10",
+                "Seconds a client has to authenticate after connecting."),
+        Setting("max_auth_failures", integer(1, 100), "3",
+                "Failed attempts before the connection is closed."),
+    )
+
+    @classmethod
+    def prepare_service(cls, server):
+        """Create the keys file if missing (logged), then load it onto ``server.keys``."""
+        path = server.config["keys_file"]
+        where = "[service:%s] keys_file" % server.name
+        try:
+            if auth.ensure_keys_file(path):
+                log.warning("%s: created keys file %s with key 'admin' (mode 0600); "
+                            "clients use that name and the secret in the file",
+                            server.name, path)
+            server.keys = auth.load_keys(path)
+        except ConfigError as exc:
+            raise ConfigError("%s: %s" % (where, exc)) from None
+
+    def anonymous_allowed(self):
+        """True if requests without authentication are served (identity None)."""
+        return False
+
+    def connection_made(self):
+        super().connection_made()
+        self.identity = None
+        self.authenticated = False
+        self._pending_failure = None
+        self.handshake = auth.ServerHandshake(
+            lambda: self.server.keys, max_failures=self.options["max_auth_failures"],
+            extra={"service": self.server.name, "version": __version__,
+                   "anonymous": self.anonymous_allowed()})
+        self.reply(self.handshake.hello())
+        self.conn.set_deadline(self.options["auth_timeout"])
+
+    def message_received(self, message):
+        if self.authenticated:
+            return self.request_received(message)
+        if message.type != "auth" and self.anonymous_allowed():
+            self._accept(None)
+            return self.request_received(message)
+        return self._attempt(message)
+
+    def request_received(self, message):
+        """A request from an authenticated (or allowed anonymous) client."""
+        raise NotImplementedError
+
+    def _accept(self, identity):
+        self.authenticated = True
+        self.identity = identity
+        self.conn.set_deadline(None)
+
+    def _attempt(self, message):
+        result = self.handshake.receive(message.header)
+        if result.outcome == auth.HandshakeResult.AUTHENTICATED:
+            self._accept(result.identity)
+            log.info("%s: %s authenticated as %s", self.server.name,
+                     format_peer(self.conn.address), result.identity)
+            self.reply(result.reply)
+            return
+        self.server.counters.incr("refused_auth")
+        key = message.header.get("key")
+        log.warning("%s: failed authentication from %s (key %r)", self.server.name,
+                    format_peer(self.conn.address), key if isinstance(key, str) else None)
+        self._pending_failure = result
+        self.hold()
+        self.conn.set_deadline(auth.FAILURE_DELAY)
+
+    def timed_out(self, reason):
+        if reason == "deadline" and self._pending_failure is not None:
+            result, self._pending_failure = self._pending_failure, None
+            self.reply(result.reply)
+            if result.outcome == auth.HandshakeResult.CLOSED:
+                self.conn.close("authentication failed")
+                return
+            self.conn.set_deadline(self.options["auth_timeout"])
+            self.release()
+            return
+        if reason == "deadline":
+            self.reply_error("timeout", "authentication took too long")
+            log.info("%s: %s did not authenticate in time", self.server.name,
+                     format_peer(self.conn.address))
+            self.conn.close("auth timeout")
+            return
+        super().timed_out(reason)
