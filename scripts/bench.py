@@ -26,8 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import benchlib.experiments  # noqa: E402,F401  (importing it registers the experiments)
 from benchlib import machine  # noqa: E402
-from benchlib.experiments import EXPERIMENTS_LOADED  # noqa: E402,F401
 from benchlib.registry import EXPERIMENTS  # noqa: E402
 from benchlib.runner import RunContext  # noqa: E402
 from benchlib.targets import REPO_ROOT  # noqa: E402
@@ -46,7 +46,8 @@ def parse_args(argv):
     parser.add_argument("--no-msgsrv", action="store_true",
                         help="measure the anchors only")
     parser.add_argument("--duration", type=_positive_float, default=None,
-                        help="seconds per measured cell (overrides the defaults)")
+                        help="seconds per measured cell of echo, udp and conns "
+                             "(overrides the defaults)")
     parser.add_argument("--load-procs", type=_positive_int, default=None,
                         help="load processes per cell (default: one per load CPU)")
     parser.add_argument("--idle-conns", type=_positive_int, default=None,

@@ -4,6 +4,9 @@ Usage: python scripts/bench_anchors.py KIND --port PORT [--max-seconds S]
 
 KIND is one of:
   threading-tcp   socketserver.ThreadingTCPServer, handler written the tutorial way
+  threading-tcp-q1024
+                  the same with a listen backlog of 1024 instead of 5, to tell
+                  what the backlog costs apart from what the threads cost
   asyncio-tcp     asyncio.start_server with streams (read/write/drain)
   udp             socketserver.UDPServer (one datagram at a time)
   threading-udp   socketserver.ThreadingUDPServer (one thread per datagram)
@@ -45,9 +48,15 @@ class DatagramEchoHandler(socketserver.BaseRequestHandler):
         sock.sendto(data, self.client_address)
 
 
-def serve_threading_tcp(port):
+class DeepBacklogThreadingTCPServer(socketserver.ThreadingTCPServer):
+    """ThreadingTCPServer with a listen backlog deep enough for a burst of 1000 clients."""
+
+    request_queue_size = 1024
+
+
+def serve_threading_tcp(port, server_class=socketserver.ThreadingTCPServer):
     """Serve TCP echo with one thread per connection until the process ends."""
-    with socketserver.ThreadingTCPServer((HOST, port), TutorialEchoHandler) as server:
+    with server_class((HOST, port), TutorialEchoHandler) as server:
         server.serve_forever()
 
 
@@ -85,6 +94,7 @@ def serve_asyncio_tcp(port):
 
 SERVERS = {
     "threading-tcp": serve_threading_tcp,
+    "threading-tcp-q1024": lambda port: serve_threading_tcp(port, DeepBacklogThreadingTCPServer),
     "asyncio-tcp": serve_asyncio_tcp,
     "udp": serve_udp,
     "threading-udp": lambda port: serve_udp(port, threading_mixin=True),

@@ -45,14 +45,9 @@ def open_connections(port, count, deadline):
     """
     sel = selectors.DefaultSelector()
     started = time.perf_counter()
-    established, failures, elapsed = [], 0, 0.0
+    established, elapsed = [], 0.0
+    failures = _start_connects(sel, port, count)
     try:
-        for _ in range(count):
-            sock = _start_connect(port)
-            if sock is None:
-                failures += 1
-            else:
-                sel.register(sock, _WRITE)
         while sel.get_map() and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - time.monotonic()))):
                 sel.unregister(key.fileobj)
@@ -68,6 +63,17 @@ def open_connections(port, count, deadline):
             failures += 1
         sel.close()
     return established, failures, elapsed
+
+
+def _start_connects(sel, port, count):
+    failures = 0
+    for _ in range(count):
+        sock = _start_connect(port)
+        if sock is None:
+            failures += 1
+        else:
+            sel.register(sock, _WRITE)
+    return failures
 
 
 def open_served(port, count, deadline, batch=None):

@@ -103,9 +103,11 @@ class IdleHold:
         return self
 
     def __exit__(self, *exc_info):
-        self.group.release()
-        self.group.receive("done", time.monotonic() + 30.0)
-        self.group.close()
+        try:
+            self.group.release()
+            self.group.receive("done", time.monotonic() + 30.0)
+        finally:
+            self.group.close()
         return False
 
 

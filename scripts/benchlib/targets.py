@@ -31,6 +31,7 @@ TARGETS = collections.OrderedDict((t.name, t) for t in [
     Target("msgsrv-tcp", "msgsrv", "tcp", "echo", True),
     Target("threading-tcp", "stdlib-threading", "tcp", "threading-tcp", False),
     Target("asyncio-tcp", "asyncio-streams", "tcp", "asyncio-tcp", False),
+    Target("threading-tcp-q1024", "stdlib-threading-q1024", "tcp", "threading-tcp-q1024", False),
     Target("msgsrv-udp", "msgsrv", "udp", "echo", True),
     Target("udp", "stdlib-udp", "udp", "udp", False),
     Target("threading-udp", "stdlib-threading-udp", "udp", "threading-udp", False),
@@ -132,9 +133,12 @@ class ServerProcess:
         self.port = free_port(self.target.transport)
         argv = server_command(self.target, self.port, self._workdir.name)
         self._stderr = open(os.path.join(self._workdir.name, "stderr-%d" % self.port), "w+")
-        self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=_environment(),
-                                     stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=_environment(),
+                                         stdin=subprocess.DEVNULL, stdout=self._stderr,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise TargetUnavailable("cannot run %s: %s" % (argv[0], exc)) from exc
         try:
             machine.pin_process(self.proc.pid, self.cpus)
         except OSError:

@@ -5,5 +5,3 @@ The import order is the order of ``bench.py all``. Add new experiment modules
 """
 
 from benchlib.experiments import echo, udp, conns, idle  # noqa: F401  (registers them)
-
-EXPERIMENTS_LOADED = True
