@@ -1,16 +1,17 @@
 """The server core: connections parked in epoll, served by a small worker pool.
 
-Every worker thread waits in ``epoll.poll`` on one shared epoll object.
-Each connection's descriptor is registered with ``EPOLLONESHOT``, so a
-readiness event goes to exactly one worker and the descriptor stays disarmed
-until that worker re-arms it: a connection is never served by two threads at
-once, and an idle connection costs no thread at all.  There is no hand-off
-between an acceptor and the workers, so a round trip costs one wake-up.
+Connections are registered level-triggered in one epoll set.  A few worker
+threads share it, but only one of them, the leader, polls and serves at a
+time; it keeps the lead from one event to the next, so a round trip costs one
+``epoll_wait`` and no thread hand-off, and the registered interest is changed
+only when it must (output queued or drained, reading paused): an echo round
+trip makes no ``epoll_ctl`` call.  An idle connection costs no thread.
 
 A handler call may block (stream a file, wait for a child process) inside
-:meth:`Connection.blocking`; while it does, the pool starts a replacement
-worker (up to ``max_threads``) so the other connections keep being served,
-and the surplus thread exits once the blocking call is over.
+:meth:`Connection.blocking`.  Entering it disarms that connection and gives
+up the lead, so another worker polls and serves everyone else (a new worker
+is started if none is free, up to ``max_threads``); the surplus thread exits
+once the blocking call is over.
 
 See docs/DESIGN.rst for the trade-offs.
 """
@@ -26,9 +27,12 @@ import time
 
 log = logging.getLogger("msgsrv.pool")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # larger reads are mmap-allocated per call: measurably slower
 _IN, _OUT, _ONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
 _ERR = select.EPOLLERR | select.EPOLLHUP
+# Interest of a connection that wants no event: HUP/ERR are always reported,
+# so a one-shot registration reports at most one of them instead of spinning.
+_QUIET = _ONESHOT
 _BATCH = 32          # events one worker takes from one poll
 _POLL_TIMEOUT = 0.5  # seconds; bounds how late a deadline sweep can run
 _COALESCE = 256 * 1024
@@ -55,6 +59,7 @@ class Connection:
         self._lock = threading.Lock()
         self._out = collections.deque()
         self._out_bytes = 0
+        self._mask = _IN | _OUT  # as registered by WorkerPool.add
         self._busy = False
         self._started = False
         self._reading = True
@@ -90,14 +95,23 @@ class Connection:
                 self._abort_locked("send queue exceeded")
                 return False
             if not self._out and not self._blocking:
-                data = self._send_now(data)
-                if data is None:
+                # Fast path, inlined: most sends go straight out.
+                try:
+                    sent = self.sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self._abort_locked("send failed: %s" % (exc.strerror or exc))
                     return False
+                self.bytes_out += sent
+                if sent == len(data):
+                    return True
+                data = data[sent:]
             if data:
                 self._out.append(data)
                 self._out_bytes += len(data)
                 if not self._busy:
-                    self._arm_locked()
+                    self._update_mask_locked()
         return True
 
     def close(self, reason="closed"):
@@ -110,7 +124,7 @@ class Connection:
             if self._busy:
                 return
             if self._out:
-                self._arm_locked()
+                self._update_mask_locked()
                 return
             self._closed = True
             # connection_lost runs in a worker, never in the caller's thread
@@ -126,13 +140,15 @@ class Connection:
         """Stop delivering data until resume_reading() (back-pressure)."""
         with self._lock:
             self._reading = False
+            if not self._busy:
+                self._update_mask_locked()
 
     def resume_reading(self):
         """Deliver data again after pause_reading()."""
         with self._lock:
             self._reading = True
             if not self._busy and not self._closing:
-                self._arm_locked()
+                self._update_mask_locked()
 
     def set_deadline(self, seconds):
         """Call ``handler.timed_out("deadline")`` if still open after ``seconds`` (None: never)."""
@@ -145,6 +161,9 @@ class Connection:
         Queued output is sent first.  While the block runs, the pool keeps
         other connections served by starting a replacement worker.
         """
+        with self._lock:
+            self._blocking = True
+            self._set_mask_locked(_QUIET)
         self.pool._enter_blocking()
         try:
             self._flush_blocking(timeout)
@@ -186,35 +205,26 @@ class Connection:
         self._closed = True
         self.pool._defer_close(self)
 
-    def _arm_locked(self):
-        mask = _ONESHOT
-        if not self._started:
-            mask |= _OUT
-        if self._out:
-            mask |= _OUT
+    def _update_mask_locked(self):
+        mask = _OUT if self._out or not self._started else 0
         if self._reading and not self._closing and self._out_bytes < self.pool.max_pending_output:
             mask |= _IN
+        if mask != self._mask:
+            self._set_mask_locked(mask or _QUIET)
+
+    def _set_mask_locked(self, mask):
+        self._mask = mask
         with contextlib.suppress(OSError, ValueError):
             self.pool._epoll.modify(self.fd, mask)
 
     def _acquire(self):
         with self._lock:
+            if self._mask == _QUIET:
+                self._mask = 0  # the one-shot registration fired: it is disarmed now
             if self._busy or self._closed:
                 return False
             self._busy = True
             return True
-
-    def _release(self):
-        with self._lock:
-            self._busy = False
-            if self._closed:
-                return
-            if self._aborting or (self._closing and not self._out):
-                self._closed = True
-            else:
-                self._arm_locked()
-                return
-        self.pool._finish_close(self)
 
     def _serve(self, mask):
         if not self._started:
@@ -224,6 +234,18 @@ class Connection:
             self._flush()
         if mask & (_IN | _ERR) and self._reading and not self._closing:
             self._read()
+
+    def _release(self):
+        with self._lock:
+            self._busy = False
+            if self._closed:
+                return
+            if self._aborting or (self._closing and not self._out):
+                self._closed = True
+            else:
+                self._update_mask_locked()
+                return
+        self.pool._finish_close(self)
 
     def _flush(self):
         with self._lock:
@@ -265,7 +287,6 @@ class Connection:
 
     def _flush_blocking(self, timeout):
         with self._lock:
-            self._blocking = True
             pending = b"".join(self._out)
             self._out.clear()
             self._out_bytes = 0
@@ -304,13 +325,13 @@ class WorkerPool:
         # lead (no hand-off per event), which keeps round trips as cheap as a
         # single-threaded loop's.
         self._poll_lock = threading.Lock()
+        self._leader = None
         self._threads = set()
         self._blocked = 0
         self._stopping = False
         self._deferred = collections.deque()
         self._next_sweep = 0.0
         self._sweep_lock = threading.Lock()
-        self._local = threading.local()
 
     # -- public -------------------------------------------------------------
 
@@ -325,7 +346,7 @@ class WorkerPool:
         conn.handler = self.handler_factory(conn)
         with self._conns_lock:
             self._conns[conn.fd] = conn
-        self._epoll.register(conn.fd, _OUT | _ONESHOT)
+        self._epoll.register(conn.fd, _IN | _OUT)
         return conn
 
     def connections(self):
@@ -369,37 +390,35 @@ class WorkerPool:
         thread.start()
 
     def _run(self):
-        local = self._local
+        me = threading.current_thread()
         try:
             while not self._stopping and not self._surplus():
                 self._poll_lock.acquire()
-                local.leader = True
+                self._leader = me
                 try:
-                    while local.leader and not self._stopping:
-                        self._serve_once(local)
+                    while self._leader is me and not self._stopping:
+                        self._serve_once(me)
                 finally:
-                    self._step_down(local)
+                    self._step_down(me)
         finally:
             with self._count_lock:
-                self._threads.discard(threading.current_thread())
+                self._threads.discard(me)
 
-    def _serve_once(self, local):
-        if self._stopping:
-            return
-        local.pending = collections.deque(self._epoll.poll(_POLL_TIMEOUT, _BATCH))
-        while local.pending:
-            fd, mask = local.pending.popleft()
+    def _serve_once(self, me):
+        for fd, mask in self._epoll.poll(_POLL_TIMEOUT, _BATCH):
             if fd == self._wake_r:
                 self._drain_wake_pipe()
             else:
                 self._dispatch(fd, mask)
+            if self._leader is not me:
+                return  # a handler blocked; the new leader sees the rest (level-triggered)
         if self._deferred:
             self._run_deferred()
         self._maybe_sweep()
 
-    def _step_down(self, local):
-        if getattr(local, "leader", False):
-            local.leader = False
+    def _step_down(self, me):
+        if self._leader is me:
+            self._leader = None
             self._poll_lock.release()
 
     def _dispatch(self, fd, mask):
@@ -422,10 +441,7 @@ class WorkerPool:
         return False
 
     def _enter_blocking(self):
-        pending = getattr(self._local, "pending", None)
-        while pending:
-            self._rearm(pending.popleft()[0])
-        self._step_down(self._local)
+        self._step_down(threading.current_thread())
         with self._count_lock:
             self._blocked += 1
             spawn = (len(self._threads) - self._blocked < self.workers
@@ -436,13 +452,6 @@ class WorkerPool:
     def _leave_blocking(self):
         with self._count_lock:
             self._blocked -= 1
-
-    def _rearm(self, fd):
-        conn = self._conns.get(fd)
-        if conn is not None:
-            with conn._lock:
-                if not conn._busy and not conn._closed:
-                    conn._arm_locked()
 
     # -- closing ------------------------------------------------------------
 
