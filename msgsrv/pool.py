@@ -152,7 +152,12 @@ class Connection:
 
     def set_deadline(self, seconds):
         """Call ``handler.timed_out("deadline")`` if still open after ``seconds`` (None: never)."""
-        self.deadline = None if seconds is None else time.monotonic() + seconds
+        if seconds is None:
+            self.deadline = None
+            self.pool._deadlines.discard(self)
+        else:
+            self.deadline = time.monotonic() + seconds
+            self.pool._deadlines.add(self)
 
     @contextlib.contextmanager
     def blocking(self, timeout):
@@ -330,8 +335,8 @@ class WorkerPool:
         self._blocked = 0
         self._stopping = False
         self._deferred = collections.deque()
-        self._next_sweep = 0.0
-        self._sweep_lock = threading.Lock()
+        self._next_sweep = self._next_idle_sweep = 0.0
+        self._deadlines = set()  # connections with a deadline set
 
     # -- public -------------------------------------------------------------
 
@@ -480,6 +485,7 @@ class WorkerPool:
             if self._conns.get(conn.fd) is not conn:
                 return
             del self._conns[conn.fd]
+        self._deadlines.discard(conn)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(conn.fd)
         try:
@@ -517,30 +523,31 @@ class WorkerPool:
 
     def _maybe_sweep(self):
         now = time.monotonic()
-        if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _POLL_TIMEOUT
+        for conn in list(self._deadlines):
+            if conn.deadline is not None and now >= conn.deadline:
+                self._expire(conn, "deadline")
+        if self.idle_timeout and now >= self._next_idle_sweep:
+            # Idle limits are coarse (minutes): scanning every connection can be rarer.
+            self._next_idle_sweep = now + max(_POLL_TIMEOUT, self.idle_timeout / 20)
+            for conn in self.connections():
+                if now - conn.last_active >= self.idle_timeout:
+                    self._expire(conn, "idle timeout")
+
+    def _expire(self, conn, reason):
+        if not conn._acquire():
             return
         try:
-            self._next_sweep = now + _POLL_TIMEOUT
-            for conn in self.connections():
-                reason = self._expired(conn, now)
-                if reason and conn._acquire():
-                    try:
-                        conn.handler.timed_out(reason)
-                    except Exception:
-                        log.exception("%s: error in timed_out", self.name)
-                        conn.abort(reason)
-                    finally:
-                        conn._release()
+            if reason == "deadline":
+                conn.set_deadline(None)
+            conn.handler.timed_out(reason)
+        except Exception:
+            log.exception("%s: error in timed_out", self.name)
+            conn.abort(reason)
         finally:
-            self._sweep_lock.release()
-
-    def _expired(self, conn, now):
-        if conn.deadline is not None and now >= conn.deadline:
-            conn.deadline = None
-            return "deadline"
-        if self.idle_timeout and now - conn.last_active >= self.idle_timeout:
-            return "idle timeout"
-        return None
+            conn._release()
 
 
 def format_peer(address):
