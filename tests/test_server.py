@@ -204,3 +204,43 @@ def test_slow_reader_backpressure_bounds_memory(start_service):
     assert conn.pending_output <= 64 * 1024 + 256 * 1024  # limit + one read
     assert sent > 64 * 1024
     sock.close()
+
+
+def test_stop_is_prompt_while_clients_are_busy(start_service):
+    server = start_service("echo")
+    stop = threading.Event()
+    errors = []
+
+    def ping():
+        try:
+            with connect(server) as sock:
+                while not stop.is_set():
+                    sock.sendall(b"x" * 64)
+                    if not sock.recv(100):
+                        return
+        except OSError as exc:
+            errors.append(exc)
+
+    pingers = [threading.Thread(target=ping) for _ in range(3)]
+    for thread in pingers:
+        thread.start()
+    wait_for(lambda: server.counters.snapshot().get("connections_total", 0) == 3)
+    started = time.monotonic()
+    server.stop(5.0)
+    assert time.monotonic() - started < 1.5
+    stop.set()
+    for thread in pingers:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in pingers)
+
+
+def test_direct_serving_ends_on_abort(start_service):
+    server = start_service("echo")
+    with connect(server) as sock:
+        for _ in range(50):  # a busy connection is served directly
+            sock.sendall(b"ping")
+            assert sock.recv(10) == b"ping"
+        conn = server.pool.connections()[0]
+        conn.abort("test abort")
+        assert recv_until_closed(sock) == b""
+    wait_for(lambda: server.connection_count == 0)

@@ -35,6 +35,10 @@ class Handler:
     """
 
     settings = ()
+    #: True lets the pool serve a busy connection for a moment with blocking
+    #: reads on one thread (faster round trips when few clients are busy).
+    #: Only for handlers that send to their own connection alone.
+    sticky = False
 
     def __init__(self, conn, server):
         self.conn = conn
