@@ -1,6 +1,7 @@
 """The server layer over real sockets: limits, timeouts, shutdown, threads, plugins."""
 
 import logging
+import select
 import socket
 import threading
 import time
@@ -244,3 +245,37 @@ def test_direct_serving_ends_on_abort(start_service):
         conn.abort("test abort")
         assert recv_until_closed(sock) == b""
     wait_for(lambda: server.connection_count == 0)
+
+
+def test_slow_drip_frame_is_closed_at_frame_timeout(start_service):
+    server = start_service("tests.plugins:BlockingFramed", frame_timeout=0.5)
+    with connect(server) as sock:
+        frame = encode({"type": "ping"})
+        started = time.monotonic()
+        frame = frame[:-1] + b"x" * 100  # never completes
+        for byte in frame:
+            if select.select([sock], [], [], 0.05)[0]:  # the drip interval
+                break  # the server answered: stop dripping, read it
+            sock.sendall(bytes([byte]))
+            if time.monotonic() - started > 3:
+                break
+        message = FrameStream(sock).recv()
+        assert message.header["code"] == "timeout"
+        assert recv_until_closed(sock) == b""
+    assert time.monotonic() - started < 3
+    with connect(server) as fresh:  # others are still served
+        stream = FrameStream(fresh)
+        stream.send({"type": "ping"})
+        assert stream.recv().type == "pong"
+
+
+def test_complete_frames_clear_the_frame_timer(start_service):
+    server = start_service("tests.plugins:BlockingFramed", frame_timeout=0.3)
+    with connect(server) as sock:
+        stream = FrameStream(sock)
+        for _ in range(6):
+            frame = encode({"type": "ping"})
+            sock.sendall(frame[:3])
+            time.sleep(0.1)  # partial frame for a while, then completed: must not time out
+            sock.sendall(frame[3:])
+            assert stream.recv().type == "pong"
