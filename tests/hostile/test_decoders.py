@@ -1,0 +1,340 @@
+"""Every decoder that reads network bytes, driven by one table of properties.
+
+For each row of DECODERS, with hypothesis:
+
+* arbitrary (and near-valid) input raises only the row's documented errors,
+  and feeding it whole, one byte at a time or in random chunks gives the
+  same outcome (events delivered, then the error if any);
+* after every feed, the bytes held never exceed the row's bound (the limit
+  plus one header);
+* valid input round-trips: encode -> decode in any chunking gives it back.
+
+tests/test_protocol.py, test_chatproto.py and test_auth.py hold the
+example-based tests of these modules and a few fixed-count properties; this
+table is what the long campaign (``MSGSRV_CAMPAIGN=long``, 100,000 examples
+per property and decoder) drives.  A new decoder (command or file request
+validation) joins by adding a row.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+from hypothesis import given, strategies as st
+
+from msgsrv import auth
+from msgsrv.chatproto import (
+    ERRORS as CHAT_ERRORS, NOTICES, Action, ChatError, Error, History, Line, LineReader,
+    LineTooLong, Message as ChatMessage, Notice, Private, clean_text, format_event, parse_line,
+    parse_server_line,
+)
+from msgsrv.errors import AuthError, ProtocolError, ServerError
+from msgsrv.protocol import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
+from tests.hostile import campaign
+
+pytestmark = pytest.mark.timeout(campaign.timeout(120))
+
+
+# -- feeding -----------------------------------------------------------------------
+
+def split(data, cuts):
+    """``data`` cut at the given offsets (sorted, clipped), as a list of chunks."""
+    points = sorted({min(max(c, 0), len(data)) for c in cuts})
+    edges = [0] + points + [len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def splittings(data, cuts):
+    """The same bytes whole, one byte at a time, and in random chunks."""
+    return {"whole": [data], "bytewise": [data[i:i + 1] for i in range(len(data))],
+            "random": split(data, cuts)}
+
+
+# -- rows: each decode(chunks) returns an outcome; raising anything is a failure --------
+
+FRAME_LIMITS = dict(max_header=64, max_body=128)
+FRAME_BOUND = PREFIX.size + FRAME_LIMITS["max_header"] + FRAME_LIMITS["max_body"]
+
+
+def decode_frames(chunks):
+    """Messages delivered, then the ProtocolError code that ended the stream (or None)."""
+    decoder, messages = FrameDecoder(**FRAME_LIMITS), []
+    try:
+        for chunk in chunks:
+            decoder.feed(chunk)
+            _drain(decoder, messages.append)
+            assert decoder.buffered <= FRAME_BOUND, decoder.buffered
+        decoder.eof()
+    except ProtocolError as exc:
+        assert exc.code in FRAME_CODES, exc.code
+        return messages, exc.code
+    return messages, None
+
+
+def _drain(decoder, deliver):
+    # Deliver each message as it comes: those before a bad frame count too.
+    while True:
+        message = decoder.next_message()
+        if message is NEED_DATA:
+            return
+        deliver(message)
+
+
+CHAT_MAX_LINE = 16
+
+
+def decode_chat_lines(chunks):
+    """The chat service's reading: LineReader events, each line parsed as a command."""
+    reader, events = LineReader(CHAT_MAX_LINE), []
+    for chunk in chunks:
+        events += [_chat_command(event) for event in reader.feed(chunk)]
+        assert reader.buffered <= CHAT_MAX_LINE + 1, reader.buffered
+    return events + [_chat_command(event) for event in reader.eof()], None
+
+
+def _chat_command(event):
+    if isinstance(event, LineTooLong):
+        return ("line-too-long",)
+    assert isinstance(event, Line) and event.text == clean_text(event.text)
+    try:
+        return ("command", parse_line(event.text))
+    except ChatError as exc:
+        assert exc.code in CHAT_ERRORS, exc.code
+        return ("refused", exc.code)
+
+
+SERVER_LINE_MAX = 256
+
+
+def decode_server_lines(chunks):
+    """The chat client's reading: server lines parsed into events, bad ones named bad-line."""
+    reader, events = LineReader(SERVER_LINE_MAX), []
+    for chunk in chunks:
+        events += [_server_event(event) for event in reader.feed(chunk)]
+        assert reader.buffered <= SERVER_LINE_MAX + 1
+    return events + [_server_event(event) for event in reader.eof()], None
+
+
+def _server_event(event):
+    if isinstance(event, LineTooLong):
+        return ("line-too-long",)
+    try:
+        return ("event", parse_server_line(event.text))
+    except ProtocolError as exc:
+        assert exc.code == "bad-line", exc.code
+        return ("bad-line",)
+
+
+KEYS = {"alice": b"alice-secret-0123456789"}
+AUTH_LIMITS = dict(max_header=512, max_body=64)
+
+
+def decode_auth(chunks):
+    """The server handshake fed from frames: attempt outcomes until done, then the frame error."""
+    handshake = auth.ServerHandshake(KEYS, max_failures=3)
+    decoder, outcomes = FrameDecoder(**AUTH_LIMITS), []
+    try:
+        for chunk in chunks:
+            decoder.feed(chunk)
+            _drain(decoder, lambda message: handshake.done
+                   or outcomes.append(_attempt(handshake, message)))
+            assert decoder.buffered <= PREFIX.size + 512 + 64
+        decoder.eof()
+    except ProtocolError as exc:
+        assert exc.code in FRAME_CODES, exc.code
+        return outcomes, exc.code
+    return outcomes, None
+
+
+def _attempt(handshake, message):
+    result = handshake.receive(message.header)
+    assert result.outcome != auth.HandshakeResult.AUTHENTICATED, "arbitrary bytes authenticated"
+    assert result.reply["code"] == "auth-failed"
+    return result.outcome  # the reply's nonce is fresh each time, so only the outcome compares
+
+
+# -- valid inputs for the round trips -----------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8)
+frame_headers = st.dictionaries(st.text(max_size=6).filter(lambda k: k != "body_size"),
+                                json_values, max_size=4)
+
+
+def _fits(header, body):
+    try:
+        encode(header, body, **FRAME_LIMITS)
+    except ProtocolError:
+        return False
+    return True
+
+
+frames = st.lists(st.tuples(frame_headers, st.binary(max_size=128)).filter(lambda f: _fits(*f)),
+                  max_size=4)
+
+
+def frames_round_trip(case, cuts):
+    data = b"".join(encode(h, b, **FRAME_LIMITS) for h, b in case)
+    expected = [Message(dict(h, **({"body_size": len(b)} if b else {})), b) for h, b in case]
+    for chunks in splittings(data, cuts).values():
+        assert decode_frames(chunks) == (expected, None)
+
+
+chat_texts = st.text(max_size=16).map(clean_text).filter(
+    lambda t: len(t.encode()) <= CHAT_MAX_LINE)
+chat_streams = st.lists(st.tuples(chat_texts, st.sampled_from([b"\n", b"\r\n"])), max_size=6)
+
+
+def chat_round_trip(case, cuts):
+    data = b"".join(text.encode() + eol for text, eol in case)
+    expected = [_chat_command(Line(text)) for text, _ in case]
+    for chunks in splittings(data, cuts).values():
+        assert decode_chat_lines(chunks) == (expected, None)
+
+
+nicks = st.from_regex(r"\A[A-Za-z][A-Za-z0-9_\-\[\]{}^|]{0,31}\Z")
+rooms = st.from_regex(r"\A[A-Za-z0-9_\-.]{0,31}[A-Za-z0-9_\-]\Z")
+texts = st.text(max_size=40).map(clean_text)
+tokens = st.from_regex(r"\A[!-~]{1,12}\Z")
+
+
+def _notice(kind):
+    spec = NOTICES[kind]
+    fields = st.lists(tokens, min_size=len(spec.fields), max_size=len(spec.fields))
+    if spec.rest == "tokens":
+        return st.builds(lambda f, more: Notice(kind, tuple(f + more)), fields,
+                         st.lists(tokens, max_size=3))
+    text = texts if spec.rest == "text" else st.just("")
+    return st.builds(lambda f, t: Notice(kind, tuple(f), t), fields, text)
+
+
+room_events = st.builds(ChatMessage, rooms, nicks, texts) | st.builds(Action, rooms, nicks, texts)
+server_events = (room_events | st.builds(Private, nicks, nicks, texts)
+                 | st.builds(History, st.integers(0, 10**12).map(lambda ms: ms / 1000),
+                             room_events)
+                 | st.sampled_from(sorted(NOTICES)).flatmap(_notice)
+                 | st.builds(Error, st.from_regex(r"\A[a-z][a-z0-9-]{0,12}\Z"), texts))
+
+
+def server_lines_round_trip(case, cuts):
+    # Events whose line fits the reader's limit come back equal; longer ones are refused.
+    lines = [format_event(event) for event in case]
+    expected = [("event", e) if len(line) <= SERVER_LINE_MAX + 1 else ("line-too-long",)
+                for e, line in zip(case, lines)]
+    for chunks in splittings(b"".join(lines), cuts).values():
+        assert decode_server_lines(chunks) == (expected, None)
+
+
+key_names = st.from_regex(r"\A[A-Za-z0-9_.@-]{1,64}\Z")
+secrets = st.from_regex(r"\A[!-~]{16,64}\Z")
+
+
+def auth_round_trip(case, cuts):
+    name, secret, request = case
+    for how in ("whole", "bytewise", "random"):
+        handshake = auth.ServerHandshake({name: secret.encode()})
+        stream = _valid_auth_stream(handshake.hello(), name, secret, request)
+        decoder, delivered = FrameDecoder(**AUTH_LIMITS), []
+        for chunk in splittings(stream, cuts)[how]:
+            decoder.feed(chunk)
+            _drain(decoder, delivered.append)
+        decoder.eof()
+        result = handshake.receive(delivered[0].header)
+        assert result.outcome == auth.HandshakeResult.AUTHENTICATED and result.identity == name
+        assert auth.check_auth_reply(result.reply) == name
+        assert delivered[1:] == [Message(request)]
+
+
+def _valid_auth_stream(hello, name, secret, request):
+    return (encode(auth.answer_hello(hello, name, secret), **AUTH_LIMITS)
+            + encode(request, **AUTH_LIMITS))
+
+
+auth_cases = st.tuples(key_names, secrets, st.fixed_dictionaries({"type": st.text(max_size=8)}))
+
+
+@dataclass(frozen=True)
+class DecoderRow:
+    """One decoder: how to run it, a valid-case strategy and its round-trip check."""
+
+    name: str
+    decode: Callable
+    cases: object  # hypothesis strategy of valid cases
+    round_trip: Callable
+    sample: Callable  # case -> valid bytes to mutate (near-valid hostile input)
+
+
+def _auth_sample(case):
+    hello = {"type": "hello", "auth": auth.SCHEME, "nonce": "0" * 64}
+    return _valid_auth_stream(hello, *case)
+
+
+DECODERS = [
+    DecoderRow("frame", decode_frames, frames, frames_round_trip,
+               lambda case: b"".join(encode(h, b, **FRAME_LIMITS) for h, b in case)),
+    DecoderRow("chat-lines", decode_chat_lines, chat_streams, chat_round_trip,
+               lambda case: b"".join(text.encode() + eol for text, eol in case)),
+    DecoderRow("chat-server-lines", decode_server_lines,
+               st.lists(server_events, max_size=5),
+               server_lines_round_trip, lambda case: b"".join(map(format_event, case))),
+    DecoderRow("auth", decode_auth, auth_cases, auth_round_trip, _auth_sample),
+]
+IDS = [row.name for row in DECODERS]
+
+
+@st.composite
+def hostile_bytes(draw, row):
+    """Arbitrary bytes, or a valid input of ``row`` with random edits and cuts."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=600))
+    data = bytearray(row.sample(draw(row.cases)))
+    for _ in range(draw(st.integers(0, 4))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut] if draw(st.booleans()) else data)
+
+
+@pytest.mark.parametrize("row", DECODERS, ids=IDS)
+@campaign.examples(100)
+@given(data=st.data())
+def test_hostile_input_gives_documented_errors_however_split(row, data):
+    stream = data.draw(hostile_bytes(row), label="stream")
+    cuts = data.draw(st.lists(st.integers(0, 600), max_size=30), label="cuts")
+    outcomes = {how: row.decode(chunks) for how, chunks in splittings(stream, cuts).items()}
+    assert outcomes["whole"] == outcomes["bytewise"] == outcomes["random"]
+
+
+@pytest.mark.parametrize("row", DECODERS, ids=IDS)
+@campaign.examples(60)
+@given(data=st.data())
+def test_valid_input_round_trips_however_split(row, data):
+    case = data.draw(row.cases, label="case")
+    cuts = data.draw(st.lists(st.integers(0, 600), max_size=30), label="cuts")
+    row.round_trip(case, cuts)
+
+
+# -- the client side of the handshake reads server headers too ------------------------
+
+headers = json_values | st.dictionaries(st.sampled_from(["type", "auth", "nonce", "key", "code",
+                                                         "message"]), json_values)
+
+
+@campaign.examples(150)
+@given(headers)
+def test_client_handshake_refuses_any_hostile_header_with_a_documented_error(header):
+    try:
+        auth.answer_hello(header, "alice", "alice-secret-0123456789")
+    except ProtocolError as exc:
+        assert exc.code == "bad-hello"
+    try:
+        auth.check_auth_reply(header)
+    except AuthError as exc:
+        assert exc.code == "auth-failed"
+    except ServerError:
+        pass
+    except ProtocolError as exc:
+        assert exc.code == "bad-reply"

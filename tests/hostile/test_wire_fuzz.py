@@ -1,0 +1,43 @@
+"""Mutated bytes against the running daemon: it never dies, never leaks a traceback, stays small."""
+
+import os
+
+import pytest
+
+from tests.hostile import campaign
+from tests.hostile.procwatch import PeakRSS, settle
+from tests.hostile.wirefuzz import fuzz, targets_for
+
+pytestmark = pytest.mark.timeout(campaign.timeout(90))
+
+SERVICES = ["echo", "echo-udp", "authed"]
+OVERRIDES = {"echo-udp": {"max_datagram": "2048"},
+             "authed": {"max_header": "4K", "max_body": "64K"}}
+RSS_BOUND_KIB = 48 * 1024
+
+
+def test_mutated_inputs_never_kill_the_daemon_or_reach_the_wire_as_tracebacks(hostile_daemon):
+    daemon = hostile_daemon(SERVICES, overrides=OVERRIDES)
+    daemon.ping_all()
+    baseline = daemon.probe.snapshot()
+
+    def health():
+        daemon.assert_alive()
+        daemon.ping_all()
+
+    seed = os.environ.get("MSGSRV_FUZZ_SEED")
+    with PeakRSS(daemon.probe) as peak:
+        report = fuzz(targets_for(daemon, OVERRIDES), count=campaign.pick(400, 100_000),
+                      budget=campaign.pick(15, 4 * 3600), health=health,
+                      health_every=campaign.pick(50, 500), seed=int(seed) if seed else None)
+    assert not report.findings, "seed %d:\n%s" % (report.seed, "\n".join(map(str, report.findings)))
+    assert report.sent >= campaign.pick(100, 10_000), "the fuzzer ran too few inputs"
+    daemon.assert_alive()
+    daemon.assert_clean_log()
+    growth = peak.peak_kib - baseline.rss_kib
+    assert growth < RSS_BOUND_KIB, "RSS peaked %d KiB above the baseline" % growth
+    after = settle(daemon.probe, baseline, timeout=15)
+    campaign.record("wire-fuzz", inputs=report.sent, per_target=dict(report.per_target), codes=dict(report.codes),
+                    health_checks=report.health_checks, seconds=round(report.seconds, 1),
+                    seed=report.seed, rss_peak_growth_kib=growth, before=str(baseline),
+                    after=str(after))

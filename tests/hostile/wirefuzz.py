@@ -1,0 +1,411 @@
+"""A wire-level mutation fuzzer: mutated bytes against a running daemon's services.
+
+Valid inputs of each protocol (frames, auth answers, raw bytes) are mutated
+(bit flips, overwrites, truncations, splices of two inputs, repeated slices,
+huge length prefixes, hostile ``body_size`` values) and sent on fresh
+connections, several at once.  Each reply is checked against what the
+protocol allows: no traceback ever reaches the wire, an echo is exact, a
+framed reply is well-formed frames of known types with documented error
+codes.  A :class:`Finding` names the input (seed and index) so it can be
+replayed.  Use :func:`fuzz` with targets built by :func:`targets_for`.
+"""
+
+import collections
+import concurrent.futures
+import json
+import random
+import re
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from msgsrv import auth
+from msgsrv.errors import ProtocolError
+from msgsrv.protocol import NEED_DATA, FrameDecoder, encode
+from tests.hostile.attackers import rst_close
+from tests.hostile.targets import KEY_NAME, SECRET
+
+#: Error codes a framed service may answer a hostile client with.
+FRAMED_CODES = frozenset({"too-large", "bad-header", "truncated", "auth-failed", "timeout", "busy"})
+#: Header types a framed service may send (besides error).
+FRAMED_TYPES = frozenset({"hello", "authenticated", "echo", "error"})
+INTERESTING_LENGTHS = (0, 1, 2, 3, 63, 64, 65, 1023, 1024, 1025, 65535, 65536, 65537,
+                       2**31 - 1, 2**31, 2**32 - 1)
+INTERESTING_SIZES = (-1, -2**63, 0, 1, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**63 - 1, 2**63,
+                     2**64, 10**100, "1", "", None, True, 1.5, [], {}, "1e9")
+INTERESTING_BYTES = b"\x00\xff\x7f\x80\"{}[]\\:,\n\r "
+REPLY_LIMIT = 1 << 20
+
+
+# -- mutations -----------------------------------------------------------------------
+
+def flip_bits(data, rng, other):
+    """Flip 1-8 random bits."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        if data:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+def overwrite(data, rng, other):
+    """Overwrite 1-4 bytes with bytes that matter to JSON and framing."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        if data:
+            data[rng.randrange(len(data))] = rng.choice(INTERESTING_BYTES + bytes([rng.randrange(256)]))
+    return bytes(data)
+
+
+def truncate(data, rng, other):
+    """Cut the input at a random point."""
+    return data[:rng.randrange(len(data) + 1)]
+
+
+def splice(data, rng, other):
+    """A prefix of this input joined to a suffix of another."""
+    return data[:rng.randrange(len(data) + 1)] + other[rng.randrange(len(other) + 1):]
+
+
+def repeat_slice(data, rng, other):
+    """Repeat a random slice 2-50 times in place."""
+    start = rng.randrange(len(data) + 1)
+    end = rng.randrange(start, len(data) + 1)
+    return data[:end] + data[start:end] * rng.randint(2, 50) + data[end:]
+
+
+def insert_junk(data, rng, other):
+    """Insert 1-64 random bytes."""
+    at = rng.randrange(len(data) + 1)
+    return data[:at] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))) + data[at:]
+
+
+def huge_prefix(data, rng, other):
+    """Replace the 4-byte length prefix with a boundary or huge value."""
+    return struct.pack(">I", rng.choice(INTERESTING_LENGTHS)) + data[4:]
+
+
+def hostile_body_size(data, rng, other):
+    """Re-encode the first frame's header with a hostile ``body_size`` (prefix kept consistent)."""
+    header = _first_header(data)
+    if header is None:
+        return flip_bits(data, rng, other)
+    header["body_size"] = rng.choice(INTERESTING_SIZES)
+    raw = json.dumps(header).encode()
+    return struct.pack(">I", len(raw)) + raw + bytes(rng.randrange(256) for _ in range(8))
+
+
+def nested_header(data, rng, other):
+    """A header of deeply nested arrays or a long string (parser stress, within max_header)."""
+    depth = rng.choice((10, 100, 1000, 5000))
+    raw = rng.choice((b"[" * depth + b"]" * depth, b'{"a":"' + b"\\u0000" * depth + b'"}',
+                      b'{"a":' * depth + b"1" + b"}" * depth))
+    return struct.pack(">I", len(raw)) + raw
+
+
+MUTATORS = (flip_bits, overwrite, truncate, splice, repeat_slice, insert_junk, huge_prefix,
+            hostile_body_size, nested_header)
+
+
+def _first_header(data):
+    if len(data) < 4:
+        return None
+    (length,) = struct.unpack(">I", data[:4])
+    try:
+        header = json.loads(data[4:4 + length])
+    except (ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def mutate(data, rng, corpus):
+    """Apply 1-3 random mutators to ``data`` (``corpus`` feeds splices)."""
+    for _ in range(rng.randint(1, 3)):
+        data = rng.choice(MUTATORS)(data, rng, rng.choice(corpus))
+    return data
+
+
+# -- targets -----------------------------------------------------------------------------
+
+@dataclass
+class Finding:
+    """One input whose reply broke the protocol's promises."""
+
+    target: str
+    index: int
+    problem: str
+    data: bytes
+    reply: bytes
+
+    def __str__(self):
+        return "%s #%d: %s\n  input %r\n  reply %r" % (
+            self.target, self.index, self.problem, self.data[:300], self.reply[:300])
+
+
+@dataclass
+class Target:
+    """A service and how to fuzz it.
+
+    ``run(make_input, rng)`` opens a connection, builds the input with
+    ``make_input(answer)`` (``answer`` is a correct auth answer for this
+    connection, or b""), sends it and returns ``(problem or None, input, reply)``.
+    ``corpus`` holds valid inputs to mutate and splice.
+    """
+
+    name: str
+    run: Callable
+    corpus: List[bytes]
+    answers: bool = False  # make_input gets a correct auth answer worth mutating
+
+
+def _send_then_read(sock, data, rng, reply_timeout, reset_share):
+    """Send, then half-close and read to EOF (or reset at once); return (reply, how)."""
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        return _read_rest(sock, reply_timeout)[0], "reset"
+    if rng.random() < reset_share:
+        rst_close(sock)
+        return b"", "we-reset"
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return b"", "reset"
+    return _read_rest(sock, reply_timeout)
+
+
+def _read_rest(sock, reply_timeout):
+    deadline = time.monotonic() + reply_timeout
+    data = bytearray()
+    while len(data) < REPLY_LIMIT:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return bytes(data), "stalled"
+        except OSError:
+            return bytes(data), "reset"
+        if not chunk:
+            return bytes(data), "eof"
+        data += chunk
+    return bytes(data), "eof"
+
+
+def _traceback(reply):
+    return "a traceback reached the wire" if b"Traceback" in reply else None
+
+
+def stream_echo_target(address, reply_timeout=10.0):
+    """Raw TCP echo: whatever is sent comes back exactly; a reset mid-way is harmless."""
+    def run(make_input, rng):
+        data = make_input(b"")
+        with socket.create_connection(address, timeout=reply_timeout) as sock:
+            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.2)
+        if how == "we-reset":
+            return None, data, reply
+        if how != "eof":
+            return "echo ended by %s instead of EOF" % how, data, reply
+        if reply != data:
+            return "echo differs (%d bytes back of %d)" % (len(reply), len(data)), data, reply
+        return _traceback(reply), data, reply
+    corpus = [b"ping\n", encode({"type": "ping"}), b"\x00" * 32, b"GET / HTTP/1.0\r\n\r\n"]
+    return Target("echo", run, corpus)
+
+
+def datagram_echo_target(address, max_datagram, reply_timeout=2.0):
+    """UDP echo: a datagram within max_datagram comes back exactly; a larger one is dropped."""
+    def run(make_input, rng):
+        data = make_input(b"")[:65507]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(reply_timeout)
+            sock.sendto(data, address)
+            try:
+                reply = sock.recv(65536)
+            except socket.timeout:
+                reply = None
+        if len(data) > max_datagram:
+            return (None if reply is None else "an oversized datagram was answered"), data, b""
+        if reply is None:
+            return "no echo for a %d-byte datagram" % len(data), data, b""
+        if reply != data:
+            return "datagram echo differs", data, reply
+        return _traceback(reply), data, reply
+    corpus = [b"ping", b"x" * max_datagram, encode({"type": "ping"})]
+    return Target("echo-udp", run, corpus)
+
+
+def framed_target(name, address, *, authed, phase, reply_timeout=10.0):
+    """A framed service: mutated frames in ``phase`` "pre-auth" or "post-auth".
+
+    Pre-auth inputs may be mutations of a correct answer to this connection's
+    hello; post-auth inputs are mutated requests after a real handshake.
+    Replies must be well-formed frames of FRAMED_TYPES with FRAMED_CODES,
+    and the service must close the connection after our half-close.
+    """
+    def run(make_input, rng):
+        with socket.create_connection(address, timeout=reply_timeout) as sock:
+            decoder = FrameDecoder()
+            hello = _recv_frame(sock, decoder).header
+            answer = encode(auth.answer_hello(hello, KEY_NAME, SECRET)) if authed else b""
+            if phase == "post-auth" and authed:
+                sock.sendall(answer)
+                if _recv_frame(sock, decoder).type != "authenticated":
+                    return "a correct answer was refused", answer, b""
+                answer = b""
+            data = make_input(answer)
+            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.15)
+        if how == "we-reset":
+            return None, data, reply
+        if how == "stalled":
+            return "no EOF within %gs after a half-close" % reply_timeout, data, reply
+        problem = _traceback(reply) or check_frames(decoder, reply, whole=(how == "eof"))
+        return problem, data, reply
+    corpus = [encode({"type": "ping"}), encode({"type": "put", "path": "a"}, b"body" * 10),
+              encode({"type": "ping", "n": [1, 2, {"x": None}]}) + encode({"type": "b"})]
+    return Target("%s/%s" % (name, phase), run, corpus, answers=(phase == "pre-auth" and authed))
+
+
+def _recv_frame(sock, decoder):
+    while True:
+        message = decoder.next_message()
+        if message is not NEED_DATA:
+            return message
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a whole frame")
+        decoder.feed(chunk)
+
+
+def check_frames(decoder, reply, whole=True):
+    """None if ``reply`` (fed to ``decoder``) is frames of known types and codes.
+
+    With ``whole`` the reply must end on a frame boundary (a graceful close).
+    """
+    try:
+        decoder.feed(reply)
+        while True:
+            message = decoder.next_message()
+            if message is NEED_DATA:
+                break
+            problem = _frame_problem(message.header)
+            if problem:
+                return problem
+        if whole:
+            decoder.eof()
+    except ProtocolError as exc:
+        return "reply is not well-formed frames: %s" % exc
+    return None
+
+
+def _frame_problem(header):
+    kind = header.get("type")
+    if kind not in FRAMED_TYPES:
+        return "unexpected frame type %r" % (kind,)
+    if kind == "error" and header.get("code") not in FRAMED_CODES:
+        return "undocumented error code %r: %s" % (header.get("code"), header.get("message"))
+    return None
+
+
+# -- the run -------------------------------------------------------------------------
+
+@dataclass
+class FuzzReport:
+    """Counts of a fuzz run; ``findings`` lists inputs that broke a promise.
+
+    ``codes`` counts the error codes framed services answered with.
+    """
+
+    seed: int
+    sent: int = 0
+    per_target: collections.Counter = field(default_factory=collections.Counter)
+    codes: collections.Counter = field(default_factory=collections.Counter)
+    health_checks: int = 0
+    findings: List[Finding] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fuzz(targets, *, count, budget, health, health_every=50, workers=24, seed=None):
+    """Send up to ``count`` mutated inputs within ``budget`` seconds; return a FuzzReport.
+
+    Inputs go round-robin to ``targets``, ``workers`` at a time.  ``health()``
+    runs after every ``health_every`` inputs, while the next ones are in
+    flight (it raises if a fresh client is not served).  Input ``i`` is
+    derived from ``seed`` and ``i``, so a finding can be replayed.  Stops at
+    the first finding.
+    """
+    seed = random.randrange(1 << 32) if seed is None else seed
+    report = FuzzReport(seed)
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fuzz") as pool:
+        pending, submitted = set(), 0
+        while pending or (submitted < count and not report.findings
+                          and time.monotonic() - started < budget):
+            while len(pending) < workers and submitted < count and not report.findings \
+                    and time.monotonic() - started < budget:
+                pending.add(pool.submit(_one, targets[submitted % len(targets)], seed, submitted))
+                submitted += 1
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                _tally(report, future.result())
+                if report.sent % health_every == 0:
+                    health()
+                    report.health_checks += 1
+    health()
+    report.health_checks += 1
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _tally(report, outcome):
+    name, finding, reply = outcome
+    report.sent += 1
+    report.per_target[name] += 1
+    report.codes.update(code.decode() for code in _CODE.findall(reply))
+    if finding is not None:
+        report.findings.append(finding)
+
+
+_CODE = re.compile(rb'"code":"([a-z-]{1,40})"')
+
+
+def _one(target, seed, index):
+    rng = random.Random("%d/%d" % (seed, index))
+    base = rng.choice(target.corpus)
+    use_answer = target.answers and rng.random() < 0.7
+
+    def make_input(answer):
+        # Mutating this connection's own correct answer keeps inputs close to
+        # valid, so the deeper paths of the handshake run too.
+        start = answer + rng.choice((b"", base)) if use_answer and answer else base
+        return mutate(start, rng, target.corpus)
+    try:
+        problem, data, reply = target.run(make_input, rng)
+    except OSError as exc:
+        problem, data, reply = "client socket error: %s" % exc, b"", b""
+    finding = None if problem is None else Finding(target.name, index, problem, data, reply)
+    return target.name, finding, reply
+
+
+#: service name -> function(address, options) returning that service's Targets.
+#: A new service joins the fuzzer with one row here.
+TARGETS = {
+    "echo": lambda address, options: [stream_echo_target(address)],
+    "echo-udp": lambda address, options: [
+        datagram_echo_target(address, int(options.get("max_datagram", 65507)))],
+    "authed": lambda address, options: [
+        framed_target("authed", address, authed=True, phase="pre-auth"),
+        framed_target("authed", address, authed=True, phase="post-auth")],
+}
+
+
+def targets_for(daemon, options_by_service=None):
+    """The Targets for every service of a HostileDaemon that has a TARGETS row."""
+    options_by_service = options_by_service or {}
+    targets = []
+    for name, address in sorted(daemon.addresses.items()):
+        if name in TARGETS:
+            targets += TARGETS[name](address, options_by_service.get(name, {}))
+    return targets
