@@ -40,8 +40,8 @@ class SlowlorisResult:
     """What a slowloris run saw.
 
     ``lifetimes`` are the seconds each server-closed connection lived (from
-    the end of its prelude); ``survivors`` were still open when the run
-    ended; ``finished`` counts connections whose script ran out (the script
+    the end of its prelude); ``survivor_ages`` those of the connections still
+    open when the run ended (then reset by us); ``finished`` counts connections whose script ran out (the script
     was too short for the run: the attack was not a slowloris any more).
     ``replies`` holds what the server sent on each closed connection.
     """
@@ -49,7 +49,7 @@ class SlowlorisResult:
     opened: int = 0
     lifetimes: List[float] = field(default_factory=list)
     replies: List[bytes] = field(default_factory=list)
-    survivors: int = 0
+    survivor_ages: List[float] = field(default_factory=list)
     finished: int = 0
     bytes_sent: int = 0
 
@@ -157,8 +157,9 @@ class Slowloris:
         self.result.bytes_sent += 1
 
     def _reset_survivors(self):
+        now = time.monotonic()
         for key in list(self._selector.get_map().values()):
-            self.result.survivors += 1
+            self.result.survivor_ages.append(now - key.data.opened)
             self._selector.unregister(key.fileobj)
             rst_close(key.fileobj)
         self._selector.close()

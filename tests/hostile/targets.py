@@ -6,15 +6,16 @@ how a normal, fresh client uses it (``ping``).  Tests parametrize over
 adding a row here.
 """
 
+import contextlib
 import os
 import re
 import socket
-import textwrap
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
 from msgsrv.client.framed import FramedClient
-from msgsrv.stream import FrameStream
+from msgsrv.stream import FrameStream, check_error
+from tests.conftest import DaemonProcess
 from tests.hostile.procwatch import ProcessProbe
 
 KEY_NAME = "hostile"
@@ -22,70 +23,121 @@ SECRET = "hostile-secret-0123456789"
 PING = b"ping\n"
 
 
-def ping_stream(address):
-    """Echo over TCP: one line out, the same line back."""
-    with socket.create_connection(address, timeout=10) as sock:
+class Refused(Exception):
+    """The service closed a new connection without serving it."""
+
+
+def stream_session(address):
+    """Echo over TCP: connect, one line out and back; return the open socket."""
+    sock = socket.create_connection(address, timeout=10)
+    try:
         sock.sendall(PING)
         got = b""
         while len(got) < len(PING):
             chunk = sock.recv(64)
-            assert chunk, "echo closed before answering"
+            if not chunk:
+                raise Refused("echo closed before answering")
             got += chunk
-    assert got == PING
+        assert got == PING, got
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-def ping_datagram(address):
-    """Echo over UDP: one datagram out, the same back."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10)
-        sock.sendto(PING, address)
+def datagram_session(address):
+    """Echo over UDP: one datagram out, the same back; return the socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(10)
+    sock.sendto(PING, address)
+    try:
         assert sock.recv(64) == PING
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-def ping_authed(address):
-    """Framed with authentication: hello, auth, one request, its echo."""
-    with FramedClient(address[0], address[1], KEY_NAME, SECRET, timeout=10) as client:
-        reply = client.request({"type": "ping"})
-    assert reply.header["identity"] == KEY_NAME
+def authed_session(address):
+    """Framed with authentication: hello, auth, one request; return the open FramedClient."""
+    client = FramedClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
+    try:
+        assert client.request({"type": "ping"}).header["identity"] == KEY_NAME
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
-def ping_framed(address):
-    """Framed without authentication: one ping, one pong."""
-    with socket.create_connection(address, timeout=10) as sock:
+def framed_session(address):
+    """Framed without authentication: one ping, one pong; return the open socket."""
+    sock = socket.create_connection(address, timeout=10)
+    try:
         stream = FrameStream(sock)
         stream.send({"type": "ping"})
-        assert stream.recv().type == "pong"
+        assert check_error(stream.recv()).type == "pong"
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     """One service of the hostile daemon.
 
-    ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP) or ``framed``;
+    ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, or
+    ``fault`` (a test handler that crashes on request; not a service row);
     ``options`` are its config keys (``{keys_file}`` is filled in);
-    ``ping(address)`` is what a normal fresh client does (raises on failure);
+    ``session(address)`` is what a normal fresh client does: it returns the
+    open connection (``.close()``) after one served request, and raises
+    (Refused, ServerError ``busy``, ConnectionFailed...) when not served
+    (None: no client is ever served, e.g. a handler crashing on connect);
     ``authed`` says whether a framed service starts with the HMAC handshake.
     """
 
     name: str
     kind: str
     options: Dict[str, str]
-    ping: Callable
+    session: Callable
     authed: bool = False
+
+    def ping(self, address):
+        """One fresh client served (raises if not)."""
+        self.session(address).close()
 
 
 SERVICES = {
-    "echo": ServiceSpec("echo", "stream", {"handler": "echo"}, ping_stream),
+    "echo": ServiceSpec("echo", "stream", {"handler": "echo"}, stream_session),
     "echo-udp": ServiceSpec("echo-udp", "datagram", {"handler": "echo", "transport": "udp"},
-                            ping_datagram),
+                            datagram_session),
     "authed": ServiceSpec("authed", "framed",
                           {"handler": "tests.plugins:AuthedEcho", "keys_file": "{keys_file}",
                            "auth_timeout": "3", "frame_timeout": "3"},
-                          ping_authed, authed=True),
+                          authed_session, authed=True),
     "blocking": ServiceSpec("blocking", "framed",
                             {"handler": "tests.plugins:BlockingFramed", "io_timeout": "5"},
-                            ping_framed),
+                            framed_session),
+    # Test handlers that crash on request (tests/hostile/plugins.py, tests/plugins.py).
+    "crash": ServiceSpec("crash", "fault", {"handler": "tests.hostile.plugins:CrashOnRequest"},
+                         stream_session),
+    "crash-framed": ServiceSpec("crash-framed", "fault",
+                                {"handler": "tests.hostile.plugins:CrashFramed"}, framed_session),
+    "crash-connect": ServiceSpec("crash-connect", "fault",
+                                 {"handler": "tests.hostile.plugins:CrashOnConnect"}, None),
+    "crash-plain": ServiceSpec("crash-plain", "fault",
+                               {"handler": "tests.plugins:CrashingThreadHandler"}, None),
 }
+#: The TCP services (the rows of connection-limit tables).
+TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed")]
+
+
+def service_options(name, keys_file, **overrides):
+    """Service ``name``'s config keys with ``{keys_file}`` filled in, plus ``overrides``."""
+    options = {key: str(value).format(keys_file=keys_file)
+               for key, value in SERVICES[name].options.items()}
+    options.update({key: str(value) for key, value in overrides.items()})
+    return options
 
 
 def write_keys_file(path):
@@ -102,11 +154,10 @@ def render_config(services, keys_file, global_options=None, overrides=None):
     options.update(global_options or {})
     parts = ["[msgsrv]"] + ["%s = %s" % item for item in options.items()]
     for name in services:
-        section = dict(SERVICES[name].options, host="127.0.0.1", port="0")
-        section.update((overrides or {}).get(name, {}))
+        section = service_options(name, keys_file, host="127.0.0.1", port="0",
+                                  **(overrides or {}).get(name, {}))
         parts.append("\n[service:%s]" % name)
-        parts += ["%s = %s" % (key, str(value).format(keys_file=keys_file))
-                  for key, value in section.items()]
+        parts += ["%s = %s" % item for item in section.items()]
     return "\n".join(parts) + "\n"
 
 
@@ -133,9 +184,10 @@ class HostileDaemon:
         SERVICES[name].ping(self.addresses[name])
 
     def ping_all(self):
-        """Ping every service of this daemon."""
+        """Ping every service of this daemon that ever serves anyone."""
         for name in self.addresses:
-            self.ping(name)
+            if SERVICES[name].session is not None:
+                self.ping(name)
 
     @property
     def log(self):
@@ -161,15 +213,29 @@ class HostileDaemon:
 
 
 def start_daemon(daemon_factory, tmp_path, services, global_options=None, overrides=None):
-    """Start ``python -m msgsrv`` serving ``services``; return a HostileDaemon once listening."""
+    """Start ``python -m msgsrv`` serving ``services``; return a HostileDaemon once listening.
+
+    ``daemon_factory(config_path)`` is the conftest fixture (or DaemonProcess
+    itself, when the caller stops it).
+    """
     keys_file = write_keys_file(tmp_path / "hostile.keys")
     config = tmp_path / "hostile.ini"
     config.write_text(render_config(services, keys_file, global_options, overrides))
     process = daemon_factory(config)
-    addresses = dict(process.wait_listening(len(services), timeout=20))
+    try:
+        addresses = dict(process.wait_listening(len(services), timeout=20))
+    except BaseException:
+        process.stop()
+        raise
     return HostileDaemon(process, addresses)
 
 
-def describe(text):
-    """Indent a multi-line text for an assertion message."""
-    return textwrap.indent(text, "    ")
+@contextlib.contextmanager
+def running_daemon(tmp_path, services, global_options=None, overrides=None):
+    """A HostileDaemon for a ``with`` block (module-scoped fixtures); stopped at the end."""
+    daemon = start_daemon(DaemonProcess, tmp_path, services, global_options, overrides)
+    try:
+        yield daemon
+    finally:
+        daemon.process.stop()
+

@@ -1,0 +1,63 @@
+"""Handlers that raise in a chosen callback, for the crash-containment table.
+
+Each is a plain echo until the client asks for a crash with a ``crash:WHERE``
+token, so one daemon serves crashing and healthy connections side by side.
+"""
+
+from msgsrv.handlers.base import FramedHandler, Handler
+
+
+class Crash(RuntimeError):
+    """The deliberate failure (its name shows in the log's traceback)."""
+
+
+class CrashOnRequest(Handler):
+    """Echo; ``crash:data`` raises in data_received, ``crash:eof`` at EOF,
+    ``crash:timeout`` in timed_out (after a 0.1 s deadline), ``crash:lost`` in
+    connection_lost."""
+
+    def connection_made(self):
+        self.armed = set()
+
+    def data_received(self, data):
+        for where in (b"data", b"eof", b"timeout", b"lost"):
+            if b"crash:" + where in data:
+                self.armed.add(where)
+        if b"data" in self.armed:
+            raise Crash("data_received crashed on request")
+        if b"timeout" in self.armed:
+            self.conn.set_deadline(0.1)
+        self.conn.send(data)
+
+    def eof_received(self):
+        if b"eof" in self.armed:
+            raise Crash("eof_received crashed on request")
+        return False
+
+    def timed_out(self, reason):
+        if b"timeout" in self.armed:
+            raise Crash("timed_out crashed on request")
+        super().timed_out(reason)
+
+    def connection_lost(self):
+        if b"lost" in self.armed:
+            raise Crash("connection_lost crashed on request")
+
+
+class CrashOnConnect(Handler):
+    """Raises in connection_made, for every connection."""
+
+    def connection_made(self):
+        raise Crash("connection_made crashed")
+
+    def data_received(self, data):
+        self.conn.send(data)
+
+
+class CrashFramed(FramedHandler):
+    """Framed: a ``crash`` request raises in message_received; others get ``pong``."""
+
+    def message_received(self, message):
+        if message.type == "crash":
+            raise Crash("message_received crashed on request")
+        self.reply({"type": "pong"})

@@ -1,0 +1,71 @@
+"""Slowloris on the framed auth service: deadlines close the drippers, fresh clients stay fast.
+
+Two attacks run at once against the daemon, each ``COUNT`` connections
+kept open (a closed one is replaced) that send one byte every 200 ms of a
+frame that never completes: before authentication (``auth_timeout`` must
+close them) and after it (``frame_timeout`` must).  Meanwhile fresh clients
+connect, authenticate and make a request; their latency is compared with a
+generous bound.
+"""
+
+import pytest
+
+from msgsrv import auth
+from msgsrv.stream import FrameStream
+from tests.hostile import campaign
+from tests.hostile.attackers import Slowloris, measure_latency
+from tests.hostile.procwatch import settle
+from tests.hostile.targets import KEY_NAME, SECRET, SERVICES
+
+pytestmark = pytest.mark.timeout(campaign.timeout(60))
+
+COUNT = campaign.pick(100, 400)  # per attack
+DEADLINE = 1.5  # auth_timeout and frame_timeout, seconds
+SLACK = 1.5  # the deadline sweep runs every 0.5 s; the machine is shared and busy
+ATTACK_SECONDS = campaign.pick(4.0, 60.0)
+P99_BOUND = 0.250
+NEVER_ENDING_FRAME = b"\x00\x00\x03\xe8{" + b" " * 400  # declares 1000 header bytes
+
+
+def authenticate(sock):
+    """Prelude of the post-auth attack: a correct handshake, then the drip starts."""
+    stream = FrameStream(sock)
+    stream.send(auth.answer_hello(stream.recv().header, KEY_NAME, SECRET))
+    assert stream.recv().type == "authenticated"
+
+
+def test_slowloris_is_closed_by_deadlines_while_fresh_clients_keep_their_latency(hostile_daemon):
+    options = {"auth_timeout": str(DEADLINE), "frame_timeout": str(DEADLINE),
+               "max_connections_per_ip": "5000", "max_connections": "5000"}
+    daemon = hostile_daemon(["authed"], overrides={"authed": options})
+    address = daemon.address("authed")
+    fresh = lambda: SERVICES["authed"].ping(address)  # noqa: E731
+    quiet = measure_latency(fresh, duration=1.0)
+    baseline = daemon.probe.snapshot()
+    attacks = {
+        "pre-auth": Slowloris(address, COUNT, NEVER_ENDING_FRAME, interval=0.2,
+                              duration=ATTACK_SECONDS, sustain=True),
+        "post-auth": Slowloris(address, COUNT, NEVER_ENDING_FRAME, interval=0.2,
+                               duration=ATTACK_SECONDS, sustain=True, prelude=authenticate),
+    }
+    for attack in attacks.values():
+        attack.start()
+    loaded = measure_latency(fresh, duration=ATTACK_SECONDS - 0.5)
+    results = {name: attack.join() for name, attack in attacks.items()}
+
+    for name, result in results.items():
+        assert result.lifetimes, "%s: the server closed no dripping connection" % name
+        longest = max(result.lifetimes + result.survivor_ages)
+        assert longest < DEADLINE + SLACK, "%s: a dripper lived %.2fs" % (name, longest)
+        assert result.finished == 0, "%s: the script ran out; the test proves nothing" % name
+        assert all(b'"code":"timeout"' in reply for reply in result.replies), name
+    assert loaded.p99 < P99_BOUND, "fresh clients under attack: " + loaded.describe()
+    daemon.assert_alive()
+    daemon.assert_clean_log()
+    after = settle(daemon.probe, baseline, timeout=15)
+    campaign.record(
+        "slowloris", concurrent=2 * COUNT, seconds=ATTACK_SECONDS,
+        closed={name: len(r.lifetimes) for name, r in results.items()},
+        longest_life={name: round(max(r.lifetimes), 2) for name, r in results.items()},
+        fresh_quiet=quiet.describe(), fresh_under_attack=loaded.describe(),
+        before=str(baseline), after=str(after))
