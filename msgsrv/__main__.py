@@ -34,7 +34,7 @@ def main(argv=None):
         sys.stdout.write(config_module.format_effective(config))
         return EXIT_OK
     configure_logging(config.options)
-    return Daemon(config).run()
+    return Daemon(config).run(restore_signals=False)
 
 
 def console_main():

@@ -99,8 +99,14 @@ class Daemon:
 
     # -- the main loop ------------------------------------------------------
 
-    def run(self):
-        """Serve until SIGTERM or SIGINT; return the exit code.  Main thread only."""
+    def run(self, restore_signals=True):
+        """Serve until SIGTERM or SIGINT; return the exit code.  Main thread only.
+
+        With ``restore_signals`` false (the caller is about to exit) the
+        handled signals are ignored after the stop instead: a second SIGTERM
+        arriving during the shutdown must not kill a process that stopped
+        cleanly, and Python resets its own handlers while it finalizes.
+        """
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         previous = self._install_signals(wake_w)
@@ -121,6 +127,8 @@ class Daemon:
                     self._dispatch(self._signals.popleft())
         finally:
             self.stop()
+            if not restore_signals:
+                previous.update(dict.fromkeys(self.handled_signals(), signal.SIG_IGN))
             self._restore_signals(previous)
             os.close(wake_r)
             os.close(wake_w)
