@@ -10,6 +10,7 @@ allow anonymous requests by overriding ``anonymous_allowed()``.
 """
 
 import logging
+import time
 
 from .. import __version__, auth
 from ..errors import ConfigError
@@ -61,6 +62,7 @@ class AuthenticatedHandler(FramedHandler):
             extra={"service": self.server.name, "version": __version__,
                    "anonymous": self.anonymous_allowed()})
         self.reply(self.handshake.hello())
+        self._auth_deadline = time.monotonic() + self.options["auth_timeout"]
         self.conn.set_deadline(self.options["auth_timeout"])
 
     def message_received(self, message):
@@ -103,13 +105,21 @@ class AuthenticatedHandler(FramedHandler):
             if result.outcome == auth.HandshakeResult.CLOSED:
                 self.conn.close("authentication failed")
                 return
-            self.conn.set_deadline(self.options["auth_timeout"])
+            # Failing must not buy a client more time: what is left of auth_timeout.
+            left = self._auth_deadline - time.monotonic()
+            if left <= 0:
+                self._auth_timed_out()
+                return
+            self.conn.set_deadline(left)
             self.release()
             return
         if reason == "deadline" and not self.authenticated:
-            self.reply_error("timeout", "authentication took too long")
-            log.info("%s: %s did not authenticate in time", self.server.name,
-                     format_peer(self.conn.address))
-            self.conn.close("auth timeout")
+            self._auth_timed_out()
             return
         super().timed_out(reason)
+
+    def _auth_timed_out(self):
+        self.reply_error("timeout", "authentication took too long")
+        log.info("%s: %s did not authenticate in time", self.server.name,
+                 format_peer(self.conn.address))
+        self.conn.close("auth timeout")
