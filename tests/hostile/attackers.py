@@ -41,8 +41,9 @@ class SlowlorisResult:
 
     ``lifetimes`` are the seconds each server-closed connection lived (from
     the end of its prelude); ``survivor_ages`` those of the connections still
-    open when the run ended (then reset by us); ``finished`` counts connections whose script ran out (the script
-    was too short for the run: the attack was not a slowloris any more).
+    open when the run ended (then reset by us); ``finished`` counts
+    connections whose script ran out (the script was too short for the run:
+    the attack was not a slowloris any more).
     ``replies`` holds what the server sent on each closed connection.
     """
 

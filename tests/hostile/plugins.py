@@ -61,3 +61,17 @@ class CrashFramed(FramedHandler):
         if message.type == "crash":
             raise Crash("message_received crashed on request")
         self.reply({"type": "pong"})
+
+
+class UpperEcho(Handler):
+    """A broken echo (upper-cases): the fuzzer must report it."""
+
+    def data_received(self, data):
+        self.conn.send(data.upper())
+
+
+class TracebackFramed(FramedHandler):
+    """A framed service that leaks a traceback text in its errors: the fuzzer must report it."""
+
+    def message_received(self, message):
+        self.reply_error("bad-header", "Traceback (most recent call last):\n  File ...")

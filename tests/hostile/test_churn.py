@@ -6,11 +6,10 @@ import pytest
 
 from tests.hostile import campaign
 from tests.hostile.procwatch import settle
-from tests.hostile.targets import SERVICES
 
 pytestmark = pytest.mark.timeout(campaign.timeout(90))
 
-CYCLES = campaign.pick(2000, 100_000)
+CYCLES = campaign.pick(3000, 100_000)
 WARM_UP = 300
 RSS_TOLERANCE_KIB = 4 * 1024
 CHURNED = ["echo", "echo-udp", "authed", "blocking"]

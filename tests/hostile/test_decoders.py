@@ -309,7 +309,7 @@ def test_hostile_input_gives_documented_errors_however_split(row, data):
 
 
 @pytest.mark.parametrize("row", DECODERS, ids=IDS)
-@campaign.examples(60)
+@campaign.examples(50)
 @given(data=st.data())
 def test_valid_input_round_trips_however_split(row, data):
     case = data.draw(row.cases, label="case")

@@ -23,7 +23,7 @@ from tests.hostile.targets import KEY_NAME, SECRET, service_options, write_keys_
 
 pytestmark = pytest.mark.timeout(campaign.timeout(90))
 
-REPEATS = campaign.pick(15, 1000)  # per phase
+REPEATS = campaign.pick(30, 1000)  # per phase
 
 
 def before_greeting(address):

@@ -214,3 +214,19 @@ def test_other_handled_signals_under_heavy_logging_keep_the_daemon_serving(tmp_p
     daemon.process.proc.send_signal(signal.SIGTERM)
     assert daemon.process.proc.wait(15) == 0
     assert "Traceback" not in daemon.log
+
+
+def test_an_embedded_daemon_gives_the_previous_signal_handlers_back(tmp_path):
+    """run() in-process (not the command line) restores the caller's handlers after a stop."""
+    from msgsrv import config as config_module
+    path = tmp_path / "server.ini"
+    path.write_text("[service:echo]\nhandler = echo\nport = 0\n")
+    daemon = Daemon(config_module.load(str(path)))
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_when_listening():
+        wait_for(lambda: daemon.servers, message="the embedded daemon to listen")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    threading.Thread(target=stop_when_listening, daemon=True).start()
+    assert daemon.run() == 0
+    assert signal.getsignal(signal.SIGTERM) is before

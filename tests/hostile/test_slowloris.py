@@ -8,12 +8,17 @@ connect, authenticate and make a request; their latency is compared with a
 generous bound.
 """
 
+import select
+import time
+
 import pytest
 
 from msgsrv import auth
+from msgsrv.protocol import encode
 from msgsrv.stream import FrameStream
+from tests.conftest import recv_until_closed
 from tests.hostile import campaign
-from tests.hostile.attackers import Slowloris, measure_latency
+from tests.hostile.attackers import Slowloris, measure_latency, open_tcp
 from tests.hostile.procwatch import settle
 from tests.hostile.targets import KEY_NAME, SECRET, SERVICES
 
@@ -69,3 +74,28 @@ def test_slowloris_is_closed_by_deadlines_while_fresh_clients_keep_their_latency
         longest_life={name: round(max(r.lifetimes), 2) for name, r in results.items()},
         fresh_quiet=quiet.describe(), fresh_under_attack=loaded.describe(),
         before=str(baseline), after=str(after))
+
+
+@pytest.mark.parametrize("pace", [0.6, 0.0], ids=["paced", "pipelined"])
+def test_failed_attempts_do_not_stretch_the_auth_deadline(hostile_daemon, pace):
+    """Wrong answers, paced or back to back: the client still goes at auth_timeout (+ slack)."""
+    daemon = hostile_daemon(["authed"], overrides={"authed": {
+        "auth_timeout": str(DEADLINE), "max_auth_failures": "100"}})
+    sock = open_tcp(daemon.address("authed"))
+    started = time.monotonic()
+    stream = FrameStream(sock)
+    wrong = encode(auth.answer_hello(stream.recv().header, KEY_NAME, "wrong-secret-0123456789"))
+    with sock:
+        if not pace:
+            sock.sendall(wrong * 100)  # a wrong proof fails whatever nonce it was made for
+        while time.monotonic() - started < 10:
+            if select.select([sock], [], [], pace or 10)[0]:
+                message = stream.recv()  # a failure reply, or the verdict
+                if message.header.get("code") != "auth-failed" or "nonce" not in message.header:
+                    break
+            elif pace:
+                sock.sendall(wrong)
+        lifetime = time.monotonic() - started
+        assert message.header.get("code") == "timeout", message.header
+        assert recv_until_closed(sock) == b""
+    assert lifetime < DEADLINE + auth.FAILURE_DELAY + SLACK, "lived %.1fs" % lifetime

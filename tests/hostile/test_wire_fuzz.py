@@ -27,7 +27,7 @@ def test_mutated_inputs_never_kill_the_daemon_or_reach_the_wire_as_tracebacks(ho
 
     seed = os.environ.get("MSGSRV_FUZZ_SEED")
     with PeakRSS(daemon.probe) as peak:
-        report = fuzz(targets_for(daemon, OVERRIDES), count=campaign.pick(400, 100_000),
+        report = fuzz(targets_for(daemon, OVERRIDES), count=campaign.pick(600, 100_000),
                       budget=campaign.pick(15, 4 * 3600), health=health,
                       health_every=campaign.pick(50, 500), seed=int(seed) if seed else None)
     assert not report.findings, "seed %d:\n%s" % (report.seed, "\n".join(map(str, report.findings)))
@@ -37,7 +37,7 @@ def test_mutated_inputs_never_kill_the_daemon_or_reach_the_wire_as_tracebacks(ho
     growth = peak.peak_kib - baseline.rss_kib
     assert growth < RSS_BOUND_KIB, "RSS peaked %d KiB above the baseline" % growth
     after = settle(daemon.probe, baseline, timeout=15)
-    campaign.record("wire-fuzz", inputs=report.sent, per_target=dict(report.per_target), codes=dict(report.codes),
-                    health_checks=report.health_checks, seconds=round(report.seconds, 1),
-                    seed=report.seed, rss_peak_growth_kib=growth, before=str(baseline),
-                    after=str(after))
+    campaign.record("wire-fuzz", inputs=report.sent, per_target=dict(report.per_target),
+                    codes=dict(report.codes), health_checks=report.health_checks,
+                    seconds=round(report.seconds, 1), seed=report.seed,
+                    rss_peak_growth_kib=growth, before=str(baseline), after=str(after))

@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 from msgsrv import auth
 from msgsrv.errors import ProtocolError
@@ -55,7 +55,8 @@ def overwrite(data, rng, other):
     data = bytearray(data)
     for _ in range(rng.randint(1, 4)):
         if data:
-            data[rng.randrange(len(data))] = rng.choice(INTERESTING_BYTES + bytes([rng.randrange(256)]))
+            choices = INTERESTING_BYTES + bytes([rng.randrange(256)])
+            data[rng.randrange(len(data))] = rng.choice(choices)
     return bytes(data)
 
 
@@ -246,9 +247,10 @@ def framed_target(name, address, *, authed, phase, reply_timeout=10.0):
     """
     def run(make_input, rng):
         with socket.create_connection(address, timeout=reply_timeout) as sock:
-            decoder = FrameDecoder()
-            hello = _recv_frame(sock, decoder).header
-            answer = encode(auth.answer_hello(hello, KEY_NAME, SECRET)) if authed else b""
+            decoder, answer = FrameDecoder(), b""
+            if authed:
+                hello = _recv_frame(sock, decoder).header
+                answer = encode(auth.answer_hello(hello, KEY_NAME, SECRET))
             if phase == "post-auth" and authed:
                 sock.sendall(answer)
                 if _recv_frame(sock, decoder).type != "authenticated":
@@ -338,34 +340,41 @@ def fuzz(targets, *, count, budget, health, health_every=50, workers=24, seed=No
     seed = random.randrange(1 << 32) if seed is None else seed
     report = FuzzReport(seed)
     started = time.monotonic()
+    indexes = iter(range(count))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fuzz") as pool:
-        pending, submitted = set(), 0
-        while pending or (submitted < count and not report.findings
-                          and time.monotonic() - started < budget):
-            while len(pending) < workers and submitted < count and not report.findings \
+        pending = set()
+        while True:
+            while len(pending) < workers and not report.findings \
                     and time.monotonic() - started < budget:
-                pending.add(pool.submit(_one, targets[submitted % len(targets)], seed, submitted))
-                submitted += 1
+                index = next(indexes, None)
+                if index is None:
+                    break
+                pending.add(pool.submit(_one, targets[index % len(targets)], seed, index))
+            if not pending:
+                break
             done, pending = concurrent.futures.wait(
                 pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
-                _tally(report, future.result())
-                if report.sent % health_every == 0:
-                    health()
-                    report.health_checks += 1
-    health()
-    report.health_checks += 1
+                _tally(report, future.result(), health, health_every)
+    _check_health(report, health)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _tally(report, outcome):
+def _tally(report, outcome, health, health_every):
     name, finding, reply = outcome
     report.sent += 1
     report.per_target[name] += 1
     report.codes.update(code.decode() for code in _CODE.findall(reply))
     if finding is not None:
         report.findings.append(finding)
+    if report.sent % health_every == 0:
+        _check_health(report, health)
+
+
+def _check_health(report, health):
+    health()
+    report.health_checks += 1
 
 
 _CODE = re.compile(rb'"code":"([a-z-]{1,40})"')
