@@ -38,6 +38,8 @@ class ProcessProbe:
             fds = len(os.listdir("/proc/%d/fd" % self.pid))
         except FileNotFoundError:
             raise ProcessLookupError("process %d is gone" % self.pid) from None
+        if "VmRSS" not in status:  # a zombie: exited, not yet reaped
+            raise ProcessLookupError("process %d has exited" % self.pid)
         return Snapshot(int(status["Threads"]), fds, int(status["VmRSS"].split()[0]))
 
 

@@ -152,8 +152,9 @@ def test_crashes_leave_no_thread_or_fd_behind(crash_daemon):
 class Flood:
     """Threads making log-heavy requests (access lines, protocol warnings) until stopped."""
 
-    def __init__(self, daemon, threads=6):
+    def __init__(self, daemon, threads=6, services=("echo", "authed")):
         self.daemon = daemon
+        self.services = services
         self.requests = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
@@ -171,7 +172,7 @@ class Flood:
             thread.join(10)
 
     def _run(self, index):
-        service = "echo" if index % 2 else "authed"
+        service = self.services[index % len(self.services)]
         data = b"ping\n" if service == "echo" else b"\x00\x00\x00\x05[1,2]"  # bad-header: a warning
         while not self._stop.is_set():
             with contextlib.suppress(OSError):
@@ -230,3 +231,26 @@ def test_an_embedded_daemon_gives_the_previous_signal_handlers_back(tmp_path):
     threading.Thread(target=stop_when_listening, daemon=True).start()
     assert daemon.run() == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_with_transfers_in_flight_stops_within_the_shutdown_timeout(tmp_path):
+    """Handlers blocked mid-stream (BlockingFramed ``sleep``) do not hold the stop up."""
+    with running_daemon(tmp_path, ["blocking", "echo"], global_options={
+            "shutdown_timeout": "1"}) as daemon, Flood(daemon, services=("echo",)):
+        address = daemon.address("blocking")
+        idle_threads = daemon.probe.snapshot().threads
+        transfers = [open_tcp(address) for _ in range(8)]
+        for sock in transfers:
+            sock.sendall(encode({"type": "sleep", "bytes": 1 << 20}) + b"r" * 1000)
+        # Each blocked handler gets a replacement worker: 8 more threads.
+        wait_for(lambda: daemon.probe.snapshot().threads >= idle_threads + 8,
+                 message="the handlers to block")
+        started = time.monotonic()
+        daemon.process.proc.send_signal(signal.SIGTERM)
+        code = daemon.process.proc.wait(15)
+        elapsed = time.monotonic() - started
+        for sock in transfers:
+            assert recv_until_closed(sock) == b""  # cut, never answered as if complete
+            sock.close()
+    assert code == 0 and "Traceback" not in daemon.log, daemon.log[-3000:]
+    assert elapsed < 1 + 3, "stop took %.1fs with shutdown_timeout=1" % elapsed

@@ -63,8 +63,11 @@ def test_slowloris_is_closed_by_deadlines_while_fresh_clients_keep_their_latency
         longest = max(result.lifetimes + result.survivor_ages)
         assert longest < DEADLINE + SLACK, "%s: a dripper lived %.2fs" % (name, longest)
         assert result.finished == 0, "%s: the script ran out; the test proves nothing" % name
-        assert all(b'"code":"timeout"' in reply for reply in result.replies), name
-    assert loaded.p99 < P99_BOUND, "fresh clients under attack: " + loaded.describe()
+        unexplained = [reply for reply in result.replies if b'"code":"timeout"' not in reply]
+        assert not unexplained, "%s: %d closes without the timeout error, e.g. %r" % (
+            name, len(unexplained), unexplained[0][-200:])
+    assert loaded.p99 < P99_BOUND, "fresh clients under attack: %s (quiet: %s)" % (
+        loaded.describe(), quiet.describe())
     daemon.assert_alive()
     daemon.assert_clean_log()
     after = settle(daemon.probe, baseline, timeout=15)
