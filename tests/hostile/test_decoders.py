@@ -58,17 +58,23 @@ FRAME_BOUND = PREFIX.size + FRAME_LIMITS["max_header"] + FRAME_LIMITS["max_body"
 
 def decode_frames(chunks):
     """Messages delivered, then the ProtocolError code that ended the stream (or None)."""
-    decoder, messages = FrameDecoder(**FRAME_LIMITS), []
+    messages = []
+    code = _feed_frames(FrameDecoder(**FRAME_LIMITS), chunks, messages.append, FRAME_BOUND)
+    return messages, code
+
+
+def _feed_frames(decoder, chunks, deliver, bound):
+    """Feed ``chunks``, delivering messages; return the code of the error that ended it."""
     try:
         for chunk in chunks:
             decoder.feed(chunk)
-            _drain(decoder, messages.append)
-            assert decoder.buffered <= FRAME_BOUND, decoder.buffered
+            _drain(decoder, deliver)
+            assert decoder.buffered <= bound, decoder.buffered
         decoder.eof()
     except ProtocolError as exc:
         assert exc.code in FRAME_CODES, exc.code
-        return messages, exc.code
-    return messages, None
+        return exc.code
+    return None
 
 
 def _drain(decoder, deliver):
@@ -132,18 +138,14 @@ AUTH_LIMITS = dict(max_header=512, max_body=64)
 def decode_auth(chunks):
     """The server handshake fed from frames: attempt outcomes until done, then the frame error."""
     handshake = auth.ServerHandshake(KEYS, max_failures=3)
-    decoder, outcomes = FrameDecoder(**AUTH_LIMITS), []
-    try:
-        for chunk in chunks:
-            decoder.feed(chunk)
-            _drain(decoder, lambda message: handshake.done
-                   or outcomes.append(_attempt(handshake, message)))
-            assert decoder.buffered <= PREFIX.size + 512 + 64
-        decoder.eof()
-    except ProtocolError as exc:
-        assert exc.code in FRAME_CODES, exc.code
-        return outcomes, exc.code
-    return outcomes, None
+    outcomes = []
+
+    def deliver(message):
+        if not handshake.done:
+            outcomes.append(_attempt(handshake, message))
+    code = _feed_frames(FrameDecoder(**AUTH_LIMITS), chunks, deliver,
+                        PREFIX.size + AUTH_LIMITS["max_header"] + AUTH_LIMITS["max_body"])
+    return outcomes, code
 
 
 def _attempt(handshake, message):
