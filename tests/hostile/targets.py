@@ -199,6 +199,17 @@ class HostileDaemon:
         return [line for line in self.process.lines if _ERROR_LINE.match(line)
                 and not any(re.search(pattern, line) for pattern in allowed)]
 
+    def closes(self, service):
+        """The access-log records of ``service``'s closed connections, as dicts
+        (``duration`` a float in seconds, ``outcome``, ``peer``...)."""
+        records = []
+        for line in self.process.lines:
+            if " msgsrv.access: close service=%s " % service in line:
+                record = dict(field.split("=", 1) for field in line.split()[5:] if "=" in field)
+                record["duration"] = float(record.get("duration", "nan"))
+                records.append(record)
+        return records
+
     def assert_alive(self):
         """Fail if the daemon process has exited."""
         code = self.process.proc.poll()

