@@ -9,7 +9,7 @@ import time
 import pytest
 
 from msgsrv.daemon import Daemon
-from msgsrv.protocol import encode
+from msgsrv.protocol import FrameDecoder, encode
 from msgsrv.stream import FrameStream
 from tests.conftest import recv_until_closed, wait_for
 from tests.hostile import campaign
@@ -93,16 +93,19 @@ def _healthy_connection(daemon, service):
     return None if session is None else session(daemon.address(service))
 
 
-def _still_served(connection, service):
-    if connection is None:
-        return
-    if SERVICES[service].kind == "fault" and service == "crash-framed":
-        stream = FrameStream(connection)
-        stream.send({"type": "ping"})
-        assert stream.recv().type == "pong"
-        return
-    connection.sendall(b"still here")
-    assert connection.recv(100) == b"still here"
+def _echo_again(sock):
+    sock.sendall(b"still here")
+    assert sock.recv(100) == b"still here"
+
+
+def _pong_again(sock):
+    stream = FrameStream(sock)
+    stream.send({"type": "ping"})
+    assert stream.recv().type == "pong"
+
+
+#: service -> how its (already served) neighbour connection is used again.
+AGAIN = {"crash": _echo_again, "crash-framed": _pong_again}
 
 
 @pytest.mark.parametrize("service, crash, message, received", CRASHES,
@@ -119,7 +122,8 @@ def test_a_crash_is_contained_to_its_connection(crash_daemon, service, crash, me
     else:
         assert got == received
     wait_for(lambda: len(crash_daemon.error_lines()) > errors, message="the crash's log record")
-    _still_served(neighbour, service)
+    if neighbour is not None:
+        AGAIN[service](neighbour)
     crash_daemon.ping_all()
     new = crash_daemon.error_lines()[errors:]
     assert len(new) == 1 and message in new[0], new
@@ -130,7 +134,6 @@ def test_a_crash_is_contained_to_its_connection(crash_daemon, service, crash, me
 
 
 def _only_frame(data):
-    from msgsrv.protocol import FrameDecoder
     decoder = FrameDecoder()
     decoder.feed(data)
     message = decoder.next_message()
