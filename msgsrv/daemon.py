@@ -204,9 +204,11 @@ class Daemon:
         for _, thread in drains:
             thread.join(timeout + 5.0)
 
-    def _drain(self, server):
-        """Stop ``server`` (listener now, connections within shutdown_timeout) in a thread."""
-        server.stop_accepting()
+    def _drain(self, server, close_now=False):
+        """Stop ``server`` in a thread (its connections get shutdown_timeout); with
+        ``close_now`` its listener is closed before this returns."""
+        if close_now:
+            server.stop_accepting()
         thread = threading.Thread(target=self._drain_run, args=(server,),
                                   name="%s-stop" % server.name, daemon=True)
         with self._drains_lock:
@@ -427,7 +429,7 @@ class Daemon:
         old = self.config
         self.config = new
         for name in plan.removed + plan.restarted:
-            self._drain(self.registry.remove(name))
+            self._drain(self.registry.remove(name), close_now=True)
         failed = []
         for name in plan.added + plan.restarted:
             try:
