@@ -58,6 +58,12 @@ class Config:
 
 def load(path):
     """Read and validate the INI file at ``path``; raise ConfigError if invalid."""
+    return from_parser(read(path), path)
+
+
+def read(path):
+    """Read the INI file at ``path`` into a ConfigParser, unvalidated; raise ConfigError
+    if it cannot be read or is not INI."""
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     parser.optionxform = str  # keys are case-sensitive, like the declarations
     try:
@@ -68,7 +74,7 @@ def load(path):
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError("%s: not a valid INI file (%s)"
                           % (path, str(exc).splitlines()[0])) from None
-    return from_parser(parser, path)
+    return parser
 
 
 def from_parser(parser, path="<config>"):
