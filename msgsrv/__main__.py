@@ -4,11 +4,12 @@ import argparse
 import sys
 
 from . import __version__, config as config_module
-from .daemon import EXIT_CONFIG, EXIT_OK, Daemon, configure_logging
 from .errors import ConfigError
 from .pidfile import running_pid
+from .settings import GLOBAL_SETTINGS
 
 DEFAULT_CONFIG = "conf/server.ini"
+EXIT_OK, EXIT_CONFIG = 0, 2  # as msgsrv.daemon's (imported only to run: helpers start fast)
 EXIT_NOT_RUNNING = 3  # LSB "program is not running"
 
 
@@ -21,8 +22,9 @@ def build_parser():
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true",
                         help="validate the file, print the effective configuration, exit")
-    action.add_argument("--print-setting", metavar="NAME",
-                        help="print the effective value of one [msgsrv] setting, exit")
+    action.add_argument("--print-setting", metavar="NAME", action="append",
+                        help="print the effective value of a [msgsrv] setting (repeat for "
+                             "several, one per line), exit")
     action.add_argument("--pid", action="store_true",
                         help="print the pid of the daemon holding the configured pidfile; "
                              "exit 3 if none is running")
@@ -34,9 +36,12 @@ def main(argv=None):
     """Run the daemon command line; return the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        config = config_module.load(args.config)
+        # The helpers read only [msgsrv], so msgsrvctl can still find (and
+        # reload or stop) a daemon whose services section was broken by an edit.
+        config = (_global_config(args.config) if args.print_setting is not None or args.pid
+                  else config_module.load(args.config))
         if args.print_setting is not None:
-            return _print_setting(config, args.print_setting)
+            return _print_settings(config, args.print_setting)
     except ConfigError as exc:
         print("msgsrv: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -45,18 +50,31 @@ def main(argv=None):
         return EXIT_OK
     if args.pid:
         return _print_pid(config)
+    from .daemon import Daemon, configure_logging
     configure_logging(config.options)
     return Daemon(config).run()
 
 
-def _print_setting(config, name):
-    if name not in config.options:
+def _global_config(path):
+    """A Config with the validated [msgsrv] options of ``path`` and no services."""
+    parser = config_module.read(path)
+    section = config_module.GLOBAL_SECTION
+    raw = dict(parser.items(section)) if parser.has_section(section) else {}
+    names = {setting.name for setting in GLOBAL_SETTINGS}
+    options = config_module.parse_section("%s: [%s]" % (path, section), GLOBAL_SETTINGS,
+                                          {k: v for k, v in raw.items() if k in names})
+    return config_module.Config(path, options, ())
+
+
+def _print_settings(config, names):
+    unknown = [name for name in names if name not in config.options]
+    if unknown:
         raise ConfigError("no [msgsrv] setting %r (known: %s)"
-                          % (name, ", ".join(sorted(config.options))))
-    prefix = name + " = "  # the [msgsrv] section comes first in the effective config
-    line = next(line for line in config_module.format_effective(config).splitlines()
-                if line.startswith(prefix))
-    print(line[len(prefix):])
+                          % (unknown[0], ", ".join(sorted(config.options))))
+    effective = dict(line.split(" = ", 1)
+                     for line in config_module.format_effective(config).splitlines()[1:] if line)
+    for name in names:
+        print(effective[name])
     return EXIT_OK
 
 

@@ -192,7 +192,8 @@ def test_sd_notify_ready_reloading_stopping(tmp_path, daemon_factory):
             return listener.recv(4096).decode().split("\n")
         ready = next_message()
         assert "READY=1" in ready and "MAINPID=%d" % daemon.proc.pid in ready
-        assert daemon.listeners  # READY comes after every listener is up
+        log = logged(daemon, "ready pid=")  # logged just before READY=1 is sent
+        assert log.index("listening service=keep") < log.index("ready pid=")
         daemon.proc.send_signal(signal.SIGHUP)
         assert next_message()[0] == "RELOADING=1"
         assert "READY=1" in next_message()
