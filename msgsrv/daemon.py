@@ -53,8 +53,16 @@ class ReopeningFileHandler(logging.FileHandler):
 def configure_logging(options):
     """Send logs to ``log_file`` (or stderr) at ``log_level``; return the handler.
 
-    Creates the log file's directory if needed; closes the handlers it replaces.
+    Creates the log file's directory if needed; closes the handlers it
+    replaces.  Raises OSError if the log file cannot be opened.
     """
+    handler = log_handler(options)
+    install_log_handler(handler, options["log_level"])
+    return handler
+
+
+def log_handler(options):
+    """A new handler for ``log_file`` (or stderr); raises OSError if it cannot be opened."""
     if options["log_file"]:
         directory = os.path.dirname(options["log_file"])
         if directory:
@@ -63,14 +71,19 @@ def configure_logging(options):
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-        if isinstance(old, logging.FileHandler):
-            old.close()
-    root.addHandler(handler)
-    root.setLevel(options["log_level"].upper())
     return handler
+
+
+def install_log_handler(handler, level):
+    """Make ``handler`` the root logger's only handler, at ``level``."""
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for old in list(root.handlers):
+        if old is not handler:
+            root.removeHandler(old)
+            if isinstance(old, logging.FileHandler):
+                old.close()
+    root.setLevel(level.upper())
 
 
 def reopen_logs():
@@ -382,26 +395,31 @@ class Daemon:
         """
         new = config_module.load(self.config.path)
         plan = plan_reload(self.config, new)
-        fresh, undo = {}, []
+        fresh, undo, new_log = {}, [], None
         try:
-            log_handler = self._new_log_handler(new)
+            new_log = self._new_log_handler(new)
             for name in plan.kept:
                 undo.append(self.registry.get(name).reconfigure(_service(new, name), new.options))
             late = self._create_fresh(new, plan, fresh)
         except BaseException:
+            if new_log is not None:
+                new_log.close()
             for server in fresh.values():
                 server.stop(0)
             for step in reversed(undo):
                 step()
             raise
-        failed = self._commit(new, plan, fresh, late, log_handler)
+        failed = self._commit(new, plan, fresh, late, new_log)
         return _summary(plan, failed)
 
     def _new_log_handler(self, new):
         old, options = self.config.options, new.options
         if (old["log_file"], old["log_level"]) == (options["log_file"], options["log_level"]):
             return None
-        return lambda: configure_logging(options)
+        try:
+            return log_handler(options)
+        except OSError as exc:
+            raise OSError("log_file %s: %s" % (options["log_file"], exc.strerror or exc)) from None
 
     def _create_fresh(self, new, plan, fresh):
         """Create (and where possible bind) the new servers; return those whose address
@@ -420,9 +438,9 @@ class Daemon:
                 self._bind(fresh[name])
         return late
 
-    def _commit(self, new, plan, fresh, late, log_handler):
-        if log_handler is not None:
-            log_handler()
+    def _commit(self, new, plan, fresh, late, new_log):
+        if new_log is not None:
+            install_log_handler(new_log, new["log_level"])
         for key in _RESTART_KEYS:
             if self.config[key] != new[key]:
                 log.warning("reload: %s changed; it takes effect at the next start", key)

@@ -1,6 +1,7 @@
 """The daemon as an operator sees it: reload, log reopening, graceful and quick stops,
 sd_notify, the pidfile lock, privilege drop, and the command-line helpers."""
 
+import logging
 import os
 import pwd
 import signal
@@ -11,11 +12,14 @@ import time
 
 import pytest
 
+from msgsrv import config as config_module
 from msgsrv.__main__ import main
 from msgsrv.client import EchoClient
-from msgsrv.daemon import plan_reload, state_path
+from msgsrv.daemon import Daemon, plan_reload, state_path
 from msgsrv.errors import ConfigError
+from msgsrv.handlers.base import Handler
 from msgsrv.privileges import drop
+from msgsrv.server import TCPService
 from msgsrv.stream import FrameStream
 from tests.conftest import ROOT, wait_for
 
@@ -252,7 +256,6 @@ def test_privileges_errors():
 
 
 def test_plan_reload_classifies_services(tmp_path):
-    from msgsrv import config as config_module
     old = write_config(tmp_path / "a.ini", KEEP, GONE, "[service:moved]\nhandler = echo\n")
     new = write_config(tmp_path / "b.ini", KEEP + "workers = 2\n", NEW,
                        "[service:moved]\nhandler = echo\nport = 1234\n")
@@ -280,3 +283,126 @@ def test_print_setting_and_pid_helpers(tmp_path, capsys):
     no_pidfile = write_config(tmp_path / "plain.ini", KEEP)
     assert main(["-c", str(no_pidfile), "--pid"]) == 2
 
+
+
+# -- the daemon in-process: reload corner cases ----------------------------------
+
+class FlakyPrepare(Handler):
+    """Echo whose prepare_service can be made to fail with an unexpected error."""
+
+    fail = False
+
+    @classmethod
+    def prepare_service(cls, server):
+        if cls.fail:
+            raise RuntimeError("prepare exploded")
+
+    def data_received(self, data):
+        self.conn.send(data)
+
+
+@pytest.fixture
+def inproc(tmp_path):
+    """Factory: a started in-process Daemon for a config text; stopped at teardown."""
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    daemons = []
+
+    def start(text):
+        path = tmp_path / "inproc.ini"
+        path.write_text(text)
+        daemon = Daemon(config_module.load(str(path)))
+        daemon.start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+    for handler in list(root.handlers):
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in saved[0]:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(saved[1])
+
+
+def test_failed_takeover_brings_the_old_service_back(inproc, tmp_path, monkeypatch):
+    port = free_port()
+    daemon = inproc(GLOBAL + "[service:keep]\nhandler = echo\nport = %d\n" % port)
+    new_log = tmp_path / "new.log"
+    (tmp_path / "inproc.ini").write_text(
+        GLOBAL + "log_file = %s\npidfile = %s\n" % (new_log, tmp_path / "x.pid")
+        + "[service:keep]\nhandler = tests.plugins:ShoutHandler\nport = %d\n" % port)
+    real_bind = TCPService.server_bind
+
+    def refuse_shout(server):
+        if server.config["handler"] == "tests.plugins:ShoutHandler":
+            raise OSError(98, "Address already in use")
+        real_bind(server)
+    monkeypatch.setattr(TCPService, "server_bind", refuse_shout)
+    assert daemon.reload() == "restarted: keep; failed: keep"
+    assert daemon.servers["keep"].config["handler"] == "echo"
+    assert echo(("127.0.0.1", port)) == b"ping"
+    text = new_log.read_text()
+    assert "reload: pidfile changed; it takes effect at the next start" in text
+    assert "reload: [service:keep] cannot listen on 127.0.0.1:%d" % port in text
+
+
+def test_unexpected_prepare_error_refuses_the_reload(inproc, tmp_path, caplog):
+    FlakyPrepare.fail = False
+    daemon = inproc(GLOBAL + "[service:flaky]\nhandler = tests.test_ops:FlakyPrepare\n")
+    before = daemon.config
+    (tmp_path / "inproc.ini").write_text(
+        GLOBAL + "[service:flaky]\nhandler = tests.test_ops:FlakyPrepare\nmax_connections = 3\n")
+    FlakyPrepare.fail = True
+    try:
+        daemon.handle_hup()
+    finally:
+        FlakyPrepare.fail = False
+    assert "reload: refused: unexpected error: prepare exploded" in caplog.text
+    assert daemon.config is before
+    assert daemon.servers["flaky"].config["max_connections"] == 1000
+    assert echo(daemon.servers["flaky"].server_address) == b"ping"
+
+
+def test_unopenable_new_log_file_refuses_the_reload(inproc, tmp_path):
+    daemon = inproc(GLOBAL + KEEP)
+    (tmp_path / "inproc.ini").write_text(
+        GLOBAL + "log_file = %s\n" % (tmp_path / "inproc.ini" / "x.log") + KEEP + NEW)
+    with pytest.raises(OSError, match="log_file .*x.log"):
+        daemon.reload()
+    assert list(daemon.servers) == ["keep"]
+
+
+def test_signal_handlers_in_order(inproc, caplog):
+    daemon = inproc(GLOBAL + KEEP)
+    wake_r, daemon._wake_w = os.pipe()
+    try:
+        with caplog.at_level(logging.INFO, "msgsrv"):
+            daemon.handle_usr1()
+            daemon.handle_term()
+            daemon.handle_term()
+            daemon.handle_hup()
+            daemon.handle_int()
+            daemon._stopper.join(10)
+        assert os.read(wake_r, 10) == b"s"
+    finally:
+        os.close(wake_r)
+        os.close(daemon._wake_w)
+    for line in ("SIGUSR1 received, reopened 0 log file(s)", "SIGTERM received, stopping",
+                 "SIGTERM received, already stopping", "SIGHUP received while stopping",
+                 "second SIGINT received"):
+        assert line in caplog.text
+    assert not daemon.servers
+
+
+def test_tls_file_missing_at_start_exits_2(tmp_path, daemon_factory):
+    config = write_config(tmp_path / "server.ini", GLOBAL,
+                          KEEP + "tls_cert = %s\n" % (tmp_path / "missing.pem"))
+    daemon = daemon_factory(config)
+    assert daemon.proc.wait(10) == 2
+    daemon.stop()
+    assert "[service:keep] tls_cert/tls_key: cannot load" in daemon.log
