@@ -187,3 +187,15 @@ def test_bad_certificate_files_are_config_errors(start_service, certs, tmp_path)
         start_service("echo", tls_cert=certs["ca.pem"], tls_key=certs["server.key"])
     with pytest.raises(ConfigError, match="tls_client_ca: cannot load"):
         tls_service(start_service, certs, tls_client_ca=tmp_path / "none.pem")
+
+
+def test_client_cli_tls_options(start_service, certs, capsys):
+    from msgsrv.client.__main__ import main as client_main
+    server = tls_service(start_service, certs, tls_client_ca=certs["ca.pem"])
+    address = "127.0.0.1:%d" % server.port
+    assert client_main(["echo", address, "over", "tls", "--ca-file", certs["ca.pem"],
+                        "--client-cert", certs["client.pem"],
+                        "--client-key", certs["client.key"]]) == 0
+    assert capsys.readouterr().out == "over tls\n"
+    assert client_main(["echo", address, "x", "--tls", "--ca-file", certs["other-ca.pem"]]) == 1
+    assert "certificate not trusted" in capsys.readouterr().err
