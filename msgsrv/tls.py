@@ -73,8 +73,9 @@ def client_context(ca_file=None, client_cert=None, client_key=None):
         if client_cert:
             context.load_cert_chain(client_cert, client_key or None)
     except (OSError, ssl.SSLError) as exc:
+        what = client_cert or ca_file
         raise ConfigError("TLS: cannot load %s: %s"
-                          % (client_cert or ca_file, getattr(exc, "strerror", None) or exc)) from None
+                          % (what, getattr(exc, "strerror", None) or exc)) from None
     return context
 
 
