@@ -198,7 +198,10 @@ LIMIT_PARSERS = {
 
 
 def parse_limits(value):
-    """Parser for ``limits.NAME``: ``LIMIT=VALUE`` words (shell-style quoting) naming LIMIT_PARSERS."""
+    """Parser for ``limits.NAME``: ``LIMIT=VALUE`` words (shell-style quoting).
+
+    LIMIT is a key of LIMIT_PARSERS; ValueError names the broken rule.
+    """
     overrides = LimitOverrides()
     try:
         items = shlex.split(value)

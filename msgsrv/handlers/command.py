@@ -98,7 +98,7 @@ class CommandHandler(AuthenticatedHandler):
                                 env=self.server.commands.environment, stdin=bool(stdin))
         except OSError as exc:
             log.error("%s: cannot start %s %s: %s", self.server.name, plan.name,
-                      json.dumps(list(plan.argv), separators=(",", ":")), exc)
+                      _json(plan.argv), exc)
             raise ProtocolError("exec-failed", "cannot start %s: %s"
                                 % (plan.name, exc.strerror or exc)) from None
 
@@ -136,7 +136,7 @@ class CommandHandler(AuthenticatedHandler):
         log.info("run service=%s key=%s peer=%s command=%s argv=%s exit=%s signal=%s "
                  "duration=%.3f stdout=%d stderr=%d truncated=%s timed_out=%s end=%s",
                  self.server.name, self.identity, format_peer(self.conn.address), plan.name,
-                 json.dumps(list(plan.argv), separators=(",", ":")), _dash(outcome.exit_code), _dash(outcome.signal),
+                 _json(plan.argv), _dash(outcome.exit_code), _dash(outcome.signal),
                  outcome.duration, outcome.produced["stdout"], outcome.produced["stderr"],
                  ",".join(k for k, v in outcome.truncated.items() if v) or "-",
                  "yes" if outcome.timed_out else "no", outcome.ended_by or "exited")
@@ -145,8 +145,13 @@ class CommandHandler(AuthenticatedHandler):
         self.server.counters.incr("runs_refused")
         log.warning("refused service=%s key=%s peer=%s command=%s code=%s",
                     self.server.name, self.identity, format_peer(self.conn.address),
-                    json.dumps(commands.brief(name) if not isinstance(name, str) else name[:64]),
+                    _json(name[:64] if isinstance(name, str) else commands.brief(name)),
                     exc.code)
+
+
+def _json(value):
+    """One log token: JSON escapes every control character, so a line stays one line."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
 
 
 def _dash(value):
