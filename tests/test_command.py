@@ -10,10 +10,10 @@ import pytest
 from msgsrv import auth
 from msgsrv.client import CommandClient
 from msgsrv.errors import AuthError, ConfigError, ServerError
-from msgsrv.handlers.command import CommandHandler
+from msgsrv.handlers.command import CODES, CommandHandler
 from msgsrv.server import make_server
 from msgsrv.stream import FrameStream
-from tests.conftest import connect, recv_until_closed, service_config, wait_for
+from tests.conftest import ROOT, connect, recv_until_closed, service_config, wait_for
 from tests.processes import alive
 
 pytestmark = pytest.mark.timeout(30)
@@ -322,3 +322,10 @@ def test_keys_naming_no_known_key_are_warned_about(command_service, caplog):
 def test_handler_declares_its_settings_once():
     names = [s.name for s in CommandHandler.settings]
     assert len(names) == len(set(names)) and "keys_file" in names and "command.*" in names
+
+
+def test_protocol_doc_lists_every_command_error_code():
+    with open(os.path.join(ROOT, "docs", "PROTOCOL.rst"), encoding="utf-8") as doc:
+        section = doc.read().split("\nCommand service\n")[1].split("\nFile service\n")[0]
+    for code in CODES:
+        assert "``%s``\n" % code in section, code

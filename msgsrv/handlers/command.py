@@ -24,6 +24,12 @@ log = logging.getLogger("msgsrv.command")
 
 _MAX_FRAME = {"max_header": 1 << 30, "max_body": 1 << 40}
 
+#: wire code -> meaning, for every error frame this service sends besides the frame codes.
+CODES = dict(commands.CODES, **{
+    "busy": "max_concurrent commands are running already",
+    "exec-failed": "the program could not be started",
+})
+
 
 def output_frame(stream, data):
     """The frame carrying one chunk of a command's ``stream`` output."""
