@@ -3,13 +3,15 @@
 import logging
 import os
 import shutil
+import socket
+import struct
 import time
 
 import pytest
 
 from msgsrv import auth
 from msgsrv.client import CommandClient
-from msgsrv.errors import AuthError, ConfigError, ServerError
+from msgsrv.errors import AuthError, ConfigError, ConnectionFailed, ServerError
 from msgsrv.handlers.command import CODES, CommandHandler
 from msgsrv.server import make_server
 from msgsrv.stream import FrameStream
@@ -199,7 +201,7 @@ def test_output_over_the_cap_is_truncated_and_flagged(command_service):
 
 
 def test_client_disconnect_kills_the_run(command_service, caplog):
-    server = command_service(max_concurrent=1, **{
+    server = command_service(max_concurrent=1, timeout=60, **{
         "command.hang": "sh -c 'sleep 30 & echo $!; wait'", "command.t": "true"})
     with caplog.at_level(logging.INFO, "msgsrv.command"):
         with client(server) as c:
@@ -208,8 +210,8 @@ def test_client_disconnect_kills_the_run(command_service, caplog):
             assert alive(child)
             items.close()  # leaving the loop early closes the connection
             assert c.sock is None
-        wait_for(lambda: not alive(child), 5, message="the run to be killed")
-        wait_for(lambda: "end=disconnected" in caplog.text, 5, message="the audit line")
+        wait_for(lambda: not alive(child), 2, message="the run to be killed")
+        wait_for(lambda: "end=disconnected" in caplog.text, 2, message="the audit line")
     with client(server) as c:  # the slot was given back
         assert c.run("t").ok
 
@@ -251,33 +253,69 @@ def test_stdin_comes_from_the_request_body_within_max_stdin(command_service):
 
 
 def test_server_shutdown_kills_running_commands(command_service):
-    server = command_service(**{"command.hang": "sh -c 'sleep 30 & echo $!; wait'"})
+    server = command_service(timeout=60, **{"command.hang": "sh -c 'sleep 30 & echo $!; wait'"})
     with client(server) as c:
-        child = int(first_chunk(c.run_stream("hang")))
+        items = c.run_stream("hang")
+        child = int(first_chunk(items))
         started = time.monotonic()
         server.stop(0.3)
         assert time.monotonic() - started < 3
-    wait_for(lambda: not alive(child), 5, message="the run to be killed at shutdown")
+        assert not alive(child)
+        with pytest.raises(ConnectionFailed):
+            next(items)
 
 
 # --- protocol details ------------------------------------------------------------
 
-def test_requests_pipelined_behind_a_run_are_answered_after_it(command_service):
-    server = command_service(**{"command.nap": "sh -c 'sleep 0.2; echo awake'"})
+def test_requests_sent_during_a_run_are_answered_after_it(command_service):
+    server = command_service(**{"command.nap": "sh -c 'sleep 0.3; echo awake'"})
     with client(server) as c:
         c.send({"type": "run", "command": "nap"})
+        assert c.recv().type == "started"
         c.send({"type": "list"})
-        assert [c.recv().type for _ in range(4)] == ["started", "output", "exit", "commands"]
+        assert [c.recv().type for _ in range(3)] == ["output", "exit", "commands"]
+
+
+def test_a_flood_during_a_run_is_left_unread_until_the_run_ends(command_service):
+    server = command_service(max_header="128", max_body="0", **{
+        "command.nap": "sh -c 'sleep 0.3; echo awake'"})
+    with client(server) as c:
+        c.send({"type": "run", "command": "nap"})
+        assert c.recv().type == "started"
+        for _ in range(20):
+            c.send({"type": "list"})
+        assert [c.recv().type for _ in range(22)] == ["output", "exit"] + ["commands"] * 20
 
 
 def test_a_broken_frame_during_a_run_ends_the_connection_after_the_run(command_service):
-    server = command_service(**{"command.nap": "sh -c 'sleep 0.2; echo awake'"})
+    server = command_service(**{"command.nap": "sh -c 'sleep 0.3; echo awake'"})
     with client(server) as c:
         c.send({"type": "run", "command": "nap"})
+        assert c.recv().type == "started"
         c.sock.sendall(b"\xff\xff\xff\xff")
-        assert [c.recv().type for _ in range(3)] == ["started", "output", "exit"]
+        assert [c.recv().type for _ in range(2)] == ["output", "exit"]
         assert refused("too-large", c.recv)
         assert recv_until_closed(c.sock) == b""
+
+
+def test_a_client_reset_kills_the_run(command_service):
+    server = command_service(timeout=60, **{"command.hang": "sh -c 'sleep 30 & echo $!; wait'"})
+    c = client(server)
+    items = c.run_stream("hang")
+    child = int(first_chunk(items))
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # linger 0: the server gets a reset, not an orderly end
+    wait_for(lambda: not alive(child), 2, message="the run to be killed")
+
+
+def test_client_refuses_a_server_that_is_not_a_command_service(start_service, keys_file):
+    from msgsrv.errors import ProtocolError
+    server = start_service("tests.plugins:AuthedEcho", keys_file=keys_file)
+    with client(server) as c:
+        with pytest.raises(ProtocolError, match="expected a commands reply"):
+            c.list()
+        with pytest.raises(ProtocolError, match="expected started"):
+            c.run("x")
 
 
 def test_started_and_exit_frames_carry_the_run_facts(command_service):

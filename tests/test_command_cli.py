@@ -77,6 +77,10 @@ def test_cli_run_feeds_stdin_and_reports_refusals(command_service, keys_file):
                "cat")
     out, err = proc.communicate(b"from stdin", timeout=20)
     assert (proc.returncode, out) == (0, b"from stdin")
+    proc = cli("run", "--stdin", "--keys-file", keys_file, "--key", "alice", address(server),
+               "cat")
+    out, err = proc.communicate(b"x" * (1024 * 1024 + 1), timeout=20)
+    assert proc.returncode == 1 and b"standard input is over 1048576 bytes" in err
     proc = cli("run", "--keys-file", keys_file, "--key", "alice", address(server), "rm", "-rf")
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 1 and out == b""

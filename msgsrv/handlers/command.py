@@ -73,6 +73,17 @@ class CommandHandler(AuthenticatedHandler):
                                 % commands.brief(message.type))
 
     def _run(self, message):
+        plan = self._admit(message)
+        try:
+            run, outcome = self._execute(plan, message.body)
+        finally:
+            # Given back before the exit frame goes out: a client that runs
+            # again as soon as it sees exit must not find its own slot taken.
+            self.server.run_slots.release()
+        self._finish(plan, run, outcome)
+
+    def _admit(self, message):
+        """The checked Plan, with a run slot taken; ProtocolError (logged) otherwise."""
         try:
             plan = self.server.commands.plan(message.header, self.identity, len(message.body))
             if not self.server.run_slots.acquire(blocking=False):
@@ -81,10 +92,7 @@ class CommandHandler(AuthenticatedHandler):
         except ProtocolError as exc:
             self._refused(message.header.get("command", commands.ANY), exc)
             raise
-        try:
-            self._execute(plan, message.body)
-        finally:
-            self.server.run_slots.release()
+        return plan
 
     def _execute(self, plan, stdin):
         self._input_error = None
@@ -95,8 +103,7 @@ class CommandHandler(AuthenticatedHandler):
             run = runner.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],
                                     encode=output_frame, on_input=self._input_during_run,
                                     greeting=greeting, stdin=stdin)
-            outcome = run.pump()
-        self._finish(plan, run, outcome)
+            return run, run.pump()
 
     def _spawn(self, plan, stdin):
         try:
