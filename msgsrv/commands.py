@@ -380,8 +380,8 @@ class CommandTable:
 
     def visible(self, identity):
         """The list reply body: the commands ``identity`` may run, sorted by name."""
-        return {"commands": [command.describe() for name, command in sorted(self.commands.items())
-                             if command.allows(identity)],
+        return {"commands": [self.commands[name].describe() for name in sorted(self.commands)
+                             if self.commands[name].allows(identity)],
                 "allow_any": self.allow_any and self._any_allowed(identity)}
 
     def plan(self, header, identity, stdin_size=0):

@@ -9,18 +9,18 @@ import time
 
 import pytest
 
-from msgsrv import auth
 from msgsrv.client import CommandClient
 from msgsrv.errors import AuthError, ConfigError, ConnectionFailed, ServerError
 from msgsrv.handlers.command import CODES, CommandHandler
 from msgsrv.server import make_server
-from msgsrv.stream import FrameStream
-from tests.conftest import ROOT, connect, recv_until_closed, service_config, wait_for
+from tests.conftest import ROOT, recv_until_closed, service_config, wait_for
 from tests.processes import alive
+from tests.test_authed import SECRET as AUTHED_SECRET
+from tests.test_authed import test_replayed_proof_is_refused as replayed_proof_is_refused
 
 pytestmark = pytest.mark.timeout(30)
 
-SECRET = "s3cret-s3cret-s3cret"
+SECRET = AUTHED_SECRET
 BOB_SECRET = "b" * 20
 
 
@@ -143,19 +143,8 @@ def test_wrong_secret_is_refused_and_logged(command_service, caplog):
 
 
 def test_replayed_auth_response_is_refused(command_service):
-    server = command_service(**{"command.t": "true"})
-    with connect(server) as sock:
-        stream = FrameStream(sock)
-        captured = auth.answer_hello(stream.recv().header, "alice", SECRET)
-        stream.send(captured)
-        assert stream.recv().type == "authenticated"
-    with connect(server) as sock:
-        stream = FrameStream(sock)
-        stream.recv()
-        stream.send(captured)
-        assert stream.recv().header["code"] == "auth-failed"
-        stream.send({"type": "run", "command": "t"})
-        assert stream.recv().header["code"] == "auth-failed"
+    # The shared handshake check, run against this service (same key and secret).
+    replayed_proof_is_refused(command_service(**{"command.t": "true"}))
 
 
 def test_client_without_credentials_is_stopped_early(command_service, monkeypatch):
@@ -216,7 +205,7 @@ def test_client_disconnect_kills_the_run(command_service, caplog):
         assert c.run("t").ok
 
 
-def test_concurrent_runs_over_the_limit_are_refused(command_service, tmp_path):
+def test_concurrent_runs_over_the_limit_are_refused(no_thread_leak, command_service, tmp_path):
     flag = tmp_path / "flag"
     server = command_service(max_concurrent=1, **{
         "command.block": "sh -c 'echo go; while [ ! -e %s ]; do sleep 0.02; done'" % flag})

@@ -14,7 +14,7 @@ from msgsrv.client import Result
 from msgsrv.client.__main__ import main
 from msgsrv.server import make_server
 from tests.conftest import ROOT
-from tests.test_command import SECRET, client, command_service, keys_file  # noqa: F401 (fixtures)
+from tests.test_command import client, command_service, keys_file  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 

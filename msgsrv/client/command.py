@@ -105,8 +105,9 @@ class CommandClient(FramedClient):
             raise ProtocolError("bad-reply", "expected started, got %r" % started.type)
         finished = False
         previous = self.sock.gettimeout()
-        # The server may stay silent for the whole command timeout; wait that long, plus ours.
-        self.sock.settimeout(self.timeout + float(started.header.get("timeout", 0)))
+        if previous is not None:
+            # The server may stay silent for the whole command timeout: wait that long, plus ours.
+            self.sock.settimeout(previous + float(started.header.get("timeout", 0)))
         try:
             for item in self._frames():
                 finished = item[0] == "exit"
