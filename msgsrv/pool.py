@@ -1,16 +1,17 @@
 """The server core: connections parked in epoll, served by a small worker pool.
 
-Every worker thread waits in ``epoll.poll`` on one shared epoll object.
-Each connection's descriptor is registered with ``EPOLLONESHOT``, so a
-readiness event goes to exactly one worker and the descriptor stays disarmed
-until that worker re-arms it: a connection is never served by two threads at
-once, and an idle connection costs no thread at all.  There is no hand-off
-between an acceptor and the workers, so a round trip costs one wake-up.
+Connections are registered level-triggered in one epoll set.  A few worker
+threads share it, but only one of them, the leader, polls and serves at a
+time; it keeps the lead from one event to the next, so a round trip costs one
+``epoll_wait`` and no thread hand-off, and the registered interest is changed
+only when it must (output queued or drained, reading paused): an echo round
+trip makes no ``epoll_ctl`` call.  An idle connection costs no thread.
 
 A handler call may block (stream a file, wait for a child process) inside
-:meth:`Connection.blocking`; while it does, the pool starts a replacement
-worker (up to ``max_threads``) so the other connections keep being served,
-and the surplus thread exits once the blocking call is over.
+:meth:`Connection.blocking`.  Entering it disarms that connection and gives
+up the lead, so another worker polls and serves everyone else (a new worker
+is started if none is free, up to ``max_threads``); the surplus thread exits
+once the blocking call is over.
 
 See docs/DESIGN.rst for the trade-offs.
 """
@@ -21,17 +22,27 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 
 log = logging.getLogger("msgsrv.pool")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # larger reads are mmap-allocated per call: measurably slower
 _IN, _OUT, _ONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
 _ERR = select.EPOLLERR | select.EPOLLHUP
+# Interest of a connection that wants no event: HUP/ERR are always reported,
+# so a one-shot registration reports at most one of them instead of spinning.
+_QUIET = _ONESHOT
 _BATCH = 32          # events one worker takes from one poll
 _POLL_TIMEOUT = 0.5  # seconds; bounds how late a deadline sweep can run
 _COALESCE = 256 * 1024
+# Direct serving (see WorkerPool._serve_directly): how long one session may
+# last, and how long the peer may be quiet before it ends.
+_DIRECT_SECONDS = 0.2
+_DIRECT_QUIET = struct.pack("ll", 0, 50000)
+_DIRECT_SEND = struct.pack("ll", 1, 0)
+_NO_TIMEOUT = struct.pack("ll", 0, 0)
 
 
 class Connection:
@@ -55,6 +66,7 @@ class Connection:
         self._lock = threading.Lock()
         self._out = collections.deque()
         self._out_bytes = 0
+        self._mask = _IN | _OUT  # as registered by WorkerPool.add
         self._busy = False
         self._started = False
         self._reading = True
@@ -90,14 +102,23 @@ class Connection:
                 self._abort_locked("send queue exceeded")
                 return False
             if not self._out and not self._blocking:
-                data = self._send_now(data)
-                if data is None:
+                # Fast path, inlined: most sends go straight out.
+                try:
+                    sent = self.sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self._abort_locked("send failed: %s" % (exc.strerror or exc))
                     return False
+                self.bytes_out += sent
+                if sent == len(data):
+                    return True
+                data = data[sent:]
             if data:
                 self._out.append(data)
                 self._out_bytes += len(data)
                 if not self._busy:
-                    self._arm_locked()
+                    self._update_mask_locked()
         return True
 
     def close(self, reason="closed"):
@@ -110,7 +131,7 @@ class Connection:
             if self._busy:
                 return
             if self._out:
-                self._arm_locked()
+                self._update_mask_locked()
                 return
             self._closed = True
             # connection_lost runs in a worker, never in the caller's thread
@@ -126,17 +147,24 @@ class Connection:
         """Stop delivering data until resume_reading() (back-pressure)."""
         with self._lock:
             self._reading = False
+            if not self._busy:
+                self._update_mask_locked()
 
     def resume_reading(self):
         """Deliver data again after pause_reading()."""
         with self._lock:
             self._reading = True
             if not self._busy and not self._closing:
-                self._arm_locked()
+                self._update_mask_locked()
 
     def set_deadline(self, seconds):
         """Call ``handler.timed_out("deadline")`` if still open after ``seconds`` (None: never)."""
-        self.deadline = None if seconds is None else time.monotonic() + seconds
+        if seconds is None:
+            self.deadline = None
+            self.pool._deadlines.discard(self)
+        else:
+            self.deadline = time.monotonic() + seconds
+            self.pool._deadlines.add(self)
 
     @contextlib.contextmanager
     def blocking(self, timeout):
@@ -145,6 +173,9 @@ class Connection:
         Queued output is sent first.  While the block runs, the pool keeps
         other connections served by starting a replacement worker.
         """
+        with self._lock:
+            self._blocking = True
+            self._set_mask_locked(_QUIET)
         self.pool._enter_blocking()
         try:
             self._flush_blocking(timeout)
@@ -186,35 +217,26 @@ class Connection:
         self._closed = True
         self.pool._defer_close(self)
 
-    def _arm_locked(self):
-        mask = _ONESHOT
-        if not self._started:
-            mask |= _OUT
-        if self._out:
-            mask |= _OUT
+    def _update_mask_locked(self):
+        mask = _OUT if self._out or not self._started else 0
         if self._reading and not self._closing and self._out_bytes < self.pool.max_pending_output:
             mask |= _IN
+        if mask != self._mask:
+            self._set_mask_locked(mask or _QUIET)
+
+    def _set_mask_locked(self, mask):
+        self._mask = mask
         with contextlib.suppress(OSError, ValueError):
             self.pool._epoll.modify(self.fd, mask)
 
     def _acquire(self):
         with self._lock:
+            if self._mask == _QUIET:
+                self._mask = 0  # the one-shot registration fired: it is disarmed now
             if self._busy or self._closed:
                 return False
             self._busy = True
             return True
-
-    def _release(self):
-        with self._lock:
-            self._busy = False
-            if self._closed:
-                return
-            if self._aborting or (self._closing and not self._out):
-                self._closed = True
-            else:
-                self._arm_locked()
-                return
-        self.pool._finish_close(self)
 
     def _serve(self, mask):
         if not self._started:
@@ -224,6 +246,18 @@ class Connection:
             self._flush()
         if mask & (_IN | _ERR) and self._reading and not self._closing:
             self._read()
+
+    def _release(self):
+        with self._lock:
+            self._busy = False
+            if self._closed:
+                return
+            if self._aborting or (self._closing and not self._out):
+                self._closed = True
+            else:
+                self._update_mask_locked()
+                return
+        self.pool._finish_close(self)
 
     def _flush(self):
         with self._lock:
@@ -247,28 +281,51 @@ class Connection:
         return b"".join(parts)
 
     def _read(self):
+        """Receive once; return True if the connection may have more to read."""
         try:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             self.abort("receive failed: %s" % (exc.strerror or exc))
-            return
-        self._received(data)
-
-    def _received(self, data):
+            return False
         if not data:
             self._reading = False
             if not self.handler.eof_received():
                 self.close("closed by peer")
-            return
+            return False
         self.bytes_in += len(data)
         self.last_active = time.monotonic()
         self.handler.data_received(data)
+        return True
+
+    def _can_serve_directly(self):
+        return (self.handler.sticky and self._started and self._reading and not self._out
+                and not self._closing and type(self.sock) is socket.socket)
+
+    def _serve_directly(self):
+        """Serve this connection with blocking reads until it goes quiet.
+
+        The kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) bound every call, so
+        the thread is back within ``_DIRECT_SECONDS`` plus one quiet period.
+        """
+        sock = self.sock
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _DIRECT_QUIET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _DIRECT_SEND)
+        end = time.monotonic() + _DIRECT_SECONDS
+        try:
+            while self._read() and not self._out and not self._closing:
+                if time.monotonic() > end:
+                    break
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
+            sock.setblocking(False)
 
     def _flush_blocking(self, timeout):
         with self._lock:
-            self._blocking = True
             pending = b"".join(self._out)
             self._out.clear()
             self._out_bytes = 0
@@ -307,13 +364,14 @@ class WorkerPool:
         # lead (no hand-off per event), which keeps round trips as cheap as a
         # single-threaded loop's.
         self._poll_lock = threading.Lock()
+        self._leader = None
         self._threads = set()
         self._blocked = 0
+        self._direct = 0
         self._stopping = False
         self._deferred = collections.deque()
-        self._next_sweep = 0.0
-        self._sweep_lock = threading.Lock()
-        self._local = threading.local()
+        self._next_sweep = self._next_idle_sweep = 0.0
+        self._deadlines = set()  # connections with a deadline set
 
     # -- public -------------------------------------------------------------
 
@@ -332,7 +390,7 @@ class WorkerPool:
         conn.handler = self.handler_factory(conn)
         with self._conns_lock:
             self._conns[conn.fd] = conn
-        self._epoll.register(conn.fd, _OUT | _ONESHOT)
+        self._epoll.register(conn.fd, _IN | _OUT)
         return conn
 
     def connections(self):
@@ -376,50 +434,79 @@ class WorkerPool:
         thread.start()
 
     def _run(self):
-        local = self._local
+        me = threading.current_thread()
         try:
             while not self._stopping and not self._surplus():
                 self._poll_lock.acquire()
-                local.leader = True
+                self._leader = me
                 try:
-                    while local.leader and not self._stopping:
-                        self._serve_once(local)
+                    while self._leader is me and not self._stopping:
+                        self._serve_once(me)
                 finally:
-                    self._step_down(local)
+                    self._step_down(me)
         finally:
             with self._count_lock:
-                self._threads.discard(threading.current_thread())
+                self._threads.discard(me)
 
-    def _serve_once(self, local):
-        if self._stopping:
-            return
-        local.pending = collections.deque(self._epoll.poll(_POLL_TIMEOUT, _BATCH))
-        while local.pending:
-            fd, mask = local.pending.popleft()
+    def _serve_once(self, me):
+        events = self._epoll.poll(_POLL_TIMEOUT, _BATCH)
+        alone = len(events) == 1
+        for fd, mask in events:
             if fd == self._wake_r:
                 self._drain_wake_pipe()
             else:
-                self._dispatch(fd, mask)
+                self._dispatch(fd, mask, alone)
+            if self._leader is not me:
+                return  # a handler blocked; the new leader sees the rest (level-triggered)
         if self._deferred:
             self._run_deferred()
         self._maybe_sweep()
 
-    def _step_down(self, local):
-        if getattr(local, "leader", False):
-            local.leader = False
+    def _step_down(self, me):
+        if self._leader is me:
+            self._leader = None
             self._poll_lock.release()
 
-    def _dispatch(self, fd, mask):
+    def _dispatch(self, fd, mask, alone=False):
         conn = self._conns.get(fd)
         if conn is None or not conn._acquire():
             return
         try:
             conn._serve(mask)
+            if alone and conn._can_serve_directly():
+                self._serve_directly(conn)
         except Exception:
             log.exception("%s: handler error for %s", self.name, format_peer(conn.address))
             conn.abort("handler error")
         finally:
             conn._release()
+
+    def _serve_directly(self, conn):
+        """Let this thread serve one busy connection directly, handing on the lead.
+
+        A ready connection found alone in a poll is likely in a round-trip
+        exchange; blocking reads on it save the epoll_wait per round trip,
+        which matters when few connections are busy.  At most workers - 1
+        threads do this at once, so one is always free to lead; a session
+        ends when the peer is quiet, output backs up, or time is up.
+        """
+        me = threading.current_thread()
+        with self._count_lock:
+            if self._direct >= self.workers - 1 or self._stopping:
+                return
+            self._direct += 1
+            spawn = (len(self._threads) - self._blocked - self._direct < 1
+                     and len(self._threads) < self.max_threads)
+        with conn._lock:
+            conn._set_mask_locked(_QUIET)
+        self._step_down(me)
+        if spawn:
+            self._spawn()
+        try:
+            conn._serve_directly()
+        finally:
+            with self._count_lock:
+                self._direct -= 1
 
     def _surplus(self):
         with self._count_lock:
@@ -429,13 +516,10 @@ class WorkerPool:
         return False
 
     def _enter_blocking(self):
-        pending = getattr(self._local, "pending", None)
-        while pending:
-            self._rearm(pending.popleft()[0])
-        self._step_down(self._local)
+        self._step_down(threading.current_thread())
         with self._count_lock:
             self._blocked += 1
-            spawn = (len(self._threads) - self._blocked < self.workers
+            spawn = (len(self._threads) - self._blocked - self._direct < self.workers
                      and len(self._threads) < self.max_threads and not self._stopping)
         if spawn:
             self._spawn()
@@ -443,13 +527,6 @@ class WorkerPool:
     def _leave_blocking(self):
         with self._count_lock:
             self._blocked -= 1
-
-    def _rearm(self, fd):
-        conn = self._conns.get(fd)
-        if conn is not None:
-            with conn._lock:
-                if not conn._busy and not conn._closed:
-                    conn._arm_locked()
 
     # -- closing ------------------------------------------------------------
 
@@ -478,6 +555,7 @@ class WorkerPool:
             if self._conns.get(conn.fd) is not conn:
                 return
             del self._conns[conn.fd]
+        self._deadlines.discard(conn)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(conn.fd)
         try:
@@ -515,30 +593,31 @@ class WorkerPool:
 
     def _maybe_sweep(self):
         now = time.monotonic()
-        if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _POLL_TIMEOUT
+        for conn in list(self._deadlines):
+            if conn.deadline is not None and now >= conn.deadline:
+                self._expire(conn, "deadline")
+        if self.idle_timeout and now >= self._next_idle_sweep:
+            # Idle limits are coarse (minutes): scanning every connection can be rarer.
+            self._next_idle_sweep = now + max(_POLL_TIMEOUT, self.idle_timeout / 20)
+            for conn in self.connections():
+                if now - conn.last_active >= self.idle_timeout:
+                    self._expire(conn, "idle timeout")
+
+    def _expire(self, conn, reason):
+        if not conn._acquire():
             return
         try:
-            self._next_sweep = now + _POLL_TIMEOUT
-            for conn in self.connections():
-                reason = self._expired(conn, now)
-                if reason and conn._acquire():
-                    try:
-                        conn.handler.timed_out(reason)
-                    except Exception:
-                        log.exception("%s: error in timed_out", self.name)
-                        conn.abort(reason)
-                    finally:
-                        conn._release()
+            if reason == "deadline":
+                conn.set_deadline(None)
+            conn.handler.timed_out(reason)
+        except Exception:
+            log.exception("%s: error in timed_out", self.name)
+            conn.abort(reason)
         finally:
-            self._sweep_lock.release()
-
-    def _expired(self, conn, now):
-        if conn.deadline is not None and now >= conn.deadline:
-            conn.deadline = None
-            return "deadline"
-        if self.idle_timeout and now - conn.last_active >= self.idle_timeout:
-            return "idle timeout"
-        return None
+            conn._release()
 
 
 def format_peer(address):

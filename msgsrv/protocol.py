@@ -97,6 +97,11 @@ class FrameDecoder:
         """How many received bytes are held but not yet returned."""
         return len(self._buffer)
 
+    @property
+    def partial(self):
+        """True while part of a frame has arrived but not all of it."""
+        return bool(self._buffer) or self._header is not None
+
     def feed(self, data):
         """Append received bytes.  Checks the current frame's prefix at once."""
         self._buffer += data

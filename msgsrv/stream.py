@@ -13,7 +13,8 @@ import socket
 from .errors import AuthError, ConnectionFailed, ProtocolError, RequestTimeout, ServerError
 from .protocol import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA, FrameDecoder, encode
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # recv() buffers over 128K are mmap-allocated per call
+RAW_CHUNK = 1024 * 1024  # read_raw reuses one buffer, so it can be large
 
 
 @contextlib.contextmanager
@@ -55,7 +56,7 @@ class FrameStream:
                 raise ConnectionFailed("connection closed by peer")
             self.decoder.feed(data)
 
-    def read_raw(self, count, sink, chunk_size=RECV_SIZE):
+    def read_raw(self, count, sink, chunk_size=RAW_CHUNK):
         """Read exactly ``count`` raw bytes, passing each chunk (a memoryview) to ``sink``.
 
         Bytes already buffered by the decoder come first.  Raises

@@ -3,34 +3,34 @@
 Server side, an accepted socket is wrapped without a handshake (no I/O in
 the accept thread) and handed to the pool as a :class:`TLSConnection`.
 The handshake is then driven by readiness like any other I/O: each event
-calls ``do_handshake`` once, under the connection's lock, and re-arms epoll
-for reading or writing as OpenSSL asks.  So neither the accept thread nor a
-worker ever waits on a slow or silent client; the connection's deadline
-(``tls_handshake_timeout``) aborts a handshake that does not finish, and a
-plaintext client fails at its first bytes.  The handler sees nothing until
-the handshake is done: ``connection_made`` is its first call.
+calls ``do_handshake`` once and the connection waits for reading or writing
+as OpenSSL asks.  So neither the accept thread nor a worker ever waits on a
+slow or silent client; the connection's deadline (``tls_handshake_timeout``)
+aborts a handshake that does not finish, and a plaintext client fails at its
+first bytes.  The handler sees nothing until the handshake is done:
+``connection_made`` is its first call.
 
-After the handshake, OpenSSL may hold decrypted bytes that epoll cannot
-see (``pending()``); a read drains them, and a connection with pending bytes
-is armed for writability too, which fires at once, so none are stranded
-(e.g. after a blocking section that read only part of a record).  OpenSSL
-objects are not safe for concurrent use, so reads, writes and the handshake
-of one connection all run under its lock.  Plaintext connections use
-:class:`msgsrv.pool.Connection` unchanged.
+The pool's :class:`~msgsrv.pool.Connection` code runs unchanged over a
+:class:`NonBlockingTLS` socket, which reports OpenSSL's "want read/write" as
+``BlockingIOError``, serializes OpenSSL calls (its objects are not safe for
+concurrent use) and drains the decrypted bytes OpenSSL holds (``pending()``)
+on every read.  Bytes that stay there anyway (a blocking section that read
+part of a record) are invisible to epoll, so a connection holding some also
+waits for writability, which fires at once.  Plaintext connections use
+:class:`msgsrv.pool.Connection` and its fast paths unchanged.
 """
 
-import contextlib
 import logging
 import select
 import ssl
-import time
+import threading
 
 from .errors import ConfigError
-from .pool import RECV_SIZE, Connection, format_peer
+from .pool import Connection, format_peer
 
 log = logging.getLogger("msgsrv.tls")
 
-_IN, _OUT, _ONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
+_IN, _OUT, _QUIET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
 _WRITE_CHUNK = 64 * 1024
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -97,8 +97,9 @@ class ServerTLS:
         return cls(options, on_failure) if options["tls_cert"] else None
 
     def wrap(self, sock):
-        """Wrap an accepted socket without doing any I/O."""
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        """Wrap an accepted socket without doing any I/O; returns a NonBlockingTLS."""
+        return NonBlockingTLS(self.context.wrap_socket(sock, server_side=True,
+                                                       do_handshake_on_connect=False))
 
     def connection(self, pool, sock, address):
         """Connection factory for :meth:`msgsrv.pool.WorkerPool.add`."""
@@ -117,9 +118,75 @@ class ServerTLS:
         return wrapped
 
 
+class NonBlockingTLS:
+    """An SSLSocket as the pool expects a non-blocking socket to behave.
+
+    ``send`` and ``recv`` raise BlockingIOError when OpenSSL wants to read or
+    write; ``want_write`` tells which way a read is waiting.  Everything else
+    (``sendall``, ``recv_into``, ``settimeout``, ``getpeercert``...) is the
+    SSLSocket's own, for blocking sections.
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._lock = threading.Lock()
+        self.want_write = False
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def do_handshake(self):
+        """One handshake step; BlockingIOError until it is done."""
+        with self._lock:
+            self._call(self._sock.do_handshake)
+
+    def send(self, data):
+        """Send what fits now (all of ``data`` in blocking mode)."""
+        # After SSLWantWriteError OpenSSL must be handed the same bytes again:
+        # the unsent rest the caller keeps starts with exactly the refused chunk.
+        view = memoryview(data)
+        sent = 0
+        with self._lock:
+            try:
+                while sent < len(view):
+                    sent += self._call(self._sock.send, view[sent:sent + _WRITE_CHUNK])
+            except BlockingIOError:
+                if not sent:
+                    raise
+        return sent
+
+    def recv(self, size):
+        """Receive, including every decrypted byte OpenSSL already holds."""
+        with self._lock:
+            data = self._call(self._sock.recv, size)
+            while data and self._sock.pending():
+                data += self._sock.recv(self._sock.pending())
+        return data
+
+    def pending(self):
+        """Decrypted bytes OpenSSL holds (0 while a read is under way: it takes them)."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            return self._sock.pending()
+        finally:
+            self._lock.release()
+
+    def _call(self, function, *args):
+        try:
+            result = function(*args)
+        except _WOULD_BLOCK as exc:
+            self.want_write = isinstance(exc, ssl.SSLWantWriteError)
+            raise BlockingIOError(str(exc)) from None
+        self.want_write = False
+        return result
+
+
 class _Handshaking:
     """Stands in for the handler until the handshake is done (the handler never
     sees a connection that failed its handshake)."""
+
+    sticky = False
 
     def __init__(self, conn):
         self.conn = conn
@@ -135,16 +202,16 @@ class _Handshaking:
 
 
 class TLSConnection(Connection):
-    """A :class:`msgsrv.pool.Connection` over a non-blocking SSLSocket."""
+    """A :class:`msgsrv.pool.Connection` over a :class:`NonBlockingTLS` socket
+    (from :meth:`ServerTLS.wrap`)."""
 
     def __init__(self, pool, sock, address, handshake_timeout, on_failure=None):
         self._handshaking = True
-        self._want_write = False
         self._shim = _Handshaking(self)
         self._handler = None
         super().__init__(pool, sock, address)
-        self.deadline = time.monotonic() + handshake_timeout
         self._on_failure = on_failure
+        self.set_deadline(handshake_timeout)
 
     @property
     def handler(self):
@@ -165,70 +232,30 @@ class TLSConnection(Connection):
     def _serve(self, mask):
         if self._handshaking and not self._handshake():
             return
-        if mask & _OUT and (self._want_write or self.sock.pending()):
+        if mask & _OUT and (self.sock.want_write or self.sock.pending()):
             mask |= _IN
         super()._serve(mask)
 
     def _handshake(self):
-        with self._lock:
-            try:
-                self.sock.do_handshake()
-            except _WOULD_BLOCK as exc:
-                self._want_write = isinstance(exc, ssl.SSLWantWriteError)
-                return False
-            except OSError as exc:
-                failure = "handshake failed: %s" % (getattr(exc, "reason", None) or exc)
-            else:
-                self._handshaking = self._want_write = False
-                self.deadline = None
-                return True
-        self.fail_handshake(failure)
-        return False
-
-    def _read(self):
-        with self._lock:
-            try:
-                data = self._recv_all()
-            except _WOULD_BLOCK as exc:
-                self._want_write = isinstance(exc, ssl.SSLWantWriteError)
-                return
-            except OSError as exc:
-                self._abort_locked("receive failed: %s" % (getattr(exc, "reason", None) or exc))
-                return
-            self._want_write = False
-        self._received(data)
-
-    def _recv_all(self):
-        data = self.sock.recv(RECV_SIZE)
-        while data and self.sock.pending():
-            data += self.sock.recv(self.sock.pending())
-        return data
-
-    def _send_now(self, data):
-        # After SSLWantWriteError OpenSSL must be handed the same bytes again:
-        # the unsent rest starts with exactly the chunk that was refused.
-        view = memoryview(data)
-        sent = 0
         try:
-            while sent < len(view):
-                sent += self.sock.send(view[sent:sent + _WRITE_CHUNK])
-        except _WOULD_BLOCK:
-            pass
+            self.sock.do_handshake()
+        except BlockingIOError:
+            return False
         except OSError as exc:
-            self._abort_locked("send failed: %s" % (getattr(exc, "reason", None) or exc))
-            return None
-        self.bytes_out += sent
-        self.last_active = time.monotonic()
-        return bytes(view[sent:]) if sent < len(view) else b""
+            self.fail_handshake("handshake failed: %s" % (getattr(exc, "reason", None) or exc))
+            return False
+        self.set_deadline(None)
+        self._handshaking = False
+        return True
 
-    def _arm_locked(self):
+    def _update_mask_locked(self):
         if self._handshaking:
-            mask = _OUT if self._want_write else _IN
+            mask = _OUT if self.sock.want_write else _IN
         else:
-            ready = self._want_write or self._out or self.sock.pending()
-            mask = _OUT if ready else 0
+            waiting = self._out or self.sock.want_write or self.sock.pending()
+            mask = _OUT if waiting else 0
             if (self._reading and not self._closing
                     and self._out_bytes < self.pool.max_pending_output):
                 mask |= _IN
-        with contextlib.suppress(OSError, ValueError):
-            self.pool._epoll.modify(self.fd, mask | _ONESHOT)
+        if mask != self._mask:
+            self._set_mask_locked(mask or _QUIET)

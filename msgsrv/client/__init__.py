@@ -6,10 +6,11 @@ RequestTimeout, ProtocolError, ServerError (AuthError).
 
 from ..errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
                       ServerError)
+from .command import CommandClient, Result
 from .echo import EchoClient
 
 __all__ = [
-    "EchoClient",
+    "EchoClient", "CommandClient", "Result",
     "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
     "AuthError",
 ]

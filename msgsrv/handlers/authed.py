@@ -106,7 +106,7 @@ class AuthenticatedHandler(FramedHandler):
             self.conn.set_deadline(self.options["auth_timeout"])
             self.release()
             return
-        if reason == "deadline":
+        if reason == "deadline" and not self.authenticated:
             self.reply_error("timeout", "authentication took too long")
             log.info("%s: %s did not authenticate in time", self.server.name,
                      format_peer(self.conn.address))

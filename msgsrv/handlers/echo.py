@@ -7,6 +7,8 @@ class EchoHandler(Handler):
     """TCP echo.  Memory stays bounded: reading pauses while the echo backlog
     is above ``max_pending_output``; a half-close still gets every echo back."""
 
+    sticky = True
+
     def data_received(self, data):
         self.conn.send(data)
 

@@ -1,0 +1,349 @@
+"""Client-side socket loops that generate load; they run inside load processes.
+
+One selector drives many non-blocking sockets, so a single process keeps a
+thousand connections busy without a thread each and the generator is not the
+bottleneck. Every loop ends at a deadline; none closes the sockets it was
+given (the caller owns them).
+
+Times: ``start_at``/``end_at`` are ``time.monotonic()`` values shared by all
+load processes (system-wide on Linux); latencies use ``time.perf_counter()``.
+"""
+
+import array
+import errno
+import math
+import selectors
+import socket
+import time
+
+HOST = "127.0.0.1"
+RECV_SIZE = 262144
+_PATTERN = bytes(range(256))
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+def make_payload(size):
+    """Return ``size`` bytes of a repeating 0..255 pattern (echo mix-ups show as mismatches)."""
+    return (_PATTERN * (size // len(_PATTERN) + 1))[:size]
+
+
+def sleep_until(moment):
+    """Sleep until ``time.monotonic()`` reaches ``moment`` (returns at once if it has)."""
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def open_connections(port, count, deadline):
+    """Open ``count`` TCP connections to 127.0.0.1:port at once, without blocking.
+
+    Returns (sockets, failures, seconds): the established non-blocking sockets
+    (TCP_NODELAY set, so a 64 KiB tail is not held back by Nagle), how many
+    could not be opened or were still pending at ``deadline`` (monotonic), and
+    the seconds until the last one was established.
+    """
+    sel = selectors.DefaultSelector()
+    started = time.perf_counter()
+    established, elapsed = [], 0.0
+    failures = _start_connects(sel, port, count)
+    try:
+        while sel.get_map() and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - time.monotonic()))):
+                sel.unregister(key.fileobj)
+                if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    established.append(key.fileobj)
+                    elapsed = time.perf_counter() - started
+                else:
+                    key.fileobj.close()
+                    failures += 1
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+            failures += 1
+        sel.close()
+    return established, failures, elapsed
+
+
+def _start_connects(sel, port, count):
+    failures = 0
+    for _ in range(count):
+        sock = _start_connect(port)
+        if sock is None:
+            failures += 1
+        else:
+            sel.register(sock, _WRITE)
+    return failures
+
+
+def open_served(port, count, deadline, batch=None):
+    """Open connections that the server has really accepted: each echoes one byte.
+
+    A connect() completes as soon as the kernel answers, even while the
+    server's accept queue overflows; a 1-byte echo proves the server holds the
+    connection. With ``batch`` set, connections are opened and checked
+    ``batch`` at a time (so a small listen backlog is not overrun); with None,
+    all at once. Returns (sockets, failures, connect_s, served_s): the checked
+    sockets, how many failed, the seconds until the last connect() completed,
+    and the seconds until the last check completed.
+    """
+    started = time.perf_counter()
+    served, failures, connect_s = [], 0, 0.0
+    while len(served) + failures < count and time.monotonic() < deadline:
+        wanted = count - len(served) - failures
+        socks, failed, _ = open_connections(port, min(batch or wanted, wanted), deadline)
+        connect_s = time.perf_counter() - started
+        good = _check_echo(socks, deadline)
+        served.extend(good)
+        failures += failed + len(socks) - len(good)
+    return served, count - len(served), connect_s, time.perf_counter() - started
+
+
+def _check_echo(socks, deadline):
+    check = PingPong(socks, b"!", time.monotonic(), deadline, max_rounds=1).run()
+    good = [sock for sock, rounds in zip(socks, check["per_conn"]) if rounds == 1]
+    for sock, rounds in zip(socks, check["per_conn"]):
+        if rounds != 1:
+            sock.close()
+    return good
+
+
+def _start_connect(port):
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return None  # out of file descriptors: counted as a failure
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    err = sock.connect_ex((HOST, port))
+    if err not in (0, errno.EINPROGRESS):
+        sock.close()
+        return None
+    return sock
+
+
+class _Conn:
+    __slots__ = ("sock", "unsent", "received", "started", "rounds", "last_second",
+                 "writing", "alive")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.unsent = b""
+        self.received = bytearray()
+        self.started = None
+        self.rounds = 0
+        self.last_second = -1
+        self.writing = False
+        self.alive = True
+
+
+class PingPong:
+    """Ping-pong on many TCP connections: send the payload, wait for all of it, repeat.
+
+    Between ``start_at`` and ``end_at`` each connection runs round trips back to
+    back (or until ``max_rounds`` when given). ``run`` returns a summary dict:
+    rounds, latencies (array of seconds), per_conn (round trips per
+    connection), buckets (connections with at least one round trip in each
+    whole second), errors (closed/reset/wrong bytes), seconds (measured
+    window) and oldest_pending (age in seconds of the oldest unanswered ping).
+    """
+
+    def __init__(self, socks, payload, start_at, end_at, max_rounds=None):
+        self.conns = [_Conn(sock) for sock in socks]
+        self.payload = payload
+        self.start_at, self.end_at = start_at, end_at
+        self.max_rounds = max_rounds
+        self.latencies = array.array("d")
+        self.buckets = [0] * max(1, math.ceil(end_at - start_at))
+        self.errors = 0
+        self.active = len(self.conns)
+        self.sel = selectors.DefaultSelector()
+
+    def run(self):
+        """Run the round trips until the window ends; return the summary dict."""
+        for conn in self.conns:
+            self.sel.register(conn.sock, _READ, conn)
+        sleep_until(self.start_at)
+        self.clock0 = time.perf_counter()
+        self.end = self.clock0 + (self.end_at - self.start_at)
+        try:
+            for conn in self.conns:
+                self._send_next(conn)
+            self._loop()
+            return self._summary(time.perf_counter())
+        finally:
+            self.sel.close()
+
+    def _loop(self):
+        now = time.perf_counter()
+        while self.active and now < self.end:
+            for key, mask in self.sel.select(timeout=min(0.05, self.end - now)):
+                conn = key.data
+                if mask & _READ:
+                    self._read(conn)
+                if conn.alive and mask & _WRITE:
+                    self._write(conn)
+            now = time.perf_counter()
+
+    def _send_next(self, conn):
+        conn.unsent = memoryview(self.payload)
+        del conn.received[:]
+        conn.started = time.perf_counter()
+        self._write(conn)
+
+    def _write(self, conn):
+        try:
+            sent = conn.sock.send(conn.unsent)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._fail(conn)
+            return
+        conn.unsent = conn.unsent[sent:]
+        wants_write = len(conn.unsent) > 0
+        if wants_write != conn.writing:
+            conn.writing = wants_write
+            self.sel.modify(conn.sock, _READ | (_WRITE if wants_write else 0), conn)
+
+    def _read(self, conn):
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._fail(conn)
+            return
+        conn.received += data
+        if len(conn.received) < len(self.payload):
+            return
+        if conn.received != self.payload:
+            self._fail(conn)
+            return
+        self._complete(conn)
+
+    def _complete(self, conn):
+        now = time.perf_counter()
+        self.latencies.append(now - conn.started)
+        conn.started = None
+        conn.rounds += 1
+        second = int(now - self.clock0)
+        if second != conn.last_second and second < len(self.buckets):
+            self.buckets[second] += 1
+            conn.last_second = second
+        if self.max_rounds is not None and conn.rounds >= self.max_rounds:
+            self._retire(conn)
+        elif now < self.end:
+            self._send_next(conn)
+
+    def _fail(self, conn):
+        self.errors += 1
+        self._retire(conn)
+
+    def _retire(self, conn):
+        if conn.alive:
+            conn.alive = False
+            self.active -= 1
+            self.sel.unregister(conn.sock)
+
+    def _summary(self, now):
+        waiting = [now - conn.started for conn in self.conns
+                   if conn.alive and conn.started is not None]
+        return {
+            "rounds": len(self.latencies),
+            "latencies": self.latencies,
+            "per_conn": [conn.rounds for conn in self.conns],
+            "buckets": self.buckets,
+            "errors": self.errors,
+            "seconds": now - self.clock0,
+            "oldest_pending": max(waiting) if waiting else None,
+        }
+
+
+class _UdpClient:
+    __slots__ = ("sock", "seq", "expected", "started", "deadline")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.seq = 0
+        self.expected = None
+        self.started = 0.0
+        self.deadline = 0.0
+
+
+class UdpPingPong:
+    """Datagram ping-pong: each client sends one datagram, waits for its echo, repeats.
+
+    A reply that does not arrive within ``reply_timeout`` seconds counts as a
+    loss and the client moves on; a late reply to an earlier datagram is told
+    apart by its sequence number and counted as stale. ``run`` returns a dict
+    with rounds, latencies, losses, stale, errors and seconds. The sockets are
+    the caller's (connected, non-blocking UDP sockets).
+    """
+
+    def __init__(self, socks, size, start_at, end_at, reply_timeout):
+        self.clients = [_UdpClient(sock) for sock in socks]
+        self.filler = make_payload(max(0, size - 8))
+        self.start_at, self.end_at = start_at, end_at
+        self.reply_timeout = reply_timeout
+        self.latencies = array.array("d")
+        self.losses = self.stale = self.errors = 0
+        self.sel = selectors.DefaultSelector()
+
+    def run(self):
+        """Run until the window ends; return the summary dict."""
+        for client in self.clients:
+            self.sel.register(client.sock, _READ, client)
+        sleep_until(self.start_at)
+        clock0 = time.perf_counter()
+        end = clock0 + (self.end_at - self.start_at)
+        try:
+            for client in self.clients:
+                self._send(client)
+            self._loop(end)
+        finally:
+            self.sel.close()
+        return {"rounds": len(self.latencies), "latencies": self.latencies,
+                "losses": self.losses, "stale": self.stale, "errors": self.errors,
+                "seconds": time.perf_counter() - clock0}
+
+    def _loop(self, end):
+        now = time.perf_counter()
+        while now < end:
+            nearest = min(client.deadline for client in self.clients)
+            timeout = max(0.0, min(0.05, end - now, nearest - now))
+            for key, _ in self.sel.select(timeout=timeout):
+                self._drain(key.data)
+            now = time.perf_counter()
+            for client in self.clients:
+                if client.deadline <= now:
+                    self.losses += 1
+                    self._send(client)
+
+    def _send(self, client):
+        client.seq += 1
+        client.expected = client.seq.to_bytes(8, "big") + self.filler
+        client.started = time.perf_counter()
+        client.deadline = client.started + self.reply_timeout
+        try:
+            client.sock.send(client.expected)
+        except BlockingIOError:
+            pass  # socket buffer full: shows up as a loss at the deadline
+        except OSError:
+            self.errors += 1
+
+    def _drain(self, client):
+        for _ in range(64):
+            try:
+                data = client.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. ICMP port unreachable reported on a connected socket
+                self.errors += 1
+                continue
+            if data != client.expected:
+                self.stale += 1
+                continue
+            self.latencies.append(time.perf_counter() - client.started)
+            self._send(client)

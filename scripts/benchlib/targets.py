@@ -1,0 +1,222 @@
+"""Servers under test: declared once in TARGETS, each started as its own process.
+
+msgsrv is started as the real daemon (``python -m msgsrv --config FILE``) with
+a temporary INI file; the anchors run ``scripts/bench_anchors.py``. Both are
+started, probed and stopped the same way, so they are measured identically.
+"""
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchlib import machine
+
+HOST = "127.0.0.1"
+SCRIPTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(SCRIPTS_DIR)
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+START_ATTEMPTS = 3
+ANCHOR_MAX_SECONDS = 3 * 3600
+
+Target = collections.namedtuple("Target", "name label transport kind is_msgsrv")
+Target.__doc__ = """A server to measure: registry name, table label, "tcp"/"udp", kind, msgsrv or anchor."""
+
+TARGETS = collections.OrderedDict((t.name, t) for t in [
+    Target("msgsrv-tcp", "msgsrv", "tcp", "echo", True),
+    Target("threading-tcp", "stdlib-threading", "tcp", "threading-tcp", False),
+    Target("asyncio-tcp", "asyncio-streams", "tcp", "asyncio-tcp", False),
+    Target("threading-tcp-q1024", "stdlib-threading-q1024", "tcp", "threading-tcp-q1024", False),
+    Target("msgsrv-udp", "msgsrv", "udp", "echo", True),
+    Target("udp", "stdlib-udp", "udp", "udp", False),
+    Target("threading-udp", "stdlib-threading-udp", "udp", "threading-udp", False),
+])
+
+MSGSRV_INI = """\
+[msgsrv]
+log_level = warning
+
+[service:{kind}]
+handler = {kind}
+transport = {transport}
+host = {host}
+port = {port}
+max_connections = 20000
+max_connections_per_ip = 20000
+"""
+
+
+class TargetUnavailable(Exception):
+    """The server process did not start or did not answer in time; the message says why."""
+
+
+def free_port(transport):
+    """Return a port that was free a moment ago (a benchmark may live with that race)."""
+    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def server_command(target, port, workdir):
+    """Return the argv that starts ``target`` on ``port`` (msgsrv's INI goes into workdir)."""
+    if not target.is_msgsrv:
+        return [sys.executable, os.path.join(SCRIPTS_DIR, "bench_anchors.py"), target.kind,
+                "--port", str(port), "--max-seconds", str(ANCHOR_MAX_SECONDS)]
+    path = os.path.join(workdir, "msgsrv-bench-%d.ini" % port)
+    with open(path, "w") as ini:
+        ini.write(MSGSRV_INI.format(kind=target.kind, transport=target.transport,
+                                    host=HOST, port=port))
+    return [sys.executable, "-m", "msgsrv", "--config", path]
+
+
+def _environment():
+    env = dict(os.environ)
+    paths = [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class ServerProcess:
+    """One running server process, used as a context manager.
+
+    ``__enter__`` starts the target on a fresh port, pins it, waits until it
+    answers, and raises TargetUnavailable if it exits or stays silent; a
+    process that exits early is retried on another port (it may have lost the
+    port race). ``__exit__`` always stops it: SIGTERM, then SIGKILL after
+    STOP_TIMEOUT seconds.
+    """
+
+    def __init__(self, target, cpus=None):
+        self.target = target
+        self.cpus = cpus
+        self.port = None
+        self.proc = None
+        self._stderr = None
+        self._workdir = None
+
+    @property
+    def pid(self):
+        """The server's process id."""
+        return self.proc.pid
+
+    def __enter__(self):
+        self._workdir = tempfile.TemporaryDirectory(prefix="msgsrv-bench-")
+        try:
+            self._start_with_retries()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+        return False
+
+    def _start_with_retries(self):
+        reason = "not started"
+        for _ in range(START_ATTEMPTS):
+            reason = self._start_once()
+            if reason is None:
+                return
+            if self.proc.poll() is None:
+                break  # alive but silent: another port will not help
+        raise TargetUnavailable(reason)
+
+    def _start_once(self):
+        self._reap()
+        self.port = free_port(self.target.transport)
+        argv = server_command(self.target, self.port, self._workdir.name)
+        self._stderr = open(os.path.join(self._workdir.name, "stderr-%d" % self.port), "w+")
+        try:
+            self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=_environment(),
+                                         stdin=subprocess.DEVNULL, stdout=self._stderr,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise TargetUnavailable("cannot run %s: %s" % (argv[0], exc)) from exc
+        try:
+            machine.pin_process(self.proc.pid, self.cpus)
+        except OSError:
+            pass  # it already died; the readiness check reports why
+        return self._wait_ready()
+
+    def _wait_ready(self):
+        probe = probe_tcp if self.target.transport == "tcp" else probe_udp
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "exited with status %s: %s" % (self.proc.returncode, self._last_output())
+            if probe(self.port):
+                return None
+            time.sleep(0.02)
+        return "no answer on %s port %d within %.0f s" % (
+            self.target.transport, self.port, READY_TIMEOUT)
+
+    def _last_output(self):
+        self._stderr.seek(0)
+        lines = [line.strip() for line in self._stderr.read().splitlines() if line.strip()]
+        return lines[-1] if lines else "(no output)"
+
+    def stop(self):
+        """Stop the process (SIGTERM, then SIGKILL) and remove the temporary files."""
+        self._reap()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def _reap(self):
+        if self.proc is not None:
+            terminate(self.proc, STOP_TIMEOUT)
+            self.proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def cpu_seconds(self):
+        """CPU seconds (user + system, all threads) the server has used so far, or None."""
+        return machine.process_cpu_seconds(self.proc.pid)
+
+    def status(self):
+        """Resident memory (KiB) and thread count of the server, values None if unknown."""
+        return machine.process_status(self.proc.pid)
+
+
+def terminate(proc, timeout):
+    """Stop a subprocess: SIGTERM, wait up to ``timeout`` s, then SIGKILL and wait."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+        except ProcessLookupError:
+            pass
+    else:
+        proc.wait()
+
+
+def probe_tcp(port):
+    """Return True if a TCP connection to the port is accepted right now."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def probe_udp(port):
+    """Return True if a datagram sent to the port is echoed back within 0.2 s."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.connect((HOST, port))
+            sock.send(b"bench-ready?")
+            return sock.recv(64) == b"bench-ready?"
+        except OSError:  # refused (nobody there yet) or timed out
+            return False

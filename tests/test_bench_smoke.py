@@ -1,0 +1,42 @@
+"""Smoke test of the benchmark harness: ``bench.py echo --quick --no-msgsrv`` runs and reports.
+
+The cells are cut to 0.25 s so the whole run stays near 10 s.
+
+Benchmarks are not tests; this only proves the harness starts the anchors,
+drives load through them, prints one complete table and stops everything.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "scripts", "bench.py")
+ANCHORS = ("stdlib-threading", "asyncio-streams")
+
+
+def _table_rows(output):
+    """Return the body rows of the first RST table in the output, split into cells."""
+    lines = output.splitlines()
+    rules = [i for i, line in enumerate(lines) if re.match(r"^=+( +=+)*$", line)]
+    assert len(rules) >= 3, output
+    return [re.split(r" {2,}", line.strip()) for line in lines[rules[1] + 1:rules[2]]]
+
+
+def test_quick_echo_against_the_anchors_reports_every_cell():
+    done = subprocess.run([sys.executable, BENCH, "echo", "--quick", "--no-msgsrv",
+                           "--duration", "0.25"],
+                          capture_output=True, text=True, timeout=28)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "os.cpu_count()" in done.stdout and "python:" in done.stdout
+    rows = _table_rows(done.stdout)
+    assert sorted(row[2] for row in rows) == sorted(ANCHORS * 9)
+    for row in rows:
+        payload, conns, server, rt_s, p50, p99, srv, load, err, x_rt, x_p99 = row
+        assert int(rt_s) > 0 and 0 < float(p50) <= float(p99), row
+        assert err == "0" and x_rt == "n/a" and x_p99 == "n/a", row
