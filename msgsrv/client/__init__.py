@@ -7,9 +7,10 @@ RequestTimeout, ProtocolError, ServerError (AuthError).
 from ..errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
                       ServerError)
 from .echo import EchoClient
+from .files import FileClient, FileInfo, Transfer
 
 __all__ = [
-    "EchoClient",
+    "EchoClient", "FileClient", "FileInfo", "Transfer",
     "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
     "AuthError",
 ]
