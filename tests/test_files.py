@@ -3,7 +3,9 @@
 import errno
 import hashlib
 import io
+import json
 import os
+import socket
 import threading
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from msgsrv import auth, fileproto
 from msgsrv.client import FileClient
 from msgsrv.client.files import part_path
-from msgsrv.errors import AuthError, ConnectionFailed, ProtocolError, ServerError
+from msgsrv.errors import AuthError, ConfigError, ConnectionFailed, ProtocolError, ServerError
 from msgsrv.fileproto import LIST_PAGE
 from msgsrv.handlers import files as files_handler
 from msgsrv.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
@@ -608,3 +610,167 @@ def test_access_log_counts_streamed_bytes(server, root, caplog):
         wait_for(lambda: "close service=svc" in caplog.text, message="the access log line")
     line = [r.getMessage() for r in caplog.records if "close service" in r.getMessage()][0]
     assert int(line.split(" in=")[1].split()[0]) > 100_000
+
+
+def test_file_system_errors_are_reported_without_server_paths(server, root, monkeypatch, caplog):
+    def broken(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+    monkeypatch.setattr(files_handler.os, "listdir", broken)
+    with client(server) as c, pytest.raises(ServerError) as info:
+        c.list("")
+    assert info.value.code == "io-error" and str(root) not in info.value.message
+    assert "file system error" in caplog.text
+
+
+def test_names_that_are_not_utf8_are_not_listed(server, root):
+    open(os.path.join(os.fsencode(root), b"bad\xff"), "wb").close()
+    (root / "good").write_bytes(b"")
+    with client(server) as c:
+        assert [entry.name for entry in c.list()] == ["good"]
+
+
+def test_configuration_problems_are_reported_at_start(serve, tmp_path, caplog):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"\[service:svc\] root"):
+        serve(root=str(tmp_path / "file"))
+    serve(read_keys="alice nobody")
+    assert "read_keys names keys not in the keys file: nobody" in caplog.text
+
+
+def test_resumed_put_of_a_path(server, root, tmp_path):
+    (tmp_path / "src").write_bytes(b"resumable")
+    with client(server) as c:
+        assert c.put(str(tmp_path / "src"), "r", resume=True).sha256 == sha(b"resumable")
+    assert (root / "r").read_bytes() == b"resumable"
+
+
+def test_a_source_that_shrinks_while_hashed_fails_locally(server):
+    class Liar(io.BytesIO):
+        def seek(self, pos, whence=0):
+            return super().seek(pos, whence) + (10 if whence == os.SEEK_END else 0)
+
+    with client(server) as c, pytest.raises(OSError, match="shrank"):
+        c.put(Liar(b"data"), "x", resume=True)
+
+
+def test_a_corrupted_download_into_a_stream_is_reported(server, root):
+    (root / "d").write_bytes(b"content")
+    server.digests.put(os.stat(root / "d"), sha(b"other"))
+    with client(server) as c, pytest.raises(ProtocolError):
+        c.get("d", io.BytesIO())
+
+
+def test_a_resumed_download_is_written_by_one_client_at_a_time(server, root, tmp_path):
+    import fcntl
+    (root / "d").write_bytes(b"content")
+    part = part_path(tmp_path / "d", resume=True)
+    with open(part, "wb") as held, client(server) as c:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OSError) as info:
+            c.get("d", str(tmp_path / "d"), resume=True)
+        assert info.value.errno == errno.EBUSY
+    os.unlink(part)
+    os.mkfifo(part)
+    with client(server) as c, pytest.raises(OSError) as info:
+        c.get("d", str(tmp_path / "d"), resume=True)
+    assert info.value.errno == errno.EINVAL
+
+
+# -- a client facing a misbehaving server --------------------------------------------------
+
+class Scripted:
+    """A fake file server: a hello, then each step(stream) in turn on one connection."""
+
+    def __init__(self, *steps):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.steps = steps
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(5)
+            stream = FrameStream(conn)
+            stream.send({"type": "hello"})
+            try:
+                for step in self.steps:
+                    step(stream)
+                recv_until_closed(conn)
+            except (ConnectionFailed, OSError):
+                pass
+
+    def client(self):
+        return FileClient("127.0.0.1", self.port, timeout=5)
+
+    def close(self):
+        self.thread.join(5)
+        self.listener.close()
+
+
+def reply(header, body=b""):
+    def step(stream):
+        stream.recv()
+        stream.send(header, body)
+    return step
+
+
+def swallow_upload(then):
+    def step(stream):
+        size = stream.recv().header["size"]
+        stream.send({"type": "ready", "offset": 0})
+        stream.read_raw(size, lambda chunk: None)
+        stream.recv()
+        stream.send(then)
+    return step
+
+
+def close_after_ready(stream):
+    stream.recv()
+    stream.send({"type": "ready", "offset": 0})
+    stream.sock.shutdown(socket.SHUT_RDWR)
+
+
+ENTRY = {"name": "a", "kind": "file", "size": 1, "mtime": 1.0}
+BAD_REPLIES = [
+    ("put", reply({"type": "ready", "offset": 3})),
+    ("put", reply({"type": "ready", "offset": "0"})),
+    ("put", swallow_upload({"type": "ok", "size": 4, "sha256": "0" * 64})),
+    ("put", reply({"type": "listing"})),
+    ("get", reply({"type": "data", "size": 4})),
+    ("get", reply({"type": "data", "size": -1, "offset": 0})),
+    ("list", reply({"type": "listing"}, b"\xff")),
+    ("list", reply({"type": "listing"}, b"{}")),
+    ("list", reply({"type": "listing"}, b'[{"name": "a"}]')),
+    ("list", reply({"type": "listing"}, json.dumps([dict(ENTRY, size=-1)]).encode())),
+    ("list", reply({"type": "listing"}, b"[1]")),
+    ("list_pages", None),
+    ("stat", reply(dict(ENTRY, type="stat"))),
+]
+
+
+@pytest.mark.parametrize("operation,step", BAD_REPLIES)
+def test_client_refuses_malformed_replies(operation, step, tmp_path):
+    if operation == "list_pages":
+        page = json.dumps([ENTRY]).encode()
+        fake = Scripted(reply({"type": "listing", "more": True}, page),
+                        reply({"type": "listing", "more": True}, page))
+    else:
+        fake = Scripted(step)
+    calls = {"put": lambda c: c.put(io.BytesIO(b"data"), "x"),
+             "get": lambda c: c.get("x", str(tmp_path / "x")),
+             "list": lambda c: c.list(), "list_pages": lambda c: c.list(),
+             "stat": lambda c: c.stat("x", sha256=True)}
+    with fake.client() as c, pytest.raises(ProtocolError) as info:
+        calls[operation](c)
+    fake.close()
+    assert info.value.code == "bad-reply"
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_client_reports_a_server_that_vanishes_mid_upload():
+    fake = Scripted(close_after_ready)
+    with fake.client() as c, pytest.raises(ConnectionFailed):
+        c.put(io.BytesIO(os.urandom(8 << 20)), "x")
+    fake.close()

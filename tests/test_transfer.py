@@ -99,6 +99,18 @@ def test_receive_takes_buffered_bytes_first_and_leaves_the_next_frame(pair, tmp_
     assert seen[-1] == len(data) and stream.recv().type == "end"
 
 
+def test_receive_of_bytes_all_buffered_already(pair):
+    data = os.urandom(transfer.CHUNK + 10)  # more than one buffer, pipelined by the peer
+    stream = FrameStream(pair[1])
+    stream.decoder.feed(encode({"type": "data"}) + data + encode({"type": "end"}))
+    assert stream.recv().type == "data"
+    out = io.BytesIO()
+    with transfer.Hasher() as hasher:
+        transfer.receive(stream, len(data), out.write, hasher)
+        assert hasher.hexdigest() == sha(data)
+    assert out.getvalue() == data and stream.recv().type == "end"
+
+
 def test_receive_flushes_a_large_file_as_it_grows(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "FLUSH_EVERY", transfer.CHUNK)
     synced = []
@@ -150,7 +162,8 @@ def test_send_stream_and_send_file(pair, tmp_path):
     reader.start()
     stream = FrameStream(left)
     with transfer.Hasher() as hasher:
-        transfer.send_stream(stream, io.BytesIO(data), len(data), hasher)
+        transfer.send_stream(stream, io.BytesIO(data), len(data), hasher,
+                             progress=lambda sent: None)
         assert hasher.hexdigest() == sha(data)
     with open(tmp_path / "f", "rb") as source:
         transfer.send_file(stream, source, 0, len(data), progress=lambda sent: None)
@@ -186,7 +199,8 @@ def test_every_operation_has_help_and_checked_arguments():
 
 
 def test_check_request_fills_defaults_and_names_the_broken_rule():
-    op, args = check_request({"type": "put", "path": "x", "size": 3, "extra": "ignored"})
+    op, args = check_request({"type": "put", "path": "x", "size": 3, "extra": "ignored",
+                              "upload_id": None, "if_sha256": None})
     assert op.name == "put"
     assert args == {"path": "x", "size": 3, "overwrite": False, "upload_id": None,
                     "if_sha256": None}

@@ -404,13 +404,13 @@ class _PathTarget:
         self.temp = part_path(self.dest, resume)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if resume else os.O_EXCL)
         self.fd = os.open(self.temp, flags, 0o666)
-        self.file = os.fdopen(self.fd, "r+b")
-        self.done = False
         try:
             _lock_regular(self.fd, self.temp)
         except BaseException:
-            self.file.close()
+            os.close(self.fd)
             raise
+        self.file = os.fdopen(self.fd, "r+b")
+        self.done = False
         self.offset = self.file.seek(0, os.SEEK_END) if resume else 0
 
     def prefix(self, offset):
