@@ -57,7 +57,9 @@ def test_cli_put_get_ls_rm(served, keys_file, tmp_path, capsys):
     os.chdir(tmp_path / "root")  # restored by pytest's chdir isolation below
     assert cli("get", address, "copy.txt", str(tmp_path / "got.txt"), keys_file=keys_file) == 0
     assert (tmp_path / "got.txt").read_bytes() == b"contents\n"
-    (root / "sub").mkdir()
+    assert cli("mkdir", address, "sub", keys_file=keys_file) == 0
+    assert cli("mkdir", address, "-p", "x/y", keys_file=keys_file) == 0
+    assert cli("rm", address, "x/y", "x", keys_file=keys_file) == 0
     capsys.readouterr()
     assert cli("ls", address, keys_file=keys_file) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -1,4 +1,4 @@
-"""``python -m msgsrv.client put|get|ls|rm HOST:PORT ...``: the file service from a shell.
+"""``python -m msgsrv.client put|get|ls|rm|mkdir HOST:PORT ...``: the file service from a shell.
 
 Transfers draw a progress bar on standard error when it is a terminal and
 print nothing otherwise; a failure prints one line and exits non-zero.
@@ -31,7 +31,7 @@ def _parser(subparsers, name, help_text):
 
 
 def register(subparsers):
-    """Add the ``put``, ``get``, ``ls`` and ``rm`` subcommands."""
+    """Add the ``put``, ``get``, ``ls``, ``rm`` and ``mkdir`` subcommands."""
     put = _parser(subparsers, "put", "upload a file to a file service")
     put.add_argument("local", help="local file to upload")
     put.add_argument("remote", nargs="?", help="remote path (default: the local file's name)")
@@ -52,7 +52,11 @@ def register(subparsers):
     rm = _parser(subparsers, "rm", "delete files (or empty directories) on a file service")
     rm.add_argument("paths", nargs="+", metavar="path")
     rm.set_defaults(func=run_rm)
-    for parser in (put, get, ls, rm):
+    mkdir = _parser(subparsers, "mkdir", "create a directory on a file service")
+    mkdir.add_argument("path", help="remote directory")
+    mkdir.add_argument("-p", "--parents", action="store_true", help="create missing parents")
+    mkdir.set_defaults(func=run_mkdir)
+    for parser in (put, get, ls, rm, mkdir):
         add_connection_options(parser, auth=True)
 
 
@@ -110,6 +114,13 @@ def run_rm(args):
     with _connect(args) as client:
         for path in args.paths:
             client.delete(path)
+    return 0
+
+
+def run_mkdir(args):
+    """Create one remote directory."""
+    with _connect(args) as client:
+        client.mkdir(args.path, parents=args.parents)
     return 0
 
 
