@@ -84,20 +84,17 @@ def _flag(value):
     return value
 
 
-def _sha256(value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _SHA256.fullmatch(value):
-        raise ValueError("must be 64 lowercase hex digits")
-    return value
+def _matching(pattern, rule):
+    """A check for an optional string that must match ``pattern`` (None passes)."""
+    def check(value):
+        if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+            raise ValueError(rule)
+        return value
+    return check
 
 
-def _upload_id(value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _UPLOAD_ID.fullmatch(value):
-        raise ValueError("must be 1-128 of A-Z a-z 0-9 _ . -")
-    return value
+_sha256 = _matching(_SHA256, "must be 64 lowercase hex digits")
+_upload_id = _matching(_UPLOAD_ID, "must be 1-128 of A-Z a-z 0-9 _ . -")
 
 
 def _name_or_none(value):

@@ -75,6 +75,15 @@ def raw_session(server, name="alice"):
     return sock, stream
 
 
+def begin_put(stream, data, **fields):
+    """Send a put header for ``data``, expect ready, send the bytes; return the ready offset."""
+    stream.send(dict({"type": "put", "size": len(data)}, **fields))
+    ready = stream.recv().header
+    assert ready["type"] == "ready", ready
+    stream.send_raw(data)
+    return ready["offset"]
+
+
 # -- round trips -----------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [0, 1, 100_000])
@@ -219,7 +228,7 @@ def test_put_interrupted_mid_stream_leaves_the_old_version(server, root):
     sock, stream = raw_session(server)
     with sock:
         stream.send({"type": "put", "path": "new", "size": 10})
-        stream.recv()
+        assert stream.recv().type == "ready"
         stream.send_raw(b"12345")
     wait_for(lambda: not temp_files(root), message="the temp file to be removed")
     assert not (root / "new").exists()
@@ -285,9 +294,7 @@ def test_resumed_put_of_other_content_under_the_same_id_starts_over(server, root
     temp.write_bytes(b"0123456789" * 10)  # longer than the new upload
     sock, stream = raw_session(server)
     with sock:
-        stream.send({"type": "put", "path": "x", "size": 4, "upload_id": upload_id})
-        assert stream.recv().header["offset"] == 0
-        stream.send_raw(b"abcd")
+        assert begin_put(stream, b"abcd", path="x", upload_id=upload_id) == 0
         stream.send({"type": "end", "sha256": sha(b"abcd")})
         assert stream.recv().type == "ok"
     assert (root / "x").read_bytes() == b"abcd"
@@ -301,9 +308,7 @@ def test_corrupted_upload_is_detected_and_nothing_is_stored(server, root):
     corrupted[123_456] ^= 0x01
     sock, stream = raw_session(server)
     with sock:
-        stream.send({"type": "put", "path": "c", "size": len(data)})
-        stream.recv()
-        stream.send_raw(bytes(corrupted))
+        begin_put(stream, bytes(corrupted), path="c")
         stream.send({"type": "end", "sha256": sha(data)})
         reply = stream.recv().header
         assert reply["code"] == "checksum-mismatch" and sha(bytes(corrupted)) in reply["message"]
@@ -327,9 +332,7 @@ def test_corrupted_download_is_detected_and_not_kept(server, root, tmp_path):
 def test_end_frame_must_follow_the_data(server, root):
     sock, stream = raw_session(server)
     with sock:
-        stream.send({"type": "put", "path": "e", "size": 3})
-        stream.recv()
-        stream.send_raw(b"abc")
+        begin_put(stream, b"abc", path="e")
         stream.send({"type": "help"})
         assert stream.recv().header["code"] == "bad-request"
         assert recv_until_closed(sock) == b""
@@ -481,9 +484,7 @@ def test_concurrent_puts_never_interleave(server, root):
 def test_the_last_complete_put_wins(server, root):
     sock, stream = raw_session(server)
     with sock:
-        stream.send({"type": "put", "path": "f", "size": 5, "overwrite": True})
-        stream.recv()
-        stream.send_raw(b"first")  # streamed first, completed last
+        begin_put(stream, b"first", path="f", overwrite=True)  # streamed first, completed last
         with client(server) as c:
             c.put(io.BytesIO(b"second"), "f", overwrite=True)
         assert (root / "f").read_bytes() == b"second"
@@ -495,9 +496,7 @@ def test_the_last_complete_put_wins(server, root):
 def test_a_put_without_overwrite_loses_to_one_that_landed_meanwhile(server, root):
     sock, stream = raw_session(server)
     with sock:
-        stream.send({"type": "put", "path": "f", "size": 5})
-        stream.recv()
-        stream.send_raw(b"first")
+        begin_put(stream, b"first", path="f")
         with client(server) as c:
             c.put(io.BytesIO(b"second"), "f")
         stream.send({"type": "end", "sha256": sha(b"first")})

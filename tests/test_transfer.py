@@ -16,6 +16,7 @@ from msgsrv.protocol import encode
 from msgsrv.sandbox import TEMP_PREFIX
 from msgsrv.stream import FrameStream
 from tests.conftest import ROOT, wait_for
+from tests.test_stream import pair  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,16 +71,6 @@ def test_file_sha256_of_a_range_and_a_short_file(data_file):
 
 
 # -- receive and send ---------------------------------------------------------------------
-
-@pytest.fixture
-def pair():
-    left, right = socket.socketpair()
-    left.settimeout(5)
-    right.settimeout(5)
-    yield left, right
-    left.close()
-    right.close()
-
 
 def test_receive_takes_buffered_bytes_first_and_leaves_the_next_frame(pair, tmp_path):
     left, right = pair
