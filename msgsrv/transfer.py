@@ -37,7 +37,8 @@ class Hasher:
     touched again until ``take()`` hands it out anew.  ``hexdigest()`` waits
     for the thread and returns the digest; it raises ``OSError`` if reading
     the prefix failed or the file was shorter than ``count``.  ``close()``
-    abandons the work (idempotent).  Use as a context manager.
+    abandons the work, a prefix half-read included (idempotent).  Use as a
+    context manager.
     """
 
     def __init__(self, prefix=None, *, chunk_size=CHUNK, depth=DEPTH):
@@ -50,6 +51,7 @@ class Hasher:
         self._work = queue.Queue()
         self._error = None
         self._digest = None
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="msgsrv-sha256", daemon=True)
         self._thread.start()
 
@@ -72,6 +74,7 @@ class Hasher:
 
     def close(self):
         """Stop the helper thread without waiting for a result (safe to repeat)."""
+        self._abandoned = True
         self._finish()
 
     def __enter__(self):
@@ -105,6 +108,8 @@ class Hasher:
         view = memoryview(buffer)
         end = start + count
         while start < end:
+            if self._abandoned:
+                raise OSError("hashing abandoned")
             got = os.preadv(fd, [view[:min(len(buffer), end - start)]], start)
             if not got:
                 raise OSError("file shrank while being hashed (%d bytes missing)" % (end - start))

@@ -199,7 +199,8 @@ def run(args):
         seconds.update(measure_msgsrv(daemon, source, work, size, repeat))
         figures = {"size": size, "repeat": repeat, "seconds": seconds,
                    "mb_per_s": {k: size / v / MB for k, v in seconds.items()},
-                   "daemon_rss_start": daemon.rss_at_start, "daemon_peak_rss": daemon.memory("VmHWM")}
+                   "daemon_rss_start": daemon.rss_at_start,
+                   "daemon_peak_rss": daemon.memory("VmHWM")}
     finally:
         for proc in (sender, daemon):
             if proc is not None:

@@ -1,4 +1,4 @@
-"""msgsrv.transfer (hashing alongside I/O), msgsrv.fileproto (the request table), msgsrv.fileroot."""
+"""msgsrv.transfer (hashing alongside I/O), msgsrv.fileproto (requests), msgsrv.fileroot."""
 
 import hashlib
 import io
@@ -60,6 +60,15 @@ def test_hasher_memory_is_bounded_by_its_buffers():
     third.join(5)
     assert taken == [first] and second is not first
     assert hasher.hexdigest() == sha(b"")
+
+
+def test_closing_a_hasher_abandons_a_long_prefix(data_file):
+    fd, data = data_file
+    hasher = transfer.Hasher((fd, 0, len(data)), chunk_size=1, depth=0)
+    hasher.close()
+    assert not hasher._thread.is_alive()
+    with pytest.raises(OSError, match="abandoned"):
+        hasher.hexdigest()
 
 
 def test_file_sha256_of_a_range_and_a_short_file(data_file):

@@ -146,8 +146,9 @@ class FileClient(FramedClient):
                 claimed = _expect(self.recv(), "end").header.get("sha256")
             if claimed != digest:
                 target.discard()
-                raise ProtocolError("checksum-mismatch", "%s: received SHA-256 %s, the server "
-                                    "sent %r; the download was discarded" % (remote, digest, claimed))
+                raise ProtocolError("checksum-mismatch",
+                                    "%s: received SHA-256 %s, the server sent %r; the download "
+                                    "was discarded" % (remote, digest, claimed))
             target.commit()
         return Transfer(remote, size, digest, offset)
 

@@ -21,7 +21,7 @@ import threading
 import time
 
 from .. import transfer
-from ..errors import ConfigError, ConnectionFailed, ProtocolError, RequestTimeout
+from ..errors import ConfigError, ProtocolError
 from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
 from ..fileroot import DigestCache, QuotaLedger, content_key
 from ..pool import format_peer
@@ -63,7 +63,7 @@ def _os_errors(path):
     """Turn a file system ``OSError`` into a ProtocolError naming the client's path only."""
     try:
         yield
-    except (ConnectionFailed, RequestTimeout):
+    except (ConnectionError, TimeoutError):  # the peer's trouble, handled by the base class
         raise
     except OSError as exc:
         code = _error_code(exc)
@@ -131,7 +131,7 @@ class FileHandler(AuthenticatedHandler):
 
     @classmethod
     def prepare_service(cls, server):
-        """Load the keys, create the root if missing, remove partial uploads, set up shared state."""
+        """Load the keys, create the root if missing, remove partial uploads, share state."""
         super().prepare_service(server)
         options = server.config.options
         try:
@@ -227,7 +227,7 @@ class FileHandler(AuthenticatedHandler):
                  _shown(path), st.st_size, offset)
 
     def _send(self, stream, file, st, offset):
-        """Send the file from ``offset``; return the whole file's SHA-256 (hashed alongside if unknown)."""
+        """Send the file from ``offset``; return the whole file's SHA-256 (hashed alongside)."""
         known = self.server.digests.get(st)
         if known is not None:
             transfer.send_file(stream, file, offset, st.st_size - offset)
@@ -247,7 +247,8 @@ class FileHandler(AuthenticatedHandler):
         with self.stream() as stream:
             self._clean_if_due()
             old = self._check_destination(dest, path, overwrite, if_sha256)
-            with self.server.quota.reserve(size - old), self._writer(dest, upload_id, size) as writer:
+            with self.server.quota.reserve(size - old), \
+                    self._writer(dest, upload_id, size) as writer:
                 self._check_disk(dest, size - writer.offset)
                 stream.send({"type": "ready", "offset": writer.offset})
                 digest = self._receive(stream, writer, size)
@@ -259,7 +260,7 @@ class FileHandler(AuthenticatedHandler):
         return ({"type": "ok", "path": path, "size": size, "sha256": digest},)
 
     def _check_destination(self, dest, path, overwrite, if_sha256):
-        """Return the size of the file the upload would replace (0: none); refuse what is not asked."""
+        """Return the size of the file the upload would replace (0: none), or refuse the put."""
         self.sandbox.check_directory(dest.parent)
         try:
             st = os.stat(dest)
@@ -304,7 +305,7 @@ class FileHandler(AuthenticatedHandler):
                 transfer.receive(stream, size - writer.offset, writer.write, hasher,
                                  flush_fd=writer.file.fileno())
                 digest = hasher.hexdigest()
-        except (ConnectionFailed, RequestTimeout):
+        except (ConnectionError, TimeoutError):
             raise
         except OSError as exc:
             raise _Desync(_error_code(exc), "cannot store the upload: %s"
@@ -418,7 +419,8 @@ class FileHandler(AuthenticatedHandler):
         if replaced is not None and stat.S_ISREG(replaced.st_mode) \
                 and not os.path.samestat(moved, replaced):
             self.server.quota.changed(-replaced.st_size)
-        log.info("%s: %s renamed %s to %s", self.server.name, self.identity, _shown(path), _shown(to))
+        log.info("%s: %s renamed %s to %s", self.server.name, self.identity, _shown(path),
+                 _shown(to))
         return ({"type": "ok", "path": path, "to": to},)
 
 
