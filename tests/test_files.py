@@ -595,6 +595,8 @@ def test_client_refuses_a_file_over_max_size_and_a_directory_target(server, root
     with client(server) as c:
         with pytest.raises(IsADirectoryError):
             c.get("f", str(tmp_path))
+        with pytest.raises(FileNotFoundError, match="no such directory"):
+            c.get("f", str(tmp_path / "missing" / "f"))
         with pytest.raises(ProtocolError) as info:
             c.get("f", str(tmp_path / "f"), max_size=99)
         assert info.value.code == "too-large"
@@ -739,6 +741,7 @@ BAD_REPLIES = [
     ("put", reply({"type": "listing"})),
     ("get", reply({"type": "data", "size": 4})),
     ("get", reply({"type": "data", "size": -1, "offset": 0})),
+    ("get", reply({"type": "ready", "offset": 0})),
     ("list", reply({"type": "listing"}, b"\xff")),
     ("list", reply({"type": "listing"}, b"{}")),
     ("list", reply({"type": "listing"}, b'[{"name": "a"}]')),

@@ -102,10 +102,10 @@ class FileClient(FramedClient):
         return Transfer(remote, source.size, digest, offset)
 
     def _ready_offset(self, reply, size, resume):
-        offset = _expect(reply, "ready").header.get("offset")
-        if type(offset) is not int or not 0 <= offset <= size or (offset and not resume):
-            self.close()
-            raise ProtocolError("bad-reply", "ready offset %r is not valid" % (offset,))
+        with self._in_transfer():  # a bad reply here leaves us unsure what the server awaits
+            offset = _expect(reply, "ready").header.get("offset")
+            if type(offset) is not int or not 0 <= offset <= size or (offset and not resume):
+                raise ProtocolError("bad-reply", "ready offset %r is not valid" % (offset,))
         return offset
 
     def _send_body(self, source, offset, digest, report):
@@ -158,18 +158,15 @@ class FileClient(FramedClient):
         return target.offset
 
     def _data_size(self, reply, offset, max_size):
-        header = _expect(reply, "data").header
-        size = header.get("size")
-        problem = None
-        if type(size) is not int or size < offset or header.get("offset") != offset:
-            problem = ProtocolError("bad-reply", "data header has size %r, offset %r"
+        with self._in_transfer():  # the bytes are already on their way: refusing spends the link
+            header = _expect(reply, "data").header
+            size = header.get("size")
+            if type(size) is not int or size < offset or header.get("offset") != offset:
+                raise ProtocolError("bad-reply", "data header has size %r, offset %r"
                                     % (size, header.get("offset")))
-        elif max_size is not None and size > max_size:
-            problem = ProtocolError("too-large", "the file has %d bytes, more than max_size=%d"
+            if max_size is not None and size > max_size:
+                raise ProtocolError("too-large", "the file has %d bytes, more than max_size=%d"
                                     % (size, max_size))
-        if problem is not None:
-            self.close()  # the bytes are already on their way: this connection is spent
-            raise problem
         return size
 
     @contextlib.contextmanager
@@ -401,6 +398,8 @@ class _PathTarget:
         self.dest = Path(os.path.abspath(dest))
         if self.dest.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a directory", dest)
+        if not self.dest.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "no such directory", str(self.dest.parent))
         self.resume = resume
         self.temp = part_path(self.dest, resume)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if resume else os.O_EXCL)
