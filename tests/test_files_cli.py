@@ -220,3 +220,19 @@ def test_kill_9_during_a_put_leaves_no_partial_file(daemon_factory, keys_file, t
 
 def _temp_sizes(root):
     return [os.path.getsize(root / name) for name in os.listdir(root) if is_temp_name(name)]
+
+
+def test_benchmark_script_runs_and_reports_every_figure(capsys, tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_files", os.path.join(ROOT, "scripts", "bench_files.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.run(bench.build_parser().parse_args(
+        ["--size", "3M", "--repeat", "1", "--dir", str(tmp_path)]))
+    assert set(figures["ratios"]) == {"put", "get_null", "get_null_cold", "get_disk"}
+    assert all(speed > 0 for speed in figures["mb_per_s"].values())
+    assert 0 < figures["daemon_peak_rss"] < 200 << 20
+    table = capsys.readouterr().out
+    assert "msgsrv put" in table and "daemon peak RSS" in table
+    assert os.listdir(tmp_path) == []
