@@ -150,10 +150,6 @@ def _timed(action):
     return time.perf_counter() - started
 
 
-def _best(repeat, action):
-    return min(_timed(action) for _ in range(repeat))
-
-
 def _write_source(path, size):
     with open(path, "wb") as stream:
         left = size
@@ -162,26 +158,36 @@ def _write_source(path, size):
             left -= min(CHUNK, left)
 
 
-def measure_msgsrv(daemon, source, work, size, repeat):
-    """Seconds (best of ``repeat``) for each msgsrv transfer."""
+def _measurements(work, source, size, port, daemon, client, null):
+    """name -> a function returning the seconds one run of that measurement takes."""
     cold = os.path.join(daemon.root, "cold.bin")
+    os.link(source, cold)
     local = os.path.join(work, "downloaded.bin")
-    with daemon.client() as client, open(os.devnull, "wb") as null:
-        results = {"put": _best(repeat, lambda: client.put(source, "bench.bin", overwrite=True))}
-        results["get_null"] = _best(repeat, lambda: client.get("bench.bin", null))
-        os.link(source, cold)
 
-        def get_cold():
-            os.utime(cold)  # a new ctime: the daemon's checksum cache misses
-            client.get("cold.bin", null)
-        results["get_null_cold"] = _best(repeat, get_cold)
-        results["get_disk"] = _best(repeat, lambda: client.get("bench.bin", local))
-    return results
+    def get_cold():
+        os.utime(cold)  # a new ctime: the daemon's checksum cache misses
+        return _timed(lambda: client.get("cold.bin", null))
+
+    return {
+        "sha256": lambda: measure_sha256(size),
+        "floor_null": lambda: measure_floor(port, size),
+        "floor_disk": lambda: measure_floor(port, size, os.path.join(work, "floor.bin")),
+        "put": lambda: _timed(lambda: client.put(source, "bench.bin", overwrite=True)),
+        "get_null": lambda: _timed(lambda: client.get("bench.bin", null)),
+        "get_null_cold": get_cold,
+        "get_disk": lambda: _timed(lambda: client.get("bench.bin", local)),
+    }
 
 
 def run(args):
-    """Measure everything for ``args`` (see build_parser); print the table; return the figures."""
+    """Measure everything for ``args`` (see build_parser); print the table; return the figures.
+
+    The measurements take turns, ``repeat`` rounds of all of them, and the
+    best of each counts: a burst of load on the machine then hits one round
+    of everything rather than all the runs of one figure.
+    """
     size, repeat = args.size, max(1, args.repeat)
+    load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="msgsrv-bench-", dir=args.dir)
     sender = daemon = None
     try:
@@ -191,22 +197,23 @@ def run(args):
         sender = subprocess.Popen([sys.executable, os.path.abspath(__file__),
                                    "--floor-sender", source, port_file])
         port = _wait_for_file(port_file)
-        seconds = {"sha256": min(measure_sha256(size) for _ in range(repeat)),
-                   "floor_null": _best(repeat, lambda: measure_floor(port, size)),
-                   "floor_disk": _best(repeat, lambda: measure_floor(
-                       port, size, os.path.join(work, "floor.bin")))}
         daemon = Daemon(work, size)
-        seconds.update(measure_msgsrv(daemon, source, work, size, repeat))
+        with daemon.client() as client, open(os.devnull, "wb") as null:
+            measure = _measurements(work, source, size, port, daemon, client, null)
+            rounds = [{name: run_once() for name, run_once in measure.items()}
+                      for _ in range(repeat)]
+        seconds = {name: min(r[name] for r in rounds) for name in measure}
         figures = {"size": size, "repeat": repeat, "seconds": seconds,
                    "mb_per_s": {k: size / v / MB for k, v in seconds.items()},
                    "daemon_rss_start": daemon.rss_at_start,
-                   "daemon_peak_rss": daemon.memory("VmHWM")}
+                   "daemon_peak_rss": daemon.memory("VmHWM"),
+                   "load": (load_before, os.getloadavg()[0])}
     finally:
-        for proc in (sender, daemon):
-            if proc is not None:
-                proc.kill() if proc is sender else proc.stop()
         if sender is not None:
+            sender.kill()
             sender.wait()
+        if daemon is not None:
+            daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
     figures["ratios"] = _ratios(figures["mb_per_s"])
     print_table(figures)
@@ -256,6 +263,8 @@ def print_table(figures):
     print()
     print("daemon peak RSS (VmHWM): %.1f MiB (%.1f MiB after start)"
           % (figures["daemon_peak_rss"] / 2**20, figures["daemon_rss_start"] / 2**20))
+    print("load average (1 min) before and after: %.2f, %.2f (other work skews the figures)"
+          % figures["load"])
 
 
 def main(argv=None):

@@ -300,16 +300,7 @@ class FileHandler(AuthenticatedHandler):
 
     def _receive(self, stream, writer, size):
         """Receive the rest of the upload and its end frame; return the verified SHA-256."""
-        try:
-            with self._prefix(writer) as prefix, transfer.Hasher(prefix) as hasher:
-                transfer.receive(stream, size - writer.offset, writer.write, hasher,
-                                 flush_fd=writer.file.fileno())
-                digest = hasher.hexdigest()
-        except (ConnectionError, TimeoutError):
-            raise
-        except OSError as exc:
-            raise _Desync(_error_code(exc), "cannot store the upload: %s"
-                          % (os.strerror(exc.errno) if exc.errno else exc)) from None
+        digest = self._receive_data(stream, writer, size)
         end = stream.recv()
         claimed = end.header.get("sha256")
         if end.type != "end" or not isinstance(claimed, str):
@@ -320,6 +311,18 @@ class FileHandler(AuthenticatedHandler):
             raise ProtocolError("checksum-mismatch", "received %d bytes with SHA-256 %s, not %s; "
                                 "nothing was stored" % (size, digest, claimed))
         return digest
+
+    def _receive_data(self, stream, writer, size):
+        try:
+            with self._prefix(writer) as prefix, transfer.Hasher(prefix) as hasher:
+                transfer.receive(stream, size - writer.offset, writer.write, hasher,
+                                 flush_fd=writer.file.fileno())
+                return hasher.hexdigest()
+        except (ConnectionError, TimeoutError):
+            raise
+        except OSError as exc:
+            raise _Desync(_error_code(exc), "cannot store the upload: %s"
+                          % (os.strerror(exc.errno) if exc.errno else exc)) from None
 
     @contextlib.contextmanager
     def _prefix(self, writer):
