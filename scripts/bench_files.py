@@ -259,7 +259,7 @@ def print_table(figures):
     print("%-46s %8s  %s" % ("transfer", "MB/s", "ratio to min(floor, SHA-256)"))
     for key, label in _LABELS:
         ratio = "%.2f" % ratios[key] if key in ratios else ""
-        print("%-46s %8.0f  %s" % (label, speed[key], ratio))
+        print(("%-46s %8.0f  %s" % (label, speed[key], ratio)).rstrip())
     print()
     print("daemon peak RSS (VmHWM): %.1f MiB (%.1f MiB after start)"
           % (figures["daemon_peak_rss"] / 2**20, figures["daemon_rss_start"] / 2**20))
