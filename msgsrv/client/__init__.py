@@ -8,9 +8,10 @@ from ..errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, R
                       ServerError)
 from .command import CommandClient, Result
 from .echo import EchoClient
+from .files import FileClient, FileInfo, Transfer
 
 __all__ = [
-    "EchoClient", "CommandClient", "Result",
+    "EchoClient", "CommandClient", "Result", "FileClient", "FileInfo", "Transfer",
     "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
     "AuthError",
 ]
