@@ -6,10 +6,11 @@ RequestTimeout, ProtocolError, ServerError (AuthError).
 
 from ..errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
                       ServerError)
+from .chat import ChatClient
 from .echo import EchoClient
 
 __all__ = [
-    "EchoClient",
+    "ChatClient", "EchoClient",
     "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
     "AuthError",
 ]

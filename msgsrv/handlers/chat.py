@@ -124,6 +124,7 @@ class ChatHandler(Handler):
         self._reply(format_notice("welcome", self.options["server_name"],
                                   "type a nickname (or /nick NAME) to start; /help lists "
                                   "the commands"))
+        self.outbox.flush()
 
     def data_received(self, data):
         if self._pos < len(self._raw):
