@@ -155,10 +155,15 @@ class ChatClient(Client):
         return self.nick
 
     def quit(self, reason=None):
-        """Say goodbye and wait for the server to close; events read meanwhile stay in recv()."""
-        self._send("/quit" if reason is None else "/quit " + _one_line(reason))
+        """Say goodbye (``* quit`` answers) and wait for the server to close.
+
+        Events read meanwhile stay available to recv(), which then raises
+        ConnectionFailed.
+        """
+        line = "/quit" if reason is None else "/quit " + _one_line(reason)
         deadline = self._deadline(self.timeout)
         try:
+            self._command(line, lambda e: self._is_notice(e, "quit", 0, self.nick))
             while True:
                 self._inbox.append(self._read_event(deadline))
         except ConnectionFailed:
@@ -270,12 +275,13 @@ class ChatClient(Client):
         return self._events.popleft()
 
     def _fill(self, deadline):
-        if self._closed_by_server or self.sock is None:
+        sock = self.sock  # close() from another thread sets it to None
+        if self._closed_by_server or sock is None:
             raise ConnectionFailed("connection closed by server")
-        if not self._wait_readable(deadline):
+        if not self._wait_readable(sock, deadline):
             return
         with translate_errors("receive"):
-            data = self.sock.recv(_RECV_SIZE)
+            data = sock.recv(_RECV_SIZE)
         events = self._reader.feed(data) if data else self._reader.eof()
         for line in events:
             if isinstance(line, LineTooLong):
@@ -284,8 +290,8 @@ class ChatClient(Client):
         if not data:
             self._closed_by_server = True
 
-    def _wait_readable(self, deadline):
-        """Wait until the socket is readable; send keepalives; raise RequestTimeout at deadline."""
+    def _wait_readable(self, sock, deadline):
+        """Wait until ``sock`` is readable; send keepalives; raise RequestTimeout at deadline."""
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise RequestTimeout("no answer from the chat server in time")
@@ -296,9 +302,6 @@ class ChatClient(Client):
                 self._send("")
                 due = self.keepalive
             waits.append(due)
-        sock = self.sock
-        if sock is None:
-            raise ConnectionFailed("client is closed")
         try:
             ready, _, _ = select.select([sock], [], [], min(waits) if waits else None)
         except (OSError, ValueError):  # closed by another thread
