@@ -176,7 +176,7 @@ class ChatHandler(Handler):
             self._pos = end or len(raw)
             for event in events:
                 self._handle(event)
-            handled += 1
+            handled += bool(end)
         self.outbox.flush()
         self.server.counters.incr("chat_lines", handled)
         self._after_pump()
