@@ -118,7 +118,7 @@ def _msgsrv_config():
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str
     parser["service:chat"] = {"handler": "chat", "host": "127.0.0.1", "port": "0",
-                              "rate_limit": "0", "max_connections": "5000",
+                              "line_rate": "0", "max_connections": "5000",
                               "max_connections_per_ip": "5000", "idle_timeout": "0"}
     return config.from_parser(parser, "<bench>").services[0]
 

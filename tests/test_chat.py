@@ -195,7 +195,7 @@ def test_help_lists_every_command(chat):
 def test_non_reading_client_is_dropped_while_others_keep_receiving(chat, caplog):
     # The kernel absorbs a few MB for a stalled reader before the queue grows,
     # so ~5 MB goes out.
-    server = chat(max_queue="64K", rate_limit=0)
+    server = chat(max_queue="64K", line_rate=0)
     stalled = Peer(server, "stalled", rcvbuf=4096)
     reader, publisher = Peer(server, "reader"), Peer(server, "publisher")
     count, delays = 1200, []
@@ -266,7 +266,7 @@ def test_200_clients_in_one_room_all_receive_a_broadcast(chat):
 
 
 def test_flood_is_delayed_not_dropped_and_others_stay_served(chat):
-    server = chat(rate_limit=40, rate_burst=5)
+    server = chat(line_rate=40, line_burst=5)
     flooder, other = Peer(server, "flooder"), Peer(server, "other")
     started = time.monotonic()
     flooder.send(*["line %d" % i for i in range(25)])
@@ -375,7 +375,7 @@ def test_chat_client_errors_are_raised_from_the_command(chat):
 
 
 def test_chat_client_skips_flood_warnings_while_waiting(chat):
-    server = chat(rate_limit=50, rate_burst=1)
+    server = chat(line_rate=50, line_burst=1)
     with ChatClient("127.0.0.1", server.port, "alice", timeout=5) as alice:
         for index in range(3):
             alice.send_line("burst %d" % index)

@@ -11,8 +11,8 @@ which writes straight to the socket when it has room and queues otherwise; a
 client with more than ``max_queue`` bytes waiting is disconnected ("send
 queue exceeded", logged) and nobody else waits for it.
 
-Flood control: each connection has a token bucket (``rate_limit`` lines per
-second after a burst of ``rate_burst``).  A line over the rate is *delayed*,
+Flood control: each connection has a token bucket (``line_rate`` lines per
+second after a burst of ``line_burst``).  A line over the rate is *delayed*,
 not dropped: reading from that client pauses until the bucket refills (its
 unread bytes wait in the kernel, so TCP slows it down), and it is told once
 per ``FLOOD_WARNING_INTERVAL`` with ``! flood``.  Other clients are served
@@ -89,11 +89,11 @@ class ChatHandler(Handler):
         Setting("max_queue", size(4096, 1 << 30), "256K",
                 "Bytes of output waiting for one client before it is disconnected "
                 "(\"send queue exceeded\")."),
-        Setting("rate_limit", integer(0, 1000000), "10",
+        Setting("line_rate", integer(0, 1000000), "10",
                 "Lines per second a client may send once its burst is spent; faster "
                 "lines are delayed (0: no limit)."),
-        Setting("rate_burst", integer(1, 1000000), "20",
-                "Lines a client may send at once before rate_limit applies."),
+        Setting("line_burst", integer(1, 1000000), "20",
+                "Lines a client may send at once before line_rate applies."),
         Setting("max_joined", integer(1, 10000), "20", "Rooms one client may be in at once."),
         Setting("server_name", word, "msgsrv", "Name the greeting shows (one word)."),
     )
@@ -111,8 +111,8 @@ class ChatHandler(Handler):
         self.limit = self.options["max_queue"]
         self.outbox = Outbox(self.limit, min(_FLUSH_AT, self.limit // 4))
         self.reader = LineReader(self.options["max_line"])
-        rate = self.options["rate_limit"]
-        self.bucket = TokenBucket(rate, self.options["rate_burst"]) if rate else None
+        rate = self.options["line_rate"]
+        self.bucket = TokenBucket(rate, self.options["line_burst"]) if rate else None
         self._raw, self._pos = b"", 0  # a received chunk and how far it was handled
         self._paused = False
         self._warned_at = None
@@ -200,9 +200,9 @@ class ChatHandler(Handler):
             self._warned_at = now
             self.server.counters.incr("chat_flood_delayed")
             log.info("%s: %s sends faster than %d lines/s; delaying its lines",
-                     self.server.name, self._who(), self.options["rate_limit"])
+                     self.server.name, self._who(), self.options["line_rate"])
             self._reply(format_error("flood", "more than %d lines per second: your lines "
-                                              "are delayed" % self.options["rate_limit"]))
+                                              "are delayed" % self.options["line_rate"]))
 
     def _after_pump(self):
         if self._quitting:
