@@ -127,11 +127,7 @@ class ChatState:
         with self._lock:
             room = self._rooms.get(key)
             if room is not None and member in room.members:
-                member.rooms.remove(room)
-                member.rooms.append(room)
-                lines = (format_notice("join", room.name, member.nick)
-                         + format_notice("history-end", room.name))
-                return [(member.own, lines)]
+                return self._rejoin(member, room)
             if len(member.rooms) >= self.max_joined:
                 raise ChatError("busy", "you are in %d rooms already (the limit); "
                                         "/leave one first" % len(member.rooms))
@@ -143,6 +139,13 @@ class ChatState:
             replay = b"".join(b"HIST %.3f " % ts + line for ts, line in room.history)
             return [(room.targets, format_notice("join", room.name, member.nick)),
                     (member.own, replay + format_notice("history-end", room.name))]
+
+    def _rejoin(self, member, room):
+        member.rooms.remove(room)
+        member.rooms.append(room)
+        lines = format_notice("join", room.name, member.nick) + format_notice(
+            "history-end", room.name)
+        return [(member.own, lines)]
 
     def leave(self, member, name=None):
         """Take ``member`` out of room ``name`` (default: its current room).
