@@ -119,8 +119,13 @@ def _service(path, name, inherited, raw):
         handler_class = handlers.resolve(options["handler"], options["transport"])
     except (ImportError, ValueError) as exc:
         raise ConfigError("%s handler %s" % (where, exc)) from None
+    declared = handlers.declared_settings(handler_class)
+    shadowing = sorted(s.name for s in declared if s.name in _COMMON_NAMES)
+    if shadowing:
+        raise ConfigError("%s handler %s declares settings that every service already has: %s"
+                          % (where, options["handler"], ", ".join(shadowing)))
     extra = {k: v for k, v in raw.items() if k not in _COMMON_NAMES}
-    options.update(parse_section(where, handlers.declared_settings(handler_class), extra))
+    options.update(parse_section(where, declared, extra))
     return ServiceConfig(name, handler_class, MappingProxyType(options))
 
 
