@@ -58,6 +58,12 @@ class Config:
 
 def load(path):
     """Read and validate the INI file at ``path``; raise ConfigError if invalid."""
+    return from_parser(read(path), path)
+
+
+def read(path):
+    """Read the INI file at ``path`` into a ConfigParser, unvalidated; raise ConfigError
+    if it cannot be read or is not INI."""
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     parser.optionxform = str  # keys are case-sensitive, like the declarations
     try:
@@ -68,7 +74,7 @@ def load(path):
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError("%s: not a valid INI file (%s)"
                           % (path, str(exc).splitlines()[0])) from None
-    return from_parser(parser, path)
+    return parser
 
 
 def from_parser(parser, path="<config>"):
@@ -113,8 +119,13 @@ def _service(path, name, inherited, raw):
         handler_class = handlers.resolve(options["handler"], options["transport"])
     except (ImportError, ValueError) as exc:
         raise ConfigError("%s handler %s" % (where, exc)) from None
+    declared = handlers.declared_settings(handler_class)
+    shadowing = sorted(s.name for s in declared if s.name in _COMMON_NAMES)
+    if shadowing:
+        raise ConfigError("%s handler %s declares settings that every service already has: %s"
+                          % (where, options["handler"], ", ".join(shadowing)))
     extra = {k: v for k, v in raw.items() if k not in _COMMON_NAMES}
-    options.update(parse_section(where, handlers.declared_settings(handler_class), extra))
+    options.update(parse_section(where, declared, extra))
     return ServiceConfig(name, handler_class, MappingProxyType(options))
 
 

@@ -51,7 +51,13 @@ class RequestTimeout(MsgsrvError, TimeoutError):
     code = "timeout"
 
 
+class AlreadyRunning(MsgsrvError, OSError):
+    """Another daemon holds the pidfile lock."""
+
+    code = "running"
+
+
 __all__ = [
     "MsgsrvError", "ConfigError", "ProtocolError", "ServerError", "AuthError",
-    "ConnectionFailed", "RequestTimeout",
+    "ConnectionFailed", "RequestTimeout", "AlreadyRunning",
 ]

@@ -380,9 +380,13 @@ class WorkerPool:
         for _ in range(self.workers):
             self._spawn()
 
-    def add(self, sock, address):
-        """Adopt an accepted socket; its handler's connection_made runs in a worker."""
-        conn = Connection(self, sock, address)
+    def add(self, sock, address, connection_factory=Connection):
+        """Adopt an accepted socket; its handler's connection_made runs in a worker.
+
+        ``connection_factory(pool, sock, address)`` builds the Connection
+        (msgsrv.tls passes one that speaks TLS).
+        """
+        conn = connection_factory(self, sock, address)
         conn.handler = self.handler_factory(conn)
         with self._conns_lock:
             self._conns[conn.fd] = conn

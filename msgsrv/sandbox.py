@@ -125,6 +125,23 @@ class Sandbox:
             raise ProtocolError("not-found", "path %s does not exist" % _shown(client_path))
         return Path(real)
 
+    def resolve_entry(self, client_path):
+        """Return the directory entry ``client_path`` names, without following its last part.
+
+        For operations on a name itself (delete, rename): a symlink is the
+        link, not its target.  The directory part is resolved as by
+        ``resolve`` (symlinks followed, confined, must exist); the last
+        component is checked and appended as it is, so the entry is always
+        directly inside a directory in the root.  Raises ``PathRefused`` for
+        a malformed path or the root, ``ProtocolError("not-found")`` if the
+        directory part does not exist.
+        """
+        parts = _split(client_path)
+        if not parts:
+            _refuse_root(client_path)
+        parent = self.resolve("/".join(parts[:-1]), must_exist=True, allow_root=True)
+        return parent / parts[-1]
+
     def relative(self, real_path):
         """Return the client-visible ``/``-separated path of ``real_path`` ("" for the root).
 

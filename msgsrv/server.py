@@ -1,10 +1,12 @@
 """The socketserver subclasses every service runs on, extended through their hooks.
 
-:class:`TCPService` admits connections in ``verify_request`` (connection
-limits, plus any checks added to ``admission_checks``) and hands them to a
-:class:`~msgsrv.pool.WorkerPool` (msgsrv handlers) or to a thread of their
-own (plain ``socketserver.BaseRequestHandler`` plugins).
+:class:`TCPService` admits connections in ``verify_request`` (access rules,
+rate limit, connection limits, plus any checks added to
+``admission_checks``) and hands them to a :class:`~msgsrv.pool.WorkerPool`
+(msgsrv handlers) or to a thread of their own (plain
+``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
 :class:`UDPService` serves datagrams inline, never a thread per datagram.
+Both can be reconfigured in place on reload (:meth:`reconfigure`).
 """
 
 import collections
@@ -15,8 +17,11 @@ import sys
 import threading
 import time
 
+from .access import AccessRules, RateLimiter
+from .errors import ConfigError
 from .handlers.base import Handler
 from .pool import WorkerPool, format_peer
+from .tls import ServerTLS
 
 log = logging.getLogger("msgsrv.server")
 access_log = logging.getLogger("msgsrv.access")
@@ -36,10 +41,21 @@ class Counters:
         with self._lock:
             self._values[name] += amount
 
+    def update(self, amounts):
+        """Add several amounts at once (``{name: amount}``)."""
+        with self._lock:
+            self._values.update(amounts)
+
     def snapshot(self):
         """A plain dict copy of every counter."""
         with self._lock:
             return dict(self._values)
+
+
+#: Why a connection was refused: the counter (``refused_<counter>``), the
+#: wire code told to framed clients (None: close without a word), the log
+#: text and level.
+Refusal = collections.namedtuple("Refusal", "counter code reason level")
 
 
 def _family(host):
@@ -47,15 +63,61 @@ def _family(host):
 
 
 class _ServiceMixin:
-    """What TCP and UDP services share: config, counters, a serving thread."""
+    """What TCP and UDP services share: config, counters, a serving thread.
 
-    def _init_service(self, config):
+    ``registry`` is the daemon's :class:`msgsrv.registry.Registry` (None for
+    a server started on its own); ``global_options`` the ``[msgsrv]`` options.
+    """
+
+    def _init_service(self, config, global_options):
         self.config = config
+        self.global_options = global_options or {}
         self.name = config.name
         self.counters = Counters()
         self.started = time.time()
+        self.registry = None
         self.address_family = _family(config["host"])
+        self.access = AccessRules.from_options(config.options, self.global_options)
         self._thread = None
+
+    def reconfigure(self, config, global_options=None):
+        """Apply a reloaded configuration of this service (same address, transport, handler).
+
+        New connections get the new options, limits, access rules, TLS files
+        and whatever ``prepare_service`` loads (keys...); open connections
+        keep what they started with.  Returns a function that undoes the
+        change.  Raises ConfigError, changing nothing, if the new settings
+        cannot be loaded.
+        """
+        policy = self._load_policy(config, global_options or {})
+        saved = dict(self.__dict__)
+
+        def undo():
+            for key in set(self.__dict__) - set(saved):
+                delattr(self, key)
+            self.__dict__.update(saved)
+            self._tune(self.config)
+        self.config, self.global_options = config, global_options or {}
+        try:
+            self._prepare()
+        except BaseException:
+            undo()
+            raise
+        self._apply_policy(policy)
+        self._tune(config)
+        return undo
+
+    def _load_policy(self, config, global_options):
+        return AccessRules.from_options(config.options, global_options)
+
+    def _apply_policy(self, policy):
+        self.access = policy
+
+    def _prepare(self):
+        """Run the handler's prepare_service (pool-served handlers only)."""
+
+    def _tune(self, config):
+        """Apply the settings that take effect on a running service."""
 
     @property
     def port(self):
@@ -96,22 +158,52 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, config, bind_and_activate=True):
-        self._init_service(config)
+    def __init__(self, config, bind_and_activate=True, global_options=None):
+        self._init_service(config, global_options)
         self.request_queue_size = config["backlog"]
         self.pooled = issubclass(config.handler_class, Handler)
-        self.admission_checks = [self._check_limits]
+        self.admission_checks = [self._check_access, self._check_rate, self._check_limits]
         self._lock = threading.Condition()
-        self._admitted = {}  # socket -> (ip, monotonic time admitted)
+        self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
-        self.pool = None
+        self.rate = self.tls = self.pool = None
+        self._apply_policy(self._load_policy(config, self.global_options))
+        self._prepare()
         if self.pooled:
-            config.handler_class.prepare_service(self)
             self.pool = WorkerPool(config.name, self._make_handler,
                                    workers=config["workers"], max_threads=config["max_threads"],
                                    max_pending_output=config["max_pending_output"],
                                    idle_timeout=config["idle_timeout"], on_close=self._pooled_closed)
         super().__init__(config.address, config.handler_class, bind_and_activate)
+
+    def _prepare(self):
+        if self.pooled:
+            self.config.handler_class.prepare_service(self)
+
+    def _load_policy(self, config, global_options):
+        rate = None
+        if config["rate_limit"] is not None:
+            rate = self.rate
+            if rate is None or (rate.rate, rate.penalty) != (config["rate_limit"],
+                                                             config["rate_penalty"]):
+                rate = RateLimiter(config["rate_limit"], config["rate_penalty"])
+        try:
+            tls = ServerTLS.from_options(config.options, self._tls_failed)
+        except ConfigError as exc:
+            raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
+        return AccessRules.from_options(config.options, global_options), rate, tls
+
+    def _apply_policy(self, policy):
+        self.access, self.rate, self.tls = policy
+
+    def _tune(self, config):
+        if self.pool is not None:
+            self.pool.max_threads = max(config["max_threads"], self.pool.workers)
+            self.pool.max_pending_output = config["max_pending_output"]
+            self.pool.idle_timeout = config["idle_timeout"]
+
+    def _tls_failed(self, reason):
+        self.counters.incr("refused_tls")
 
     def _make_handler(self, conn):
         return self.RequestHandlerClass(conn, self)
@@ -124,7 +216,8 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
     # -- admission ----------------------------------------------------------
 
     def verify_request(self, request, client_address):
-        """Admit the connection or refuse it with a reason (told to the client and logged)."""
+        """Admit the connection or refuse it: counted, logged, told to the client if
+        the protocol has a way (never over TLS, where the client expects a handshake)."""
         ip = client_address[0]
         with self._lock:
             for check in self.admission_checks:
@@ -132,36 +225,58 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
                 if refusal is not None:
                     break
             else:
-                self._admitted[request] = ip
+                self._admitted[request] = (client_address, time.monotonic())
                 self._per_ip[ip] += 1
                 self.counters.incr("connections_total")
                 return True
-        code, reason = refusal
-        self.counters.incr("refused_" + code.replace("-", "_"))
-        log.warning("%s: refused %s: %s", self.name, format_peer(client_address), reason)
-        if self.pooled:
-            self.RequestHandlerClass.refuse(request, code, reason)
+        self.counters.incr("refused_" + refusal.counter)
+        log.log(refusal.level, "%s: refused %s: %s", self.name, format_peer(client_address),
+                refusal.reason)
+        if self.pooled and refusal.code and self.tls is None:
+            self.RequestHandlerClass.refuse(request, refusal.code, refusal.reason)
         return False
+
+    def _check_access(self, ip):
+        reason = self.access.refusal(ip) if self.access else None
+        if reason is None:
+            return None
+        return Refusal("access", None, reason, logging.INFO)
+
+    def _check_rate(self, ip):
+        verdict = self.rate.check(ip) if self.rate is not None else None
+        if verdict is None:
+            return None
+        left, started = verdict
+        return Refusal("rate", "busy", "over rate_limit=%s, refused for %.1fs more"
+                       % (self.rate.rate, left), logging.WARNING if started else logging.DEBUG)
 
     def _check_limits(self, ip):
         if len(self._admitted) >= self.config["max_connections"]:
-            return ("busy", "too many connections (max_connections=%d)"
-                    % self.config["max_connections"])
+            return Refusal("busy", "busy", "too many connections (max_connections=%d)"
+                           % self.config["max_connections"], logging.WARNING)
         if self._per_ip[ip] >= self.config["max_connections_per_ip"]:
-            return ("busy", "too many connections from %s (max_connections_per_ip=%d)"
-                    % (ip, self.config["max_connections_per_ip"]))
+            return Refusal("busy", "busy", "too many connections from %s "
+                           "(max_connections_per_ip=%d)"
+                           % (ip, self.config["max_connections_per_ip"]), logging.WARNING)
         return None
 
     def _release(self, request):
+        """Forget an admitted connection; return its (address, opened) or None."""
         with self._lock:
-            ip = self._admitted.pop(request, None)
-            if ip is None:
-                return False
+            entry = self._admitted.pop(request, None)
+            if entry is None:
+                return None
+            ip = entry[0][0]
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:
                 del self._per_ip[ip]
             self._lock.notify_all()
-            return True
+            return entry
+
+    def _rekey(self, old, new):
+        # TLS wraps the accepted socket in a new object: account for it under that.
+        with self._lock:
+            self._admitted[new] = self._admitted.pop(old)
 
     @property
     def connection_count(self):
@@ -174,16 +289,39 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
     def process_request(self, request, client_address):
         """Hand an admitted connection to the pool, or to a thread of its own."""
         if self.pooled:
-            self.pool.add(request, client_address)
+            tls = self.tls
+            if tls is None:
+                self.pool.add(request, client_address)
+            else:
+                wrapped = tls.wrap(request)
+                self._rekey(request, wrapped)
+                self.pool.add(wrapped, client_address, tls.connection)
             return
         request.settimeout(self.config["idle_timeout"] or None)
         super().process_request(request, client_address)
 
+    def process_request_thread(self, request, client_address):
+        """Thread mode: the TLS handshake (if any) runs here, in the connection's own thread."""
+        tls = self.tls
+        if tls is not None:
+            try:
+                wrapped = tls.handshake_blocking(request)
+            except OSError as exc:
+                log.info("%s: %s TLS handshake failed: %s", self.name,
+                         format_peer(client_address), getattr(exc, "reason", None) or exc)
+                self._tls_failed(exc)
+                self.shutdown_request(request)
+                return
+            self._rekey(request, wrapped)
+            request = wrapped
+        super().process_request_thread(request, client_address)
+
     def shutdown_request(self, request):
         """Close a thread-mode connection (or a refused one) and account for it."""
-        if self._release(request):
-            access_log.info("close service=%s peer=%s", self.name,
-                            format_peer(_peername(request)))
+        entry = self._release(request)
+        if entry is not None:
+            access_log.info("close service=%s peer=%s duration=%.3f in=- out=- outcome=closed",
+                            self.name, format_peer(entry[0]), time.monotonic() - entry[1])
         super().shutdown_request(request)
 
     def _pooled_closed(self, conn):
@@ -204,6 +342,15 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         with self._lock:
             while self._admitted and time.monotonic() < deadline:
                 self._lock.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        self.abort_connections("shutdown timeout")
+
+    def abort_connections(self, reason="aborted"):
+        """Close every open connection now, dropping queued output (quick stop)."""
+        if self.pool is not None:
+            for conn in self.pool.connections():
+                conn.abort(reason)
+            return
+        with self._lock:
             leftovers = list(self._admitted)
         for request in leftovers:
             try:
@@ -212,39 +359,58 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
                 pass
 
 
-def _peername(sock):
-    try:
-        return sock.getpeername()
-    except OSError:
-        return "?"
-
-
 class UDPService(_ServiceMixin, socketserver.UDPServer):
     """A UDP service: handlers run inline; oversized datagrams are logged and dropped."""
 
     allow_reuse_address = True
 
-    def __init__(self, config, bind_and_activate=True):
-        self._init_service(config)
-        self.max_datagram = config["max_datagram"]
-        self.max_packet_size = self.max_datagram + 1  # one more byte reveals truncation
+    def __init__(self, config, bind_and_activate=True, global_options=None):
+        self._init_service(config, global_options)
+        self._load_policy(config, global_options)
+        self._tune(config)
         super().__init__(config.address, config.handler_class, bind_and_activate)
 
+    def _load_policy(self, config, global_options):
+        for key in ("tls_cert", "tls_client_ca"):
+            if config[key]:
+                raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
+                                  "not supported)" % (config.name, key))
+        return super()._load_policy(config, global_options)
+
+    def _tune(self, config):
+        self.max_datagram = config["max_datagram"]
+        self.max_packet_size = self.max_datagram + 1  # one more byte reveals truncation
+
     def verify_request(self, request, client_address):
-        """Drop (and log) a datagram larger than ``max_datagram``."""
+        """Drop (and log) a datagram from a refused address or larger than ``max_datagram``."""
+        reason = self.access.refusal(client_address[0]) if self.access else None
+        if reason is not None:
+            self.counters.incr("refused_access")
+            log.debug("%s: dropped datagram from %s: %s", self.name,
+                      format_peer(client_address), reason)
+            return False
         if len(request[0]) > self.max_datagram:
             self.counters.incr("refused_too_large")
             log.warning("%s: dropped datagram from %s larger than max_datagram=%d",
                         self.name, format_peer(client_address), self.max_datagram)
             return False
+        self.counters.update({"datagrams": 1, "bytes_in": len(request[0])})
         return True
 
     def stop(self, timeout):
         """Stop serving (datagram handlers are inline: nothing else to wait for)."""
         self.stop_accepting()
 
+    def abort_connections(self, reason="aborted"):
+        """Nothing to abort: UDP has no connections."""
 
-def make_server(config):
-    """Bind the server for one ServiceConfig (raises OSError if the address is taken)."""
+
+def make_server(config, bind_and_activate=True, global_options=None):
+    """Create the server for one ServiceConfig and (by default) bind it.
+
+    ``global_options`` (the ``[msgsrv]`` options) adds the global access
+    rules.  Raises OSError if the address is taken, ConfigError if the
+    handler's prepare_service or the TLS files refuse.
+    """
     cls = UDPService if config.transport == "udp" else TCPService
-    return cls(config)
+    return cls(config, bind_and_activate, global_options)

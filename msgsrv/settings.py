@@ -126,6 +126,57 @@ def word_list(value):
     return tuple(word for word in re.split(r"[\s,]+", value.strip()) if word)
 
 
+def networks(value):
+    """Parser for a list of IPv4/IPv6 addresses and CIDR networks (``all``: every address).
+
+    Returns a tuple of ``ipaddress`` networks; host bits are allowed
+    (``10.1.2.3/8`` means ``10.0.0.0/8``).
+    """
+    result = []
+    for word in word_list(value):
+        if word.lower() == "all":
+            result += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+            continue
+        try:
+            result.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            raise ValueError("must be IP addresses or CIDR networks such as 10.0.0.0/8 "
+                             "(bad entry %r)" % word) from None
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` events per ``per`` seconds."""
+
+    count: int
+    per: float
+
+    def __str__(self):
+        return "%d/%gs" % (self.count, self.per)
+
+
+_RATE = re.compile(r"(\d+)\s*(?:(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]*))?")
+_RATE_UNITS = {"": 1, "s": 1, "sec": 1, "second": 1, "seconds": 1,
+               "m": 60, "min": 60, "minute": 60, "minutes": 60}
+
+
+def rate(value):
+    """Parser for a rate: ``20`` or ``20/s`` (per second), ``100/10s``, ``50 per minute``.
+
+    ``0`` or empty means no limit (None).
+    """
+    match = _RATE.fullmatch(value.strip().lower())
+    unit = match and match.group(3) or ""
+    window = float(match.group(2) or 1) if match else 0
+    if not match or unit not in _RATE_UNITS or not window:
+        if value.strip() in ("", "0"):
+            return None
+        raise ValueError("must be a rate such as 20/s, 100/10s or 50 per minute (0: no limit)")
+    count = int(match.group(1))
+    return Rate(count, window * _RATE_UNITS[unit]) if count else None
+
+
 def handler_spec(value):
     """Parser for a handler name (``echo``) or ``package.module:Class``."""
     value = value.strip()
@@ -147,6 +198,16 @@ GLOBAL_SETTINGS = (
     Setting("thread_stack_size", size(0, 1 << 30), "0",
             "Stack size of threads the daemon starts (0: the platform default; "
             "at least 32K otherwise)."),
+    Setting("user", text, "",
+            "When started as root: switch to this user once every listener is bound; "
+            "empty: keep the current user."),
+    Setting("group", text, "",
+            "When started as root: switch to this group (empty: the user's primary group)."),
+    Setting("allow", networks, "",
+            "Client addresses or CIDR networks every service accepts (empty: all); "
+            "a service's own list must match too."),
+    Setting("deny", networks, "",
+            "Client addresses or CIDR networks every service refuses; deny wins over allow."),
 )
 
 SERVICE_SETTINGS = (
@@ -171,4 +232,22 @@ SERVICE_SETTINGS = (
             "TCP: bytes queued for a slow reader before reading from it pauses."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
+    Setting("allow", networks, "",
+            "Client addresses or CIDR networks this service accepts (empty: all; "
+            "all: every address)."),
+    Setting("deny", networks, "",
+            "Client addresses or CIDR networks this service refuses; deny wins over allow."),
+    Setting("rate_limit", rate, "0",
+            "TCP: new connections one client address may open, e.g. 20/s, 100/10s, "
+            "50 per minute; 0: no limit."),
+    Setting("rate_penalty", seconds(0, 86400), "10",
+            "TCP: seconds an address over rate_limit is refused."),
+    Setting("tls_cert", text, "",
+            "TCP: PEM certificate chain; setting it turns TLS (1.2 or later) on."),
+    Setting("tls_key", text, "", "TCP: PEM private key of tls_cert (empty: in tls_cert)."),
+    Setting("tls_client_ca", text, "",
+            "TCP: PEM CA certificates; when set, clients must present a certificate "
+            "signed by one of them (mutual TLS)."),
+    Setting("tls_handshake_timeout", seconds(0.1, 600), "10",
+            "TCP: seconds a client has to complete the TLS handshake."),
 )

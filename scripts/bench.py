@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark msgsrv against plain standard-library servers (the anchors).
 
-Usage: python scripts/bench.py [echo|udp|conns|idle|all] [--quick] [--reps N]
+Usage: python scripts/bench.py [echo|udp|conns|idle|chat|files|all] [--quick] [--reps N]
                                [--no-msgsrv] [--duration S]
 
 Each server runs in its own process (msgsrv as the real daemon, started with

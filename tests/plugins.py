@@ -4,6 +4,7 @@ import socketserver
 
 from msgsrv.handlers.authed import AuthenticatedHandler
 from msgsrv.handlers.base import FramedHandler, Handler
+from msgsrv.settings import Setting, text
 
 
 class ShoutHandler(socketserver.BaseRequestHandler):
@@ -65,3 +66,12 @@ class AnonymousEcho(AuthedEcho):
 
     def anonymous_allowed(self):
         return True
+
+
+class ShadowingHandler(Handler):
+    """Declares a setting named like a service-wide one (a config error)."""
+
+    settings = (Setting("port", text, "1", "clashes with the service's port"),)
+
+    def data_received(self, data):
+        self.conn.send(data)

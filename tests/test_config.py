@@ -188,3 +188,8 @@ def test_shipped_config_is_valid():
     assert all(s["host"] == "127.0.0.1" for s in cfg.services)
     ports = {(s.name, s.transport, s["port"]) for s in cfg.services}
     assert ("echo", "tcp", 9000) in ports and ("echo-udp", "udp", 9000) in ports
+
+
+def test_handler_settings_may_not_shadow_service_settings(tmp_path):
+    message = error_of(tmp_path, "[service:s]\nhandler = tests.plugins:ShadowingHandler\n")
+    assert "declares settings that every service already has: port" in message

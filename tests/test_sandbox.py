@@ -179,6 +179,26 @@ def test_must_exist_accepts_existing_paths(box, tree):
     assert box.resolve(".", must_exist=True, allow_root=True) == tree
 
 
+@pytest.mark.parametrize("client_path,expected", [
+    ("etc", "etc"), ("p", "p"), ("loop1", "loop1"), ("inner", "inner"),
+    ("inner/b.txt", "a/b.txt"), ("a/missing", "a/missing"), ("./a//b.txt", "a/b.txt"),
+])
+def test_resolve_entry_keeps_the_last_name_unresolved(box, tree, client_path, expected):
+    assert box.resolve_entry(client_path) == tree / expected
+
+
+@pytest.mark.parametrize("client_path,code", [
+    ("", "bad-path"), (".", "bad-path"), ("../x", "bad-path"), ("etc/passwd", "bad-path"),
+    ("p/secret.txt", "bad-path"), ("a/" + TEMP_PREFIX + "x", "bad-path"),
+    ("missing/x", "not-found"),
+])
+def test_resolve_entry_refuses_escapes(box, tree, client_path, code):
+    with pytest.raises(ProtocolError) as info:
+        box.resolve_entry(client_path)
+    assert info.value.code == code
+    assert str(tree) not in info.value.message
+
+
 def test_root_is_resolved_once(tree, tmp_path):
     os.symlink(tree, tmp_path / "link-to-root")
     box = Sandbox(str(tmp_path / "link-to-root"))

@@ -6,10 +6,13 @@ RequestTimeout, ProtocolError, ServerError (AuthError).
 
 from ..errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
                       ServerError)
+from .chat import ChatClient
+from .command import CommandClient, Result
 from .echo import EchoClient
+from .files import FileClient, FileInfo, Transfer
 
 __all__ = [
-    "EchoClient",
+    "ChatClient", "EchoClient", "CommandClient", "Result", "FileClient", "FileInfo", "Transfer",
     "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
     "AuthError",
 ]

@@ -1,8 +1,10 @@
 """Connecting, with socket errors turned into the msgsrv exception tree."""
 
 import socket
+import ssl
 
 from ..errors import ConnectionFailed, RequestTimeout
+from ..tls import client_context
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -20,11 +22,21 @@ def parse_address(text, default_port=None):
     return host, int(port)
 
 
-def connect_tcp(host, port, timeout=DEFAULT_TIMEOUT):
+def connect_tcp(host, port, timeout=DEFAULT_TIMEOUT, *, tls=False, ca_file=None,
+                client_cert=None, client_key=None):
     """Open a TCP connection with ``timeout`` on every later operation too.
 
-    Raises ConnectionFailed (refused, unreachable, reset) or RequestTimeout.
+    With ``tls`` (implied by ``ca_file`` or ``client_cert``; may also be an
+    ``ssl.SSLContext``) the connection is TLS 1.2+, the server's certificate
+    is checked against ``ca_file`` (default: the system CAs) and ``host``,
+    and ``client_cert``/``client_key`` are presented for mutual TLS.
+    Raises ConnectionFailed (refused, unreachable, reset, TLS refused),
+    RequestTimeout, or ConfigError (a certificate file cannot be loaded).
     """
+    context = None
+    if tls or ca_file or client_cert:
+        context = tls if isinstance(tls, ssl.SSLContext) else client_context(
+            ca_file, client_cert, client_key)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout:
@@ -33,7 +45,23 @@ def connect_tcp(host, port, timeout=DEFAULT_TIMEOUT):
         raise ConnectionFailed("cannot connect to %s:%d: %s"
                                % (host, port, exc.strerror or exc)) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return sock if context is None else _handshake(context, sock, host, port)
+
+
+def _handshake(context, sock, host, port):
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except socket.timeout:
+        sock.close()
+        raise RequestTimeout("TLS handshake with %s:%d timed out" % (host, port)) from None
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise ConnectionFailed("TLS: %s:%d certificate not trusted: %s"
+                               % (host, port, exc.verify_message or exc.reason)) from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectionFailed("TLS handshake with %s:%d failed: %s"
+                               % (host, port, getattr(exc, "reason", None) or exc)) from None
 
 
 def open_udp(host, port, timeout=DEFAULT_TIMEOUT):

@@ -4,7 +4,7 @@ import sys
 
 from .base import parse_address
 from .echo import EchoClient
-from .options import add_connection_options
+from .options import add_connection_options, tls_options
 
 
 def register(subparsers):
@@ -21,7 +21,8 @@ def run(args):
     """Echo the joined text once; print what came back."""
     host, port = parse_address(args.address)
     transport = "udp" if args.udp else "tcp"
-    with EchoClient(host, port, transport=transport, timeout=args.timeout) as client:
+    tls = tls_options(args) if transport == "tcp" else {}
+    with EchoClient(host, port, transport=transport, timeout=args.timeout, **tls) as client:
         reply = client.echo(" ".join(args.text).encode("utf-8"))
     sys.stdout.write(reply.decode("utf-8", "replace") + "\n")
     return 0

@@ -1,12 +1,14 @@
 """EchoClient: talk to an echo service over TCP or UDP."""
 
 import selectors
+import ssl
 
 from ..errors import ConnectionFailed, ProtocolError, RequestTimeout
 from ..stream import translate_errors
 from .base import DEFAULT_TIMEOUT, Client, connect_tcp, open_udp
 
 _CHUNK = 64 * 1024
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class EchoClient(Client):
@@ -16,13 +18,17 @@ class EchoClient(Client):
     work without deadlock.  Over UDP one datagram goes out and one comes back.
     """
 
-    def __init__(self, host, port, transport="tcp", timeout=DEFAULT_TIMEOUT):
+    def __init__(self, host, port, transport="tcp", timeout=DEFAULT_TIMEOUT, *, tls=False,
+                 ca_file=None, client_cert=None, client_key=None):
         if transport not in ("tcp", "udp"):
             raise ValueError("transport must be tcp or udp (got %r)" % transport)
         self.transport = transport
         self.timeout = timeout
-        opener = connect_tcp if transport == "tcp" else open_udp
-        self.sock = opener(host, port, timeout)
+        if transport == "tcp":
+            self.sock = connect_tcp(host, port, timeout, tls=tls, ca_file=ca_file,
+                                    client_cert=client_cert, client_key=client_key)
+        else:
+            self.sock = open_udp(host, port, timeout)
 
     def echo(self, data):
         """Send ``data`` and return the echoed bytes.
@@ -64,13 +70,16 @@ class EchoClient(Client):
         if sent < len(data):
             try:
                 sent += self.sock.send(data[sent:sent + _CHUNK])
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 pass
             if sent == len(data):
                 selector.modify(self.sock, selectors.EVENT_READ)
         try:
             chunk = self.sock.recv(_CHUNK)
-        except BlockingIOError:
+            # TLS: decrypted bytes the selector cannot see must not be left behind.
+            while chunk and getattr(self.sock, "pending", int)():
+                chunk += self.sock.recv(self.sock.pending())
+        except _WOULD_BLOCK:
             return sent
         if not chunk:
             raise ConnectionFailed("server closed after %d of %d bytes" % (len(received), len(data)))

@@ -41,12 +41,15 @@ class FramedClient(Client):
 
     Raises ConnectionFailed, RequestTimeout, ProtocolError, and ServerError /
     AuthError for error frames (``busy`` on connect, ``auth-failed``...).
+    The TLS options are those of :func:`msgsrv.client.base.connect_tcp`.
     """
 
     def __init__(self, host, port, key_name=None, secret=None, *, keys_file=None,
-                 timeout=DEFAULT_TIMEOUT, max_header=DEFAULT_MAX_HEADER, max_body=DEFAULT_MAX_BODY):
+                 timeout=DEFAULT_TIMEOUT, max_header=DEFAULT_MAX_HEADER, max_body=DEFAULT_MAX_BODY,
+                 tls=False, ca_file=None, client_cert=None, client_key=None):
         self.timeout = timeout
-        self.sock = connect_tcp(host, port, timeout)
+        self.sock = connect_tcp(host, port, timeout, tls=tls, ca_file=ca_file,
+                                client_cert=client_cert, client_key=client_key)
         try:
             self.stream = FrameStream(self.sock, max_header=max_header, max_body=max_body)
             self.hello = self.recv()

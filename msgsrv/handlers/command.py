@@ -1,0 +1,180 @@
+"""The command service: authenticated, allow-listed commands, output streamed as it comes.
+
+Requests (docs/PROTOCOL.rst, "Command service"): ``list`` answers with the
+commands the key may run; ``run`` checks the request against the
+:class:`~msgsrv.commands.CommandTable` (sans-IO), takes one of
+``max_concurrent`` slots, then blocks the connection while
+:class:`~msgsrv.runner.ProcessRun` streams the child's output as frames.
+Every run is audited in one log line on ``msgsrv.command``; every refusal
+in one warning line.
+"""
+
+import json
+import logging
+import threading
+import time
+
+from .. import commands, runner
+from ..errors import ProtocolError
+from ..pool import format_peer
+from ..protocol import encode
+from .authed import AuthenticatedHandler
+
+log = logging.getLogger("msgsrv.command")
+
+_MAX_FRAME = {"max_header": 1 << 30, "max_body": 1 << 40}
+
+#: wire code -> meaning, for every error frame this service sends besides the frame codes.
+CODES = dict(commands.CODES, **{
+    "busy": "max_concurrent commands are running already",
+    "exec-failed": "the program could not be started",
+})
+
+
+def output_frame(stream, data):
+    """The frame carrying one chunk of a command's ``stream`` output."""
+    return encode({"type": "output", "stream": stream}, data, **_MAX_FRAME)
+
+
+def exit_header(outcome):
+    """The final frame of a run (docs/PROTOCOL.rst)."""
+    return {"type": "exit", "exit_code": outcome.exit_code, "signal": outcome.signal,
+            "duration": round(outcome.duration, 6), "timed_out": outcome.timed_out,
+            "truncated": outcome.truncated, "bytes": outcome.produced}
+
+
+class CommandHandler(AuthenticatedHandler):
+    """Runs the commands the config allows, for the keys it allows, within its limits."""
+
+    settings = AuthenticatedHandler.settings + commands.SETTINGS
+
+    @classmethod
+    def prepare_service(cls, server):
+        """Load the keys, then build the command table (ConfigError names the bad key)."""
+        super().prepare_service(server)
+        options = server.config.options
+        server.commands = commands.CommandTable.from_options(
+            options, "[service:%s]" % server.name)
+        server.run_slots = threading.BoundedSemaphore(options["max_concurrent"])
+        log.info("%s: commands %s", server.name, ", ".join(sorted(server.commands.commands))
+                 or "(none)")
+        if options["allow_any"]:
+            log.warning("%s: allow_any = yes: %s may run ANY program with any arguments",
+                        server.name, ", ".join(options["allow_any_keys"]) or "every key")
+        _warn_unknown_keys(server)
+
+    def request_received(self, message):
+        if message.type == "list":
+            self.reply(dict(self.server.commands.visible(self.identity), type="commands"))
+        elif message.type == "run":
+            self._run(message)
+        else:
+            raise ProtocolError("bad-request", "unknown request type %s (expected run or list)"
+                                % commands.brief(message.type))
+
+    def _run(self, message):
+        plan = self._admit(message)
+        try:
+            run, outcome = self._execute(plan, message.body)
+        finally:
+            # Given back before the exit frame goes out: a client that runs
+            # again as soon as it sees exit must not find its own slot taken.
+            self.server.run_slots.release()
+        self._finish(plan, run, outcome)
+
+    def _admit(self, message):
+        """The checked Plan, with a run slot taken; ProtocolError (logged) otherwise."""
+        try:
+            plan = self.server.commands.plan(message.header, self.identity, len(message.body))
+            if not self.server.run_slots.acquire(blocking=False):
+                raise ProtocolError("busy", "%d commands are running already (max_concurrent)"
+                                    % self.options["max_concurrent"])
+        except ProtocolError as exc:
+            self._refused(message.header.get("command", commands.ANY), exc)
+            raise
+        return plan
+
+    def _execute(self, plan, stdin):
+        self._input_error = None
+        greeting = encode({"type": "started", "command": plan.name, "argv": list(plan.argv),
+                           "timeout": plan.limits.timeout}, **_MAX_FRAME)
+        with self.conn.blocking(self.options["io_timeout"]) as sock:
+            proc = self._spawn(plan, stdin)
+            run = runner.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],
+                                    encode=output_frame, on_input=self._input_during_run,
+                                    greeting=greeting, stdin=stdin)
+            return run, run.pump()
+
+    def _spawn(self, plan, stdin):
+        try:
+            return runner.spawn(plan.argv, workdir=plan.limits.workdir,
+                                env=self.server.commands.environment, stdin=bool(stdin))
+        except OSError as exc:
+            log.error("%s: cannot start %s %s: %s", self.server.name, plan.name,
+                      _json(plan.argv), exc)
+            raise ProtocolError("exec-failed", "cannot start %s: %s"
+                                % (plan.name, exc.strerror or exc)) from None
+
+    def _input_during_run(self, data):
+        """Pipelined requests wait in the decoder, up to one full frame's worth."""
+        try:
+            self.decoder.feed(data)
+        except ProtocolError as exc:
+            self._input_error = exc
+            return False
+        return self.decoder.buffered < self.options["max_header"] + self.options["max_body"]
+
+    def _finish(self, plan, run, outcome):
+        self.conn.bytes_out += run.bytes_sent
+        self.conn.last_active = time.monotonic()
+        self._count(outcome)
+        self._audit(plan, outcome)
+        if outcome.ended_by:
+            self.conn.abort("client %s during a run" % outcome.ended_by)
+            return
+        self.conn.send(bytes(run.pending))
+        self.reply(exit_header(outcome))
+        if self._input_error is not None:
+            self.fail(self._input_error.code, self._input_error.message)
+
+    def _count(self, outcome):
+        counters = self.server.counters
+        counters.incr("runs")
+        if outcome.timed_out:
+            counters.incr("timeouts")
+        if any(outcome.truncated.values()):
+            counters.incr("truncations")
+
+    def _audit(self, plan, outcome):
+        log.info("run service=%s key=%s peer=%s command=%s argv=%s exit=%s signal=%s "
+                 "duration=%.3f stdout=%d stderr=%d truncated=%s timed_out=%s end=%s",
+                 self.server.name, self.identity, format_peer(self.conn.address), plan.name,
+                 _json(plan.argv), _dash(outcome.exit_code), _dash(outcome.signal),
+                 outcome.duration, outcome.produced["stdout"], outcome.produced["stderr"],
+                 ",".join(k for k, v in outcome.truncated.items() if v) or "-",
+                 "yes" if outcome.timed_out else "no", outcome.ended_by or "exited")
+
+    def _refused(self, name, exc):
+        self.server.counters.incr("runs_refused")
+        log.warning("refused service=%s key=%s peer=%s command=%s code=%s",
+                    self.server.name, self.identity, format_peer(self.conn.address),
+                    _json(name[:64] if isinstance(name, str) else commands.brief(name)),
+                    exc.code)
+
+
+def _json(value):
+    """One log token: JSON escapes every control character, so a line stays one line."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+
+
+def _dash(value):
+    return "-" if value is None else value
+
+
+def _warn_unknown_keys(server):
+    """A keys.NAME entry naming no key in the keys file is most likely a typo."""
+    for name, keys in sorted(server.config["keys"].items()):
+        unknown = sorted(set(keys) - set(server.keys))
+        if unknown:
+            log.warning("%s: keys.%s names %s, not in %s", server.name, name,
+                        ", ".join(unknown), server.config["keys_file"])

@@ -1,0 +1,442 @@
+"""FileHandler: get, put, list, stat, delete, mkdir and rename inside one root.
+
+Each request is checked against the operation table (:mod:`msgsrv.fileproto`)
+before anything runs: the operation must be enabled (``operations``), the key
+allowed (``read_keys`` / ``write_keys``; ``anonymous = read`` lets clients
+that skip authentication read), the arguments well-formed.  Then one
+``_op_NAME`` method runs.  Every client path goes through the service's
+:class:`~msgsrv.sandbox.Sandbox`; uploads go through an ``AtomicWriter``, so
+the destination holds the old file or the whole verified new one, never a
+mix.  Transfers block inside ``self.stream()``.  The wire format is in
+docs/PROTOCOL.rst ("File service").
+"""
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import stat
+import threading
+import time
+
+from .. import transfer
+from ..errors import ConfigError, ProtocolError
+from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
+from ..fileroot import DigestCache, QuotaLedger, content_key
+from ..pool import format_peer
+from ..sandbox import (AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, fsync_directory,
+                       is_temp_name, resumable_temp_path)
+from ..settings import Setting, choice, seconds, size, text, word_list
+from .authed import AuthenticatedHandler
+
+log = logging.getLogger("msgsrv.files")
+
+_ERRNO_CODES = {
+    errno.ENOENT: "not-found", errno.EEXIST: "exists", errno.ENOTEMPTY: "not-empty",
+    errno.EACCES: "denied", errno.EPERM: "denied", errno.EROFS: "denied",
+    errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EFBIG: "too-large",
+    errno.EISDIR: "bad-path", errno.ENOTDIR: "bad-path", errno.EINVAL: "bad-path",
+    errno.ELOOP: "bad-path", errno.ENAMETOOLONG: "bad-path", errno.EXDEV: "bad-path",
+}
+
+
+class _Desync(Exception):
+    """A transfer failed half-way: the peer gets the error, then the connection closes."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _shown(path):
+    return "path %r" % (path if len(path) <= 80 else path[:80] + "...")
+
+
+def _error_code(exc):
+    return _ERRNO_CODES.get(exc.errno, "io-error")
+
+
+@contextlib.contextmanager
+def _os_errors(path):
+    """Turn a file system ``OSError`` into a ProtocolError naming the client's path only."""
+    try:
+        yield
+    except (ConnectionError, TimeoutError):  # the peer's trouble, handled by the base class
+        raise
+    except OSError as exc:
+        code = _error_code(exc)
+        if code == "io-error":
+            log.error("file system error on %s: %s", _shown(path or ""), exc)
+        reason = os.strerror(exc.errno) if exc.errno else "failed"
+        raise ProtocolError(code, "%s: %s" % (_shown(path or ""), reason)) from None
+
+
+def _open_regular(real, path):
+    """Open ``real`` for reading if it is a regular file (never a FIFO, device, or new symlink)."""
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PathRefused("%s is not a regular file" % _shown(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode):
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "link")):
+        if test(mode):
+            return kind
+    return "other"
+
+
+def _describe(st):
+    """The fields of a listing entry or a stat reply (sizes only for files)."""
+    kind = _kind(st.st_mode)
+    return {"kind": kind, "size": st.st_size if kind == "file" else 0,
+            "mtime": round(st.st_mtime, 6)}
+
+
+def _encodable(name):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # not UTF-8 on disk: no client path could name it
+        return False
+    return True
+
+
+class FileHandler(AuthenticatedHandler):
+    """One connection of a file service; see the module docstring."""
+
+    settings = AuthenticatedHandler.settings + (
+        Setting("root", text, "var/files",
+                "Directory served (created if missing); no path leads outside it."),
+        Setting("operations", parse_operations, "get, put, list, stat, delete, mkdir, rename",
+                "Operations enabled; 'get, list, stat' makes the service read-only."),
+        Setting("read_keys", word_list, "*",
+                "Keys that may get, list and stat ('*': every key; empty: none)."),
+        Setting("write_keys", word_list, "*",
+                "Keys that may put, delete, mkdir and rename ('*': every key; empty: none)."),
+        Setting("anonymous", choice("no", "read"), "no",
+                "'read' lets clients that do not authenticate get, list and stat."),
+        Setting("max_file_size", size(0), "1G", "Largest file a client may upload."),
+        Setting("quota", size(0), "0",
+                "Most bytes all files under root may take together (0: no quota)."),
+        Setting("temp_max_age", seconds(60), "86400",
+                "Seconds an interrupted resumable upload is kept for its client "
+                "(all partial uploads are removed at start)."),
+    )
+
+    @classmethod
+    def prepare_service(cls, server):
+        """Load the keys, create the root if missing, remove partial uploads, share state."""
+        super().prepare_service(server)
+        options = server.config.options
+        try:
+            os.makedirs(options["root"], exist_ok=True)
+            server.sandbox = Sandbox(options["root"])
+        except (OSError, ConfigError) as exc:
+            raise ConfigError("[service:%s] root %r: %s" % (
+                server.name, options["root"], getattr(exc, "strerror", None) or exc)) from None
+        removed = cleanup_temp_files(server.sandbox.root)
+        if removed:
+            log.info("%s: removed %d partial uploads", server.name, removed)
+        server.digests = DigestCache()
+        server.quota = QuotaLedger(server.sandbox.root, options["quota"])
+        server.commit_lock = threading.Lock()
+        server.last_cleanup = time.monotonic()
+        _warn_unknown_keys(server)
+
+    def anonymous_allowed(self):
+        return self.options["anonymous"] == "read"
+
+    @property
+    def sandbox(self):
+        """The service's Sandbox (shared by every connection)."""
+        return self.server.sandbox
+
+    # -- dispatch -------------------------------------------------------------
+
+    def request_received(self, message):
+        operation, args = check_request(message.header)
+        self._authorize(operation)
+        try:
+            with _os_errors(args.get("path")):
+                reply = getattr(self, "_op_" + operation.name)(**args)
+        except _Desync as exc:
+            log.warning("%s: %s transfer aborted (%s): %s", self.server.name,
+                        format_peer(self.conn.address), exc.code, exc.message)
+            self.reply_error(exc.code, exc.message)
+            self.conn.close("transfer failed: %s" % exc.code)
+            return
+        if reply is not None:
+            self.reply(*reply)
+
+    def _authorize(self, operation):
+        if operation.access == "any":
+            return
+        if operation.name not in self.options["operations"]:
+            raise ProtocolError("denied", "%s is disabled on this service" % operation.name)
+        if not self._may(operation.access):
+            who = "anonymous clients" if self.identity is None else "key %r" % self.identity
+            raise ProtocolError("denied", "%s may not %s here" % (who, operation.name))
+
+    def _may(self, access):
+        if self.identity is None:
+            return access == "read" and self.anonymous_allowed()
+        keys = self.options[access + "_keys"]
+        return "*" in keys or self.identity in keys
+
+    def _allowed(self, operation):
+        if operation.access == "any":
+            return True
+        return operation.name in self.options["operations"] and self._may(operation.access)
+
+    def _transferred(self, received=0, sent=0):
+        # Blocking transfers bypass the pool's accounting; keep the access log and idle timer right.
+        self.conn.bytes_in += received
+        self.conn.bytes_out += sent
+        self.conn.last_active = time.monotonic()
+
+    # -- operations -------------------------------------------------------------
+
+    def _op_help(self):
+        limits = {"max_file_size": self.options["max_file_size"], "quota": self.options["quota"],
+                  "quota_available": self.server.quota.available, "list_page": LIST_PAGE}
+        operations = [dict(op.describe(), allowed=self._allowed(op)) for op in OPERATIONS.values()]
+        return ({"type": "help", "identity": self.identity, "operations": operations,
+                 "limits": limits},)
+
+    def _op_get(self, path, offset):
+        real = self.sandbox.resolve(path, must_exist=True)
+        with _open_regular(real, path) as file:
+            st = os.fstat(file.fileno())
+            if offset > st.st_size:
+                raise ProtocolError("bad-request", "'offset' %d is past the end of %s (%d bytes)"
+                                    % (offset, _shown(path), st.st_size))
+            with self.stream() as stream:
+                stream.send({"type": "data", "path": path, "size": st.st_size, "offset": offset,
+                             "mtime": round(st.st_mtime, 6)})
+                digest = self._send(stream, file, st, offset)
+                stream.send({"type": "end", "sha256": digest})
+        self._transferred(sent=st.st_size - offset)
+        self.server.counters.incr("files_sent")
+        log.info("%s: %s got %s (%d bytes from %d)", self.server.name, self.identity,
+                 _shown(path), st.st_size, offset)
+
+    def _send(self, stream, file, st, offset):
+        """Send the file from ``offset``; return the whole file's SHA-256 (hashed alongside)."""
+        known = self.server.digests.get(st)
+        if known is not None:
+            transfer.send_file(stream, file, offset, st.st_size - offset)
+            return known
+        with transfer.Hasher((file.fileno(), 0, st.st_size), depth=0) as hasher:
+            transfer.send_file(stream, file, offset, st.st_size - offset)
+            digest = hasher.hexdigest()
+        if content_key(os.fstat(file.fileno())) == content_key(st):
+            self.server.digests.put(st, digest)
+        return digest
+
+    def _op_put(self, path, size, overwrite, upload_id, if_sha256):
+        dest = self.sandbox.resolve(path)
+        if size > self.options["max_file_size"]:
+            raise ProtocolError("too-large", "%d bytes exceed max_file_size (%d bytes)"
+                                % (size, self.options["max_file_size"]))
+        with self.stream() as stream:
+            self._clean_if_due()
+            old = self._check_destination(dest, path, overwrite, if_sha256)
+            with self.server.quota.reserve(size - old), \
+                    self._writer(dest, upload_id, size) as writer:
+                self._check_disk(dest, size - writer.offset)
+                stream.send({"type": "ready", "offset": writer.offset})
+                digest = self._receive(stream, writer, size)
+                self._commit(writer, path, overwrite, if_sha256, digest)
+        self._transferred(received=size - writer.offset)
+        self.server.counters.incr("files_received")
+        log.info("%s: %s put %s (%d bytes from %d, sha256 %s)", self.server.name, self.identity,
+                 _shown(path), size, writer.offset, digest)
+        return ({"type": "ok", "path": path, "size": size, "sha256": digest},)
+
+    def _check_destination(self, dest, path, overwrite, if_sha256):
+        """Return the size of the file the upload would replace (0: none), or refuse the put."""
+        self.sandbox.check_directory(dest.parent)
+        try:
+            st = os.stat(dest)
+        except FileNotFoundError:
+            if if_sha256 is not None:
+                raise ProtocolError("conflict", "%s does not exist (if_sha256 expects it)"
+                                    % _shown(path)) from None
+            return 0
+        if not stat.S_ISREG(st.st_mode):
+            raise PathRefused("%s exists and is not a regular file" % _shown(path))
+        if if_sha256 is not None:
+            with _open_regular(dest, path) as file:
+                current = self.server.digests.digest_of(file.fileno())
+            if current != if_sha256:
+                raise ProtocolError("conflict", "%s has SHA-256 %s, not the expected %s"
+                                    % (_shown(path), current, if_sha256))
+        elif not overwrite:
+            raise ProtocolError("exists", "%s exists (ask to overwrite)" % _shown(path))
+        return st.st_size
+
+    def _writer(self, dest, upload_id, size):
+        if upload_id is None:
+            return AtomicWriter(dest)
+        temp = resumable_temp_path(dest, "%s:%s" % (self.identity, upload_id))
+        writer = AtomicWriter.resume(temp, dest)
+        if writer.offset > size:  # left by an upload of other content under the same id
+            writer.discard()
+            writer = AtomicWriter.resume(temp, dest)
+        return writer
+
+    def _check_disk(self, dest, count):
+        st = os.statvfs(dest.parent)
+        free = st.f_bavail * st.f_frsize
+        if free < count:
+            raise ProtocolError("disk-full", "the upload needs %d bytes, the server has %d free"
+                                % (count, free))
+
+    def _receive(self, stream, writer, size):
+        """Receive the rest of the upload and its end frame; return the verified SHA-256."""
+        digest = self._receive_data(stream, writer, size)
+        end = stream.recv()
+        claimed = end.header.get("sha256")
+        if end.type != "end" or not isinstance(claimed, str):
+            raise _Desync("bad-request", "expected an end frame with the sha256 after the data")
+        if claimed != digest:
+            writer.discard()
+            self.server.counters.incr("checksum_mismatches")
+            raise ProtocolError("checksum-mismatch", "received %d bytes with SHA-256 %s, not %s; "
+                                "nothing was stored" % (size, digest, claimed))
+        return digest
+
+    def _receive_data(self, stream, writer, size):
+        try:
+            with self._prefix(writer) as prefix, transfer.Hasher(prefix) as hasher:
+                transfer.receive(stream, size - writer.offset, writer.write, hasher,
+                                 flush_fd=writer.file.fileno())
+                return hasher.hexdigest()
+        except (ConnectionError, TimeoutError):
+            raise
+        except OSError as exc:
+            raise _Desync(_error_code(exc), "cannot store the upload: %s"
+                          % (os.strerror(exc.errno) if exc.errno else exc)) from None
+
+    @contextlib.contextmanager
+    def _prefix(self, writer):
+        """``(fd, 0, offset)`` to hash what a resumed upload already holds, or None."""
+        if not writer.offset:
+            yield None
+            return
+        fd = os.open(writer.temp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            held, opened = os.fstat(writer.file.fileno()), os.fstat(fd)
+            if (held.st_dev, held.st_ino) != (opened.st_dev, opened.st_ino):
+                raise ProtocolError("busy", "the upload was replaced on another connection")
+            yield (fd, 0, writer.offset)
+        finally:
+            os.close(fd)
+
+    def _commit(self, writer, path, overwrite, if_sha256, digest):
+        writer.file.flush()
+        os.fsync(writer.file.fileno())  # the slow part, outside the lock
+        inode = os.fstat(writer.file.fileno()).st_ino
+        with self.server.commit_lock:
+            # Checked again: another upload may have landed while this one streamed.
+            old = self._check_destination(writer.dest_path, path, overwrite, if_sha256)
+            writer.commit()
+        st = os.stat(writer.dest_path)
+        if st.st_ino == inode:
+            self.server.digests.put(st, digest)
+        self.server.quota.changed(writer.size - old)
+
+    def _clean_if_due(self):
+        age = self.options["temp_max_age"]
+        now = time.monotonic()
+        if now - self.server.last_cleanup < min(age / 4, 3600):
+            return
+        self.server.last_cleanup = now
+        removed = cleanup_temp_files(self.sandbox.root, age)
+        if removed:
+            log.info("%s: removed %d abandoned uploads", self.server.name, removed)
+
+    def _op_list(self, path, after):
+        real = self.sandbox.resolve(path, must_exist=True, allow_root=True)
+        self.sandbox.check_directory(real)
+        names = sorted(name for name in os.listdir(real)
+                       if not is_temp_name(name) and _encodable(name)
+                       and (after is None or name > after))
+        entries = []
+        for name in names[:LIST_PAGE]:
+            with contextlib.suppress(FileNotFoundError):  # removed while we list
+                entries.append(dict(_describe(os.lstat(real / name)), name=name))
+        body = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return ({"type": "listing", "path": path, "count": len(entries),
+                 "more": len(names) > LIST_PAGE}, body)
+
+    def _op_stat(self, path, sha256):
+        real = self.sandbox.resolve(path, must_exist=True, allow_root=True)
+        reply = dict(_describe(os.stat(real)), type="stat", path=path)
+        if sha256:
+            with _open_regular(real, path) as file, self.conn.blocking(self.options["io_timeout"]):
+                reply["sha256"] = self.server.digests.digest_of(file.fileno())
+        return (reply,)
+
+    def _op_delete(self, path):
+        entry = self.sandbox.resolve_entry(path)
+        with self.server.commit_lock:
+            st = os.lstat(entry)
+            try:
+                (os.rmdir if stat.S_ISDIR(st.st_mode) else os.unlink)(entry)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise ProtocolError("not-empty", "%s is a directory that is not empty"
+                                        % _shown(path)) from None
+                raise
+        fsync_directory(entry.parent)
+        if stat.S_ISREG(st.st_mode):
+            self.server.quota.changed(-st.st_size)
+        log.info("%s: %s deleted %s", self.server.name, self.identity, _shown(path))
+        return ({"type": "ok", "path": path},)
+
+    def _op_mkdir(self, path, parents):
+        real = self.sandbox.resolve(path)
+        (os.makedirs if parents else os.mkdir)(real)
+        fsync_directory(real.parent)
+        return ({"type": "ok", "path": path},)
+
+    def _op_rename(self, path, to, overwrite):
+        source, dest = self.sandbox.resolve_entry(path), self.sandbox.resolve_entry(to)
+        with self.server.commit_lock:
+            moved, replaced = _lstat_or_none(source), _lstat_or_none(dest)
+            if moved is None:
+                raise ProtocolError("not-found", "%s does not exist" % _shown(path))
+            if replaced is not None and not overwrite and not os.path.samestat(moved, replaced):
+                raise ProtocolError("exists", "%s exists (ask to overwrite)" % _shown(to))
+            with _os_errors(to):
+                os.rename(source, dest)
+        for directory in {source.parent, dest.parent}:
+            fsync_directory(directory)
+        if replaced is not None and stat.S_ISREG(replaced.st_mode) \
+                and not os.path.samestat(moved, replaced):
+            self.server.quota.changed(-replaced.st_size)
+        log.info("%s: %s renamed %s to %s", self.server.name, self.identity, _shown(path),
+                 _shown(to))
+        return ({"type": "ok", "path": path, "to": to},)
+
+
+def _lstat_or_none(path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _warn_unknown_keys(server):
+    for setting in ("read_keys", "write_keys"):
+        unknown = sorted(set(server.config[setting]) - set(server.keys) - {"*"})
+        if unknown:
+            log.warning("%s: %s names keys not in the keys file: %s",
+                        server.name, setting, ", ".join(unknown))

@@ -1,0 +1,54 @@
+"""The daemon's running services, in one thread-safe place the status service can read."""
+
+import collections
+import threading
+import time
+
+
+class Registry:
+    """Running servers by service name, in start order.
+
+    The daemon adds and removes servers (and sets ``server.registry`` to
+    itself); any thread may read a snapshot with :meth:`servers`.
+    """
+
+    def __init__(self):
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._servers = collections.OrderedDict()
+
+    def add(self, server):
+        """Register a running server under its ``name`` (replacing one of that name)."""
+        server.registry = self
+        with self._lock:
+            self._servers[server.name] = server
+
+    def remove(self, name):
+        """Unregister and return the server called ``name`` (None if unknown)."""
+        with self._lock:
+            return self._servers.pop(name, None)
+
+    def get(self, name):
+        """The server called ``name``, or None."""
+        with self._lock:
+            return self._servers.get(name)
+
+    def servers(self):
+        """A snapshot list of the registered servers."""
+        with self._lock:
+            return list(self._servers.values())
+
+    def clear(self):
+        """Unregister everything; return the servers that were registered."""
+        with self._lock:
+            servers = list(self._servers.values())
+            self._servers.clear()
+        return servers
+
+    def __contains__(self, name):
+        with self._lock:
+            return name in self._servers
+
+    def __len__(self):
+        with self._lock:
+            return len(self._servers)
