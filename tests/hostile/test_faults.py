@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from msgsrv import config as config_module
 from msgsrv.daemon import Daemon
 from msgsrv.protocol import FrameDecoder, encode
 from msgsrv.stream import FrameStream
@@ -206,7 +207,7 @@ def test_stop_signal_while_logging_heavily_exits_cleanly(tmp_path, signum, storm
 
 
 def test_other_handled_signals_under_heavy_logging_keep_the_daemon_serving(tmp_path):
-    others = [s for s in Daemon(None).handled_signals() if s not in STOP_SIGNALS]
+    others = [s for s in _daemon_object(tmp_path).handled_signals() if s not in STOP_SIGNALS]
     if not others:
         pytest.skip("the daemon handles no signal besides SIGTERM/SIGINT yet")
     with _signal_daemon(tmp_path) as daemon, Flood(daemon):
@@ -220,12 +221,16 @@ def test_other_handled_signals_under_heavy_logging_keep_the_daemon_serving(tmp_p
     assert "Traceback" not in daemon.log
 
 
+def _daemon_object(tmp_path):
+    """An in-process Daemon for a one-service config (not started)."""
+    path = tmp_path / "embedded.ini"
+    path.write_text("[service:echo]\nhandler = echo\nport = 0\n")
+    return Daemon(config_module.load(str(path)))
+
+
 def test_an_embedded_daemon_gives_the_previous_signal_handlers_back(tmp_path):
     """run() in-process (not the command line) restores the caller's handlers after a stop."""
-    from msgsrv import config as config_module
-    path = tmp_path / "server.ini"
-    path.write_text("[service:echo]\nhandler = echo\nport = 0\n")
-    daemon = Daemon(config_module.load(str(path)))
+    daemon = _daemon_object(tmp_path)
     before = signal.getsignal(signal.SIGTERM)
 
     def stop_when_listening():
