@@ -72,7 +72,7 @@ def test_stop_is_prompt_with_idle_clients(start_service, no_thread_leak):
     wait_for(lambda: server.connection_count == 20)
     started = time.monotonic()
     server.stop(5.0)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # prompt: no 10 s shutdown_timeout wait
     for sock in clients:
         assert recv_until_closed(sock) == b""
         sock.close()
