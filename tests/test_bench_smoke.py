@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(150)
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "scripts", "bench.py")
@@ -31,7 +31,7 @@ def _table_rows(output):
 def test_quick_echo_against_the_anchors_reports_every_cell():
     done = subprocess.run([sys.executable, BENCH, "echo", "--quick", "--no-msgsrv",
                            "--duration", "0.25"],
-                          capture_output=True, text=True, timeout=28)
+                          capture_output=True, text=True, timeout=140)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "os.cpu_count()" in done.stdout and "python:" in done.stdout
     rows = _table_rows(done.stdout)
