@@ -42,8 +42,14 @@ def render_table(settings):
         default = "(none)" if setting.default is None else (
             "``%s``" % setting.default if setting.default != "" else "(empty)")
         lines += ["   * - ``%s``" % setting.name, "     - %s" % default,
-                  "     - %s" % setting.help]
+                  "     - %s" % _escape(setting.help)]
     return "\n".join(lines) + "\n"
+
+
+def _escape(text):
+    """Backslash-escape what RST would read as markup in plain help text."""
+    text = text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`")
+    return re.sub(r"(?<=\w)_(?=\W|$)", r"\\_", text)
 
 
 def update(text):
