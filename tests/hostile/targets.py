@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
+from msgsrv.client.files import FileClient
 from msgsrv.client.framed import FramedClient
 from msgsrv.stream import FrameStream, check_error
 from tests.conftest import DaemonProcess
@@ -69,6 +70,17 @@ def authed_session(address):
     return client
 
 
+def file_session(address):
+    """File service: authenticate, one ``stat`` of the root; return the open FileClient."""
+    client = FileClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
+    try:
+        assert client.stat("").kind == "dir"
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 def framed_session(address):
     """Framed without authentication: one ping, one pong; return the open socket."""
     sock = socket.create_connection(address, timeout=10)
@@ -118,6 +130,10 @@ SERVICES = {
     "blocking": ServiceSpec("blocking", "framed",
                             {"handler": "tests.plugins:BlockingFramed", "io_timeout": "5"},
                             framed_session),
+    "file": ServiceSpec("file", "framed",
+                        {"handler": "file", "keys_file": "{keys_file}", "root": "{dir}/files",
+                         "io_timeout": "5"},
+                        file_session, authed=True),
     # Test handlers that crash on request (tests/hostile/plugins.py, tests/plugins.py).
     "crash": ServiceSpec("crash", "fault", {"handler": "tests.hostile.plugins:CrashOnRequest"},
                          stream_session),
@@ -133,8 +149,10 @@ TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream
 
 
 def service_options(name, keys_file, **overrides):
-    """Service ``name``'s config keys with ``{keys_file}`` filled in, plus ``overrides``."""
-    options = {key: str(value).format(keys_file=keys_file)
+    """Service ``name``'s config keys with ``{keys_file}`` and ``{dir}`` (the keys file's
+    directory) filled in, plus ``overrides``."""
+    where = os.path.dirname(os.path.abspath(keys_file))
+    options = {key: str(value).format(keys_file=keys_file, dir=where)
                for key, value in SERVICES[name].options.items()}
     options.update({key: str(value) for key, value in overrides.items()})
     return options
