@@ -13,7 +13,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
+from msgsrv.client.chat import ChatClient
+from msgsrv.client.command import CommandClient
 from msgsrv.client.files import FileClient
+from msgsrv.client.status import StatusClient
 from msgsrv.client.framed import FramedClient
 from msgsrv.stream import FrameStream, check_error
 from tests.conftest import DaemonProcess
@@ -81,6 +84,36 @@ def file_session(address):
     return client
 
 
+def command_session(address):
+    """Command service: authenticate, run ``echo ping``; return the open CommandClient."""
+    client = CommandClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
+    try:
+        assert client.run("echo", "ping").stdout == b"ping\n"
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def status_session(address):
+    """Status service: hello, one JSON status document; return the open StatusClient."""
+    client = StatusClient(address[0], address[1], timeout=10)
+    try:
+        assert isinstance(client.status(), dict)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+_chat_nicks = iter(range(1 << 62))
+
+
+def chat_session(address):
+    """Chat: welcome, a nick, the lobby joined; return the open ChatClient."""
+    return ChatClient(address[0], address[1], "probe%d" % next(_chat_nicks), timeout=10)
+
+
 def framed_session(address):
     """Framed without authentication: one ping, one pong; return the open socket."""
     sock = socket.create_connection(address, timeout=10)
@@ -98,7 +131,8 @@ def framed_session(address):
 class ServiceSpec:
     """One service of the hostile daemon.
 
-    ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, or
+    ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, ``line``
+    (the chat line protocol), or
     ``fault`` (a test handler that crashes on request; not a service row);
     ``options`` are its config keys (``{keys_file}`` is filled in);
     ``session(address)`` is what a normal fresh client does: it returns the
@@ -134,6 +168,13 @@ SERVICES = {
                         {"handler": "file", "keys_file": "{keys_file}", "root": "{dir}/files",
                          "io_timeout": "5"},
                         file_session, authed=True),
+    "command": ServiceSpec("command", "framed",
+                           {"handler": "command", "keys_file": "{keys_file}",
+                            "command.echo": "echo {{words*}}", "command.cat": "cat",
+                            "io_timeout": "5"},
+                           command_session, authed=True),
+    "status": ServiceSpec("status", "framed", {"handler": "status"}, status_session),
+    "chat": ServiceSpec("chat", "line", {"handler": "chat", "line_rate": "0"}, chat_session),
     # Test handlers that crash on request (tests/hostile/plugins.py, tests/plugins.py).
     "crash": ServiceSpec("crash", "fault", {"handler": "tests.hostile.plugins:CrashOnRequest"},
                          stream_session),
@@ -145,7 +186,7 @@ SERVICES = {
                                {"handler": "tests.plugins:CrashingThreadHandler"}, None),
 }
 #: The TCP services (the rows of connection-limit tables).
-TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed")]
+TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed", "line")]
 
 
 def service_options(name, keys_file, **overrides):
