@@ -171,6 +171,7 @@ SERVICES = {
     "command": ServiceSpec("command", "framed",
                            {"handler": "command", "keys_file": "{keys_file}",
                             "command.echo": "echo {{words*}}", "command.cat": "cat",
+                            "command.sleep": "sleep {{seconds}}", "pattern.sleep": "[0-9]{{1,2}}",
                             "io_timeout": "5"},
                            command_session, authed=True),
     "status": ServiceSpec("status", "framed", {"handler": "status"}, status_session),
@@ -229,6 +230,7 @@ class HostileDaemon:
 
     process: object  # tests.conftest.DaemonProcess
     addresses: Dict[str, tuple]
+    where: object = None  # the directory of its config, keys and ``{dir}`` paths
     probe: ProcessProbe = field(init=False)
 
     def __post_init__(self):
@@ -297,7 +299,7 @@ def start_daemon(daemon_factory, tmp_path, services, global_options=None, overri
     except BaseException:
         process.stop()
         raise
-    return HostileDaemon(process, addresses)
+    return HostileDaemon(process, addresses, tmp_path)
 
 
 @contextlib.contextmanager
