@@ -62,48 +62,42 @@ def datagram_session(address):
     return sock
 
 
-def authed_session(address):
-    """Framed with authentication: hello, auth, one request; return the open FramedClient."""
-    client = FramedClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
+def _served(client, check):
+    """``client`` once ``check(client)`` passed; closed if it raised."""
     try:
-        assert client.request({"type": "ping"}).header["identity"] == KEY_NAME
+        check(client)
     except BaseException:
         client.close()
         raise
     return client
+
+
+def _check(condition):
+    assert condition
+
+
+def authed_session(address):
+    """Framed with authentication: hello, auth, one request; return the open FramedClient."""
+    return _served(FramedClient(address[0], address[1], KEY_NAME, SECRET, timeout=10),
+                   lambda c: _check(c.request({"type": "ping"}).header["identity"] == KEY_NAME))
 
 
 def file_session(address):
     """File service: authenticate, one ``stat`` of the root; return the open FileClient."""
-    client = FileClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
-    try:
-        assert client.stat("").kind == "dir"
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return _served(FileClient(address[0], address[1], KEY_NAME, SECRET, timeout=10),
+                   lambda c: _check(c.stat("").kind == "dir"))
 
 
 def command_session(address):
     """Command service: authenticate, run ``echo ping``; return the open CommandClient."""
-    client = CommandClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
-    try:
-        assert client.run("echo", "ping").stdout == b"ping\n"
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return _served(CommandClient(address[0], address[1], KEY_NAME, SECRET, timeout=10),
+                   lambda c: _check(c.run("echo", "ping").stdout == b"ping\n"))
 
 
 def status_session(address):
     """Status service: hello, one JSON status document; return the open StatusClient."""
-    client = StatusClient(address[0], address[1], timeout=10)
-    try:
-        assert isinstance(client.status(), dict)
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return _served(StatusClient(address[0], address[1], timeout=10),
+                   lambda c: _check(isinstance(c.status(), dict)))
 
 
 _chat_nicks = iter(range(1 << 62))
