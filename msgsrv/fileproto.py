@@ -25,7 +25,7 @@ CODES = {
     "denied": "the operation is disabled, or this key may not use it",
     "too-large": "the file is larger than max_file_size",
     "quota": "the upload would take the root over its quota",
-    "disk-full": "the server's disk has no room for the file",
+    "disk-full": "the server has no room for the file (disk full, or its file size limit)",
     "checksum-mismatch": "the received bytes do not have the announced SHA-256",
     "conflict": "the destination's SHA-256 is not the if_sha256 of a conditional put",
     "busy": "another connection is writing the same resumable upload",

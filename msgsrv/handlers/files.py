@@ -35,7 +35,7 @@ log = logging.getLogger("msgsrv.files")
 _ERRNO_CODES = {
     errno.ENOENT: "not-found", errno.EEXIST: "exists", errno.ENOTEMPTY: "not-empty",
     errno.EACCES: "denied", errno.EPERM: "denied", errno.EROFS: "denied",
-    errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EFBIG: "too-large",
+    errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EFBIG: "disk-full",
     errno.EISDIR: "bad-path", errno.ENOTDIR: "bad-path", errno.EINVAL: "bad-path",
     errno.ELOOP: "bad-path", errno.ENAMETOOLONG: "bad-path", errno.EXDEV: "bad-path",
 }

@@ -13,6 +13,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
+from msgsrv.client.chat import ChatClient
+from msgsrv.client.command import CommandClient
+from msgsrv.client.files import FileClient
+from msgsrv.client.status import StatusClient
 from msgsrv.client.framed import FramedClient
 from msgsrv.stream import FrameStream, check_error
 from tests.conftest import DaemonProcess
@@ -58,15 +62,50 @@ def datagram_session(address):
     return sock
 
 
-def authed_session(address):
-    """Framed with authentication: hello, auth, one request; return the open FramedClient."""
-    client = FramedClient(address[0], address[1], KEY_NAME, SECRET, timeout=10)
+def _served(client, check):
+    """``client`` once ``check(client)`` passed; closed if it raised."""
     try:
-        assert client.request({"type": "ping"}).header["identity"] == KEY_NAME
+        check(client)
     except BaseException:
         client.close()
         raise
     return client
+
+
+def _check(condition):
+    assert condition
+
+
+def authed_session(address):
+    """Framed with authentication: hello, auth, one request; return the open FramedClient."""
+    return _served(FramedClient(address[0], address[1], KEY_NAME, SECRET, timeout=10),
+                   lambda c: _check(c.request({"type": "ping"}).header["identity"] == KEY_NAME))
+
+
+def file_session(address):
+    """File service: authenticate, one ``stat`` of the root; return the open FileClient."""
+    return _served(FileClient(address[0], address[1], KEY_NAME, SECRET, timeout=10),
+                   lambda c: _check(c.stat("").kind == "dir"))
+
+
+def command_session(address):
+    """Command service: authenticate, run ``echo ping``; return the open CommandClient."""
+    return _served(CommandClient(address[0], address[1], KEY_NAME, SECRET, timeout=10),
+                   lambda c: _check(c.run("echo", "ping").stdout == b"ping\n"))
+
+
+def status_session(address):
+    """Status service: hello, one JSON status document; return the open StatusClient."""
+    return _served(StatusClient(address[0], address[1], timeout=10),
+                   lambda c: _check(isinstance(c.status(), dict)))
+
+
+_chat_nicks = iter(range(1 << 62))
+
+
+def chat_session(address):
+    """Chat: welcome, a nick, the lobby joined; return the open ChatClient."""
+    return ChatClient(address[0], address[1], "probe%d" % next(_chat_nicks), timeout=10)
 
 
 def framed_session(address):
@@ -86,7 +125,8 @@ def framed_session(address):
 class ServiceSpec:
     """One service of the hostile daemon.
 
-    ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, or
+    ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, ``line``
+    (the chat line protocol), or
     ``fault`` (a test handler that crashes on request; not a service row);
     ``options`` are its config keys (``{keys_file}`` is filled in);
     ``session(address)`` is what a normal fresh client does: it returns the
@@ -118,6 +158,18 @@ SERVICES = {
     "blocking": ServiceSpec("blocking", "framed",
                             {"handler": "tests.plugins:BlockingFramed", "io_timeout": "5"},
                             framed_session),
+    "file": ServiceSpec("file", "framed",
+                        {"handler": "file", "keys_file": "{keys_file}", "root": "{dir}/files",
+                         "io_timeout": "5"},
+                        file_session, authed=True),
+    "command": ServiceSpec("command", "framed",
+                           {"handler": "command", "keys_file": "{keys_file}",
+                            "command.echo": "echo {{words*}}", "command.cat": "cat",
+                            "command.sleep": "sleep {{seconds}}", "pattern.sleep": "[0-9]{{1,2}}",
+                            "io_timeout": "5"},
+                           command_session, authed=True),
+    "status": ServiceSpec("status", "framed", {"handler": "status"}, status_session),
+    "chat": ServiceSpec("chat", "line", {"handler": "chat", "line_rate": "0"}, chat_session),
     # Test handlers that crash on request (tests/hostile/plugins.py, tests/plugins.py).
     "crash": ServiceSpec("crash", "fault", {"handler": "tests.hostile.plugins:CrashOnRequest"},
                          stream_session),
@@ -129,12 +181,14 @@ SERVICES = {
                                {"handler": "tests.plugins:CrashingThreadHandler"}, None),
 }
 #: The TCP services (the rows of connection-limit tables).
-TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed")]
+TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed", "line")]
 
 
 def service_options(name, keys_file, **overrides):
-    """Service ``name``'s config keys with ``{keys_file}`` filled in, plus ``overrides``."""
-    options = {key: str(value).format(keys_file=keys_file)
+    """Service ``name``'s config keys with ``{keys_file}`` and ``{dir}`` (the keys file's
+    directory) filled in, plus ``overrides``."""
+    where = os.path.dirname(os.path.abspath(keys_file))
+    options = {key: str(value).format(keys_file=keys_file, dir=where)
                for key, value in SERVICES[name].options.items()}
     options.update({key: str(value) for key, value in overrides.items()})
     return options
@@ -170,6 +224,7 @@ class HostileDaemon:
 
     process: object  # tests.conftest.DaemonProcess
     addresses: Dict[str, tuple]
+    where: object = None  # the directory of its config, keys and ``{dir}`` paths
     probe: ProcessProbe = field(init=False)
 
     def __post_init__(self):
@@ -238,7 +293,7 @@ def start_daemon(daemon_factory, tmp_path, services, global_options=None, overri
     except BaseException:
         process.stop()
         raise
-    return HostileDaemon(process, addresses)
+    return HostileDaemon(process, addresses, tmp_path)
 
 
 @contextlib.contextmanager

@@ -12,8 +12,9 @@ For each row of DECODERS, with hypothesis:
 tests/test_protocol.py, test_chatproto.py and test_auth.py hold the
 example-based tests of these modules and a few fixed-count properties; this
 table is what the long campaign (``MSGSRV_CAMPAIGN=long``, 100,000 examples
-per property and decoder) drives.  A new decoder (command or file request
-validation) joins by adding a row.
+per property and decoder) drives.  A new decoder joins by adding a row; the
+file and command request checks (msgsrv/fileproto.py, msgsrv/commands.py)
+run behind the frame decoder as the services run them.
 """
 
 from dataclasses import dataclass
@@ -22,14 +23,16 @@ from typing import Callable
 import pytest
 from hypothesis import given, strategies as st
 
-from msgsrv import auth
+from msgsrv import auth, commands, fileproto
 from msgsrv.chatproto import (
     ERRORS as CHAT_ERRORS, NOTICES, Action, ChatError, Error, History, Line, LineReader,
     LineTooLong, Message as ChatMessage, Notice, Private, clean_text, format_event, parse_line,
     parse_server_line,
 )
+from msgsrv.commands import CommandTable
 from msgsrv.errors import AuthError, ProtocolError, ServerError
 from msgsrv.protocol import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
+from tests.conftest import service_config
 from tests.hostile import campaign
 
 pytestmark = pytest.mark.timeout(campaign.timeout(120))
@@ -155,6 +158,47 @@ def _attempt(handshake, message):
     return result.outcome  # the reply's nonce is fresh each time, so only the outcome compares
 
 
+# Request validation behind the frame decoder: each delivered header is checked as the
+# service checks it, and the outcome (the checked request or the refusal code) compared.
+
+def _request_decoder(check, codes):
+    def decode(chunks):
+        outcomes = []
+
+        def deliver(message):
+            try:
+                outcomes.append(("ok", check(message.header, len(message.body))))
+            except ProtocolError as exc:
+                assert exc.code in codes, exc.code
+                outcomes.append(("refused", exc.code))
+        code = _feed_frames(FrameDecoder(**REQUEST_LIMITS), chunks, deliver, REQUEST_BOUND)
+        return outcomes, code
+    return decode
+
+
+REQUEST_LIMITS = dict(max_header=256, max_body=64)
+REQUEST_BOUND = PREFIX.size + REQUEST_LIMITS["max_header"] + REQUEST_LIMITS["max_body"]
+
+
+def check_file_request(header, _body_size):
+    operation, args = fileproto.check_request(header)
+    return operation.name, args
+
+
+COMMANDS = CommandTable.from_options(service_config(
+    "command", keys_file="/nonexistent", **{"command.echo": "echo {words*}",
+                                            "command.cat": "cat"}).options, "", environ={})
+
+
+def check_command_request(header, body_size):
+    plan = COMMANDS.plan(header, "alice", body_size)
+    return plan.name, tuple(plan.argv)
+
+
+decode_file_requests = _request_decoder(check_file_request, set(fileproto.CODES))
+decode_command_requests = _request_decoder(check_command_request, set(commands.CODES))
+
+
 # -- valid inputs for the round trips -----------------------------------------------------
 
 json_values = st.recursive(
@@ -230,6 +274,41 @@ def server_lines_round_trip(case, cuts):
         assert decode_server_lines(chunks) == (expected, None)
 
 
+file_paths = st.text(max_size=12)
+sizes = st.integers(0, fileproto.MAX_SIZE)
+file_requests = st.one_of(
+    st.fixed_dictionaries({"type": st.just("get"), "path": file_paths, "offset": sizes}),
+    st.fixed_dictionaries({"type": st.just("put"), "path": file_paths, "size": sizes,
+                           "overwrite": st.booleans()}),
+    st.fixed_dictionaries({"type": st.just("rename"), "path": file_paths, "to": file_paths}),
+    st.fixed_dictionaries({"type": st.sampled_from(["stat", "list", "delete", "mkdir", "help"]),
+                           "path": file_paths}),
+).filter(lambda h: _fits(h, b""))
+
+
+def _requests_round_trip(decode, expected_of, bodies=False):
+    def round_trip(case, cuts):
+        data = b"".join(encode(h, b"", **REQUEST_LIMITS) for h in case)
+        expected = [("ok", expected_of(h)) for h in case]
+        for chunks in splittings(data, cuts).values():
+            assert decode(chunks) == (expected, None)
+    return round_trip
+
+
+def _file_expected(header):
+    operation = fileproto.OPERATIONS[header["type"]]
+    return operation.name, {arg.name: header.get(arg.name, arg.default) for arg in operation.args}
+
+
+command_words = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}\Z")
+command_requests = st.builds(lambda args: {"type": "run", "command": "echo", "args": args},
+                             st.lists(command_words, max_size=4)).filter(lambda h: _fits(h, b""))
+
+
+def _command_expected(header):
+    return "echo", (COMMANDS.commands["echo"].argv(header["args"])[0],) + tuple(header["args"])
+
+
 key_names = st.from_regex(r"\A[A-Za-z0-9_.@-]{1,64}\Z")
 secrets = st.from_regex(r"\A[!-~]{16,64}\Z")
 
@@ -283,6 +362,12 @@ DECODERS = [
                st.lists(server_events, max_size=5),
                server_lines_round_trip, lambda case: b"".join(map(format_event, case))),
     DecoderRow("auth", decode_auth, auth_cases, auth_round_trip, _auth_sample),
+    DecoderRow("file-requests", decode_file_requests, st.lists(file_requests, max_size=4),
+               _requests_round_trip(decode_file_requests, _file_expected),
+               lambda case: b"".join(encode(h, **REQUEST_LIMITS) for h in case)),
+    DecoderRow("command-requests", decode_command_requests, st.lists(command_requests, max_size=4),
+               _requests_round_trip(decode_command_requests, _command_expected),
+               lambda case: b"".join(encode(h, **REQUEST_LIMITS) for h in case)),
 ]
 IDS = [row.name for row in DECODERS]
 

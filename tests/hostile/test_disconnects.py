@@ -8,12 +8,15 @@ inside: admissions, per-address counts, pool connections and deadlines).
 """
 
 import concurrent.futures
+import hashlib
+import os
 import socket
 
 import pytest
 
-from msgsrv import auth
+from msgsrv import auth, transfer
 from msgsrv.protocol import encode
+from msgsrv.sandbox import is_temp_name
 from msgsrv.stream import FrameStream
 from tests.conftest import wait_for
 from tests.hostile import campaign
@@ -27,6 +30,12 @@ REPEATS = campaign.pick(30, 1000)  # per phase
 # Reset connections linger server-side until noticed (a held auth failure for
 # 0.5 s): admission limits would refuse part of a storm, which is not the point here.
 UNLIMITED = {"max_connections": "100000", "max_connections_per_ip": "100000"}
+#: Per-service options of the storm: every reset ``sleep`` may be running at once.
+STORM_OPTIONS = {"command": {"max_concurrent": "1000", "max_stdin": "64K"}}
+WORKERS = 16
+# Each transfer holds DEPTH buffers of CHUNK bytes while it runs; the allocator keeps one
+# peak of them for reuse (RSS plateaus there over repeated storms: measured ~+20 MiB).
+TRANSFER_PEAK_KIB = WORKERS * transfer.DEPTH * transfer.CHUNK // 1024
 
 
 def before_greeting(address):
@@ -74,6 +83,13 @@ def _authenticated(address):
     return sock
 
 
+def _authenticated_stream(address):
+    sock, stream, hello = _hello(address)
+    stream.send(auth.answer_hello(hello, KEY_NAME, SECRET))
+    assert stream.recv().type == "authenticated"
+    return sock, stream
+
+
 def mid_frame(address):
     """Authenticated, then half a request frame, then reset."""
     sock = _authenticated(address)
@@ -102,15 +118,92 @@ def mid_unauthenticated_frame(address):
     rst_close(sock)
 
 
+BIG = b"d" * (2 << 20)
+
+
+def mid_upload(address):
+    """Authenticated, a 2 MiB put accepted (ready), half the bytes, then reset."""
+    sock, stream = _authenticated_stream(address)
+    stream.send({"type": "put", "path": "up.bin", "size": len(BIG), "overwrite": True})
+    assert stream.recv().type == "ready"
+    sock.sendall(BIG[:len(BIG) // 2])
+    rst_close(sock)
+
+
+def mid_download(address):
+    """Authenticated, a get of a 2 MiB file, a few bytes read, then reset."""
+    sock, stream = _authenticated_stream(address)
+    stream.send({"type": "get", "path": "down.bin"})
+    reply = stream.recv()
+    if reply.type == "error":  # the first download: make the file, then go again
+        assert reply.header["code"] == "not-found", reply.header
+        _store(sock, stream, "down.bin", BIG)
+        stream.send({"type": "get", "path": "down.bin"})
+        reply = stream.recv()
+    assert reply.type == "data", reply.header
+    sock.recv(1000)
+    rst_close(sock)
+
+
+def _store(sock, stream, path, data):
+    stream.send({"type": "put", "path": path, "size": len(data), "overwrite": True})
+    assert stream.recv().type == "ready"
+    sock.sendall(data)
+    stream.send({"type": "end", "sha256": hashlib.sha256(data).hexdigest()})
+    assert stream.recv().type == "ok"
+
+
+def mid_command(address):
+    """Authenticated, ``sleep 30`` started, then reset: the child must not outlive us."""
+    sock, stream = _authenticated_stream(address)
+    stream.send({"type": "run", "command": "sleep", "args": ["30"]})
+    assert stream.recv().type == "started"
+    rst_close(sock)
+
+
+def mid_command_input(address):
+    """Authenticated, ``cat`` with half of its standard input frame, then reset."""
+    sock = _authenticated(address)
+    sock.sendall(encode({"type": "run", "command": "cat"}, b"i" * 20000)[:10000])
+    rst_close(sock)
+
+
+def _welcomed(address):
+    sock = open_tcp(address)
+    got = b""
+    while b"\n" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, "chat closed before its welcome"
+        got += chunk
+    return sock
+
+
+def mid_chat_line(address):
+    """Welcomed, a nick and half a chat line (no line end), then reset."""
+    sock = _welcomed(address)
+    sock.sendall(b"/nick rst\nhalf a line without its e")
+    rst_close(sock)
+
+
+def chat_unread(address):
+    """Welcomed, 300 /who and /help requests never read, then reset."""
+    sock = _welcomed(address)
+    sock.sendall(b"/help\n/who\n" * 150)
+    rst_close(sock)
+
+
 PHASES = {
     "echo": [before_greeting, with_unread_output],
     "authed": [before_greeting, mid_auth, during_failure_delay, mid_frame, with_replies_pending],
     "blocking": [before_greeting, mid_unauthenticated_frame, mid_raw_stream],
+    "file": [mid_auth, mid_upload, mid_download],
+    "command": [mid_frame, mid_command, mid_command_input],
+    "chat": [before_greeting, mid_chat_line, chat_unread],
 }
 CASES = [(service, phase) for service, phases in PHASES.items() for phase in phases]
 
 
-def storm(addresses, cases, repeats, workers=16):
+def storm(addresses, cases, repeats, workers=WORKERS):
     """Run every (service, phase) ``repeats`` times, ``workers`` at once; return the count."""
     jobs = [(addresses[service], phase) for service, phase in cases] * repeats
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rst") as pool:
@@ -119,8 +212,17 @@ def storm(addresses, cases, repeats, workers=16):
     return len(jobs)
 
 
+def _children(pid):
+    """PIDs of ``pid``'s live child processes (from /proc)."""
+    found = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, task)) as stream:
+            found += stream.read().split()
+    return found
+
+
 def test_resets_at_every_phase_leave_the_daemon_as_it_was(hostile_daemon):
-    overrides = {name: dict(UNLIMITED) for name in PHASES}
+    overrides = {name: dict(UNLIMITED, **STORM_OPTIONS.get(name, {})) for name in PHASES}
     overrides["echo"]["max_pending_output"] = "256K"
     overrides["blocking"]["workers"] = "2"
     daemon = hostile_daemon(sorted(PHASES), overrides=overrides)
@@ -132,8 +234,14 @@ def test_resets_at_every_phase_leave_the_daemon_as_it_was(hostile_daemon):
     count = storm(daemon.addresses, CASES, REPEATS)
     daemon.assert_alive()
     daemon.ping_all()
-    after = settle(daemon.probe, baseline, timeout=15, rss_slack_kib=8 * 1024)
+    after = settle(daemon.probe, baseline, timeout=15,
+                   rss_slack_kib=8 * 1024 + TRANSFER_PEAK_KIB)
     daemon.assert_clean_log()
+    root = daemon.where / "files"
+    wait_for(lambda: not [n for n in os.listdir(root) if is_temp_name(n)],
+             message="the reset uploads' temp files to go")
+    wait_for(lambda: not _children(daemon.process.proc.pid), timeout=10,
+             message="the reset commands' children to be killed")
     campaign.record("reset-storm-daemon", resets=count, phases=len(CASES), before=str(baseline),
                     after=str(after))
 
@@ -142,7 +250,8 @@ def test_resets_at_every_phase_leave_the_daemon_as_it_was(hostile_daemon):
 def test_resets_at_every_phase_release_every_counter(start_service, tmp_path, service,
                                                      no_thread_leak):
     options = service_options(service, write_keys_file(tmp_path / "keys"),
-                              max_pending_output="256K", **UNLIMITED)
+                              max_pending_output="256K", **dict(UNLIMITED,
+                                                                **STORM_OPTIONS.get(service, {})))
     probe = SelfProbe()
     before = probe.snapshot()
     server = start_service(options.pop("handler"), **options)

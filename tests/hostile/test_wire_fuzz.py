@@ -10,14 +10,21 @@ from tests.hostile.wirefuzz import fuzz, targets_for
 
 pytestmark = pytest.mark.timeout(campaign.timeout(90))
 
-SERVICES = ["echo", "echo-udp", "authed"]
+#: The daemons fuzzed, one per test: the transports and the handshake; the built-in services.
+GROUPS = {"core": ["echo", "echo-udp", "authed"],
+          "services": ["file", "command", "status", "chat"]}
 OVERRIDES = {"echo-udp": {"max_datagram": "2048"},
-             "authed": {"max_header": "4K", "max_body": "64K"}}
+             "authed": {"max_header": "4K", "max_body": "64K"},
+             "file": {"max_header": "4K", "max_file_size": "1M"},
+             "command": {"max_header": "4K", "max_body": "64K"},
+             "chat": {"max_line": "1024"}}
 RSS_BOUND_KIB = 48 * 1024
 
 
-def test_mutated_inputs_never_kill_the_daemon_or_reach_the_wire_as_tracebacks(hostile_daemon):
-    daemon = hostile_daemon(SERVICES, overrides=OVERRIDES)
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_mutated_inputs_never_kill_the_daemon_or_reach_the_wire_as_tracebacks(hostile_daemon,
+                                                                              group):
+    daemon = hostile_daemon(GROUPS[group], overrides=OVERRIDES)
     daemon.ping_all()
     baseline = daemon.probe.snapshot()
 
@@ -37,7 +44,7 @@ def test_mutated_inputs_never_kill_the_daemon_or_reach_the_wire_as_tracebacks(ho
     growth = peak.peak_kib - baseline.rss_kib
     assert growth < RSS_BOUND_KIB, "RSS peaked %d KiB above the baseline" % growth
     after = settle(daemon.probe, baseline, timeout=15)
-    campaign.record("wire-fuzz", inputs=report.sent, per_target=dict(report.per_target),
+    campaign.record("wire-fuzz-" + group, inputs=report.sent, per_target=dict(report.per_target),
                     codes=dict(report.codes), health_checks=report.health_checks,
                     seconds=round(report.seconds, 1), seed=report.seed,
                     rss_peak_growth_kib=growth, before=str(baseline), after=str(after))

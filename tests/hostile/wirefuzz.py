@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List
 
-from msgsrv import auth
+from msgsrv import auth, chatproto, commands, fileproto, protocol
 from msgsrv.errors import ProtocolError
 from msgsrv.protocol import NEED_DATA, FrameDecoder, encode
 from tests.hostile.attackers import rst_close
@@ -31,6 +31,23 @@ from tests.hostile.targets import KEY_NAME, SECRET
 FRAMED_CODES = frozenset({"too-large", "bad-header", "truncated", "auth-failed", "timeout", "busy"})
 #: Header types a framed service may send (besides error).
 FRAMED_TYPES = frozenset({"hello", "authenticated", "echo", "error"})
+FILE_TYPES = FRAMED_TYPES | {"data", "end", "help", "listing", "ok", "ready", "stat"}
+FILE_CODES = FRAMED_CODES | set(protocol.CODES) | set(fileproto.CODES)
+FILE_SEEDS = (encode({"type": "put", "path": "f", "size": 4}) + b"abcd" + encode(
+    {"type": "end", "sha256": "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"}),
+              encode({"type": "get", "path": "f", "offset": 1}),
+              encode({"type": "list", "path": ""}) + encode({"type": "stat", "path": "f"}),
+              encode({"type": "rename", "path": "f", "to": "../g"}),
+              encode({"type": "mkdir", "path": "d/e", "parents": True}))
+COMMAND_TYPES = FRAMED_TYPES | {"commands", "started", "output", "exit"}
+COMMAND_CODES = FRAMED_CODES | set(protocol.CODES) | set(commands.CODES) | {"exec-failed"}
+COMMAND_SEEDS = (encode({"type": "run", "command": "echo", "args": ["a", "b"]}),
+                 encode({"type": "run", "command": "cat", "args": []}, b"stdin") +
+                 encode({"type": "list"}),
+                 encode({"type": "run", "argv": ["echo", "x"]}))
+STATUS_TYPES = FRAMED_TYPES | {"status"}
+STATUS_SEEDS = (encode({"type": "status", "format": "json"}),
+                encode({"type": "status", "format": "prometheus"}))
 INTERESTING_LENGTHS = (0, 1, 2, 3, 63, 64, 65, 1023, 1024, 1025, 65535, 65536, 65537,
                        2**31 - 1, 2**31, 2**32 - 1)
 INTERESTING_SIZES = (-1, -2**63, 0, 1, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**63 - 1, 2**63,
@@ -241,13 +258,16 @@ def datagram_echo_target(address, max_datagram, reply_timeout=2.0):
     return Target("echo-udp", run, corpus)
 
 
-def framed_target(name, address, *, authed, phase, reply_timeout=10.0):
+def framed_target(name, address, *, authed, phase, reply_timeout=10.0, types=FRAMED_TYPES,
+                  codes=FRAMED_CODES, seeds=()):
     """A framed service: mutated frames in ``phase`` "pre-auth" or "post-auth".
 
     Pre-auth inputs may be mutations of a correct answer to this connection's
     hello; post-auth inputs are mutated requests after a real handshake.
-    Replies must be well-formed frames of FRAMED_TYPES with FRAMED_CODES,
-    and the service must close the connection after our half-close.
+    Replies must be well-formed frames of ``types`` (header types besides
+    error) with error ``codes``, and the service must close the connection
+    after our half-close.  ``seeds`` adds the service's own valid requests
+    to the generic seeds.
     """
     def run(make_input, rng):
         with socket.create_connection(address, timeout=reply_timeout) as sock:
@@ -266,11 +286,36 @@ def framed_target(name, address, *, authed, phase, reply_timeout=10.0):
             return None, data, reply
         if how == "stalled":
             return "no EOF within %gs after a half-close" % reply_timeout, data, reply
-        problem = _traceback(reply) or check_frames(decoder, reply, whole=(how == "eof"))
+        problem = _traceback(reply) or check_frames(decoder, reply, whole=(how == "eof"),
+                                                    types=types, codes=codes)
         return problem, data, reply
     corpus = [encode({"type": "ping"}), encode({"type": "put", "path": "a"}, b"body" * 10),
               encode({"type": "ping", "n": [1, 2, {"x": None}]}) + encode({"type": "b"})]
+    corpus += list(seeds)
     return Target("%s/%s" % (name, phase), run, corpus, answers=(phase == "pre-auth" and authed))
+
+
+def chat_target(address, reply_timeout=10.0):
+    """The chat line service: mutated lines after the welcome; every whole line back parses."""
+    def run(make_input, rng):
+        with socket.create_connection(address, timeout=reply_timeout) as sock:
+            data = make_input(b"")
+            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.15)
+        if how == "stalled":
+            return "no EOF within %gs after a half-close" % reply_timeout, data, reply
+        return _traceback(reply) or _bad_chat_line(reply), data, reply
+    corpus = [b"/nick fuzz\n/join r\nhello\n", b"/me waves\n/msg fuzz hi\n/who\n/rooms\n",
+              b"/quit bye\n", b"/part\r\n/help\n" + b"x" * 5000 + b"\n", b"\xff\xfe\x00\n"]
+    return Target("chat", run, corpus)
+
+
+def _bad_chat_line(reply):
+    for line in reply.split(b"\n")[:-1]:  # the last piece may be cut by a reset
+        try:
+            chatproto.parse_server_line(line)
+        except ProtocolError as exc:
+            return "a reply line outside the grammar (%s): %r" % (exc, line[:200])
+    return None
 
 
 def _recv_frame(sock, decoder):
@@ -284,8 +329,8 @@ def _recv_frame(sock, decoder):
         decoder.feed(chunk)
 
 
-def check_frames(decoder, reply, whole=True):
-    """None if ``reply`` (fed to ``decoder``) is frames of known types and codes.
+def check_frames(decoder, reply, whole=True, types=FRAMED_TYPES, codes=FRAMED_CODES):
+    """None if ``reply`` (fed to ``decoder``) is frames of ``types`` and error ``codes``.
 
     With ``whole`` the reply must end on a frame boundary (a graceful close).
     """
@@ -295,7 +340,7 @@ def check_frames(decoder, reply, whole=True):
             message = decoder.next_message()
             if message is NEED_DATA:
                 break
-            problem = _frame_problem(message.header)
+            problem = _frame_problem(message.header, types, codes)
             if problem:
                 return problem
         if whole:
@@ -305,11 +350,11 @@ def check_frames(decoder, reply, whole=True):
     return None
 
 
-def _frame_problem(header):
+def _frame_problem(header, types, codes):
     kind = header.get("type")
-    if kind not in FRAMED_TYPES:
+    if kind not in types and kind != "error":
         return "unexpected frame type %r" % (kind,)
-    if kind == "error" and header.get("code") not in FRAMED_CODES:
+    if kind == "error" and header.get("code") not in codes:
         return "undocumented error code %r: %s" % (header.get("code"), header.get("message"))
     return None
 
@@ -411,7 +456,22 @@ TARGETS = {
     "authed": lambda address, options: [
         framed_target("authed", address, authed=True, phase="pre-auth"),
         framed_target("authed", address, authed=True, phase="post-auth")],
+    "file": lambda address, options: _framed_rows("file", address, authed=True,
+                                                  types=FILE_TYPES, codes=FILE_CODES,
+                                                  seeds=FILE_SEEDS),
+    "command": lambda address, options: _framed_rows("command", address, authed=True,
+                                                     types=COMMAND_TYPES, codes=COMMAND_CODES,
+                                                     seeds=COMMAND_SEEDS),
+    "status": lambda address, options: [
+        framed_target("status", address, authed=False, phase="open", types=STATUS_TYPES,
+                      codes=FRAMED_CODES | {"bad-request"}, seeds=STATUS_SEEDS)],
+    "chat": lambda address, options: [chat_target(address)],
 }
+
+
+def _framed_rows(name, address, **kwargs):
+    return [framed_target(name, address, phase=phase, **kwargs)
+            for phase in ("pre-auth", "post-auth")]
 
 
 def targets_for(daemon, options_by_service=None):

@@ -1,0 +1,94 @@
+"""SIGHUP again and again under load, alternating valid and invalid configs.
+
+Valid configs change the chat service's ``server_name`` (a fresh client sees
+it in the welcome); invalid ones must be refused with a log line and change
+nothing.  Clients hammering the echo and file services meanwhile must never
+fail.
+"""
+
+import signal
+import threading
+
+import pytest
+
+from msgsrv.client.chat import ChatClient
+from tests.conftest import wait_for
+from tests.hostile import campaign
+from tests.hostile.targets import render_config
+
+pytestmark = pytest.mark.timeout(campaign.timeout(60))
+
+SERVICES = ["echo", "file", "chat"]
+ROUNDS = campaign.pick(10, 500)  # each: one valid and one invalid reload
+#: Ways to break the config file, applied in turn.
+BREAKAGES = [
+    lambda text: text + "max_queue = banana\n",
+    lambda text: text + "\n[service:bad]\nhandler = no.such:Handler\nport = 0\n",
+    lambda text: text.replace("[msgsrv]", "[msgsrv\n"),
+    lambda text: text + "\n[service:far]\nhandler = echo\nport = 99999\n",
+]
+
+
+class Load:
+    """Threads making echo and file requests until stopped; failures are kept."""
+
+    def __init__(self, daemon, threads=4):
+        self.daemon, self.requests, self.failures = daemon, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(name,), daemon=True)
+                         for name in ["echo", "file"] * (threads // 2)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: self.requests > 20, message="the load to start")
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _run(self, name):
+        while not self._stop.is_set():
+            try:
+                self.daemon.ping(name)
+                self.requests += 1
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                self.failures.append("%s: %r" % (name, exc))
+
+
+def _count(daemon, needle):
+    return sum(needle in line for line in daemon.process.lines)
+
+
+def _welcome_name(address):
+    with ChatClient(*address, "reloader", timeout=10) as client:
+        return client.server_name
+
+
+def _reload(daemon, text, outcome):
+    (daemon.where / "hostile.ini").write_text(text)
+    before = _count(daemon, outcome)
+    daemon.process.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: _count(daemon, outcome) > before, timeout=10, message=outcome)
+
+
+def test_reloads_under_load_apply_valid_configs_and_refuse_invalid_ones(hostile_daemon):
+    daemon = hostile_daemon(SERVICES)
+    keys_file = str(daemon.where / "hostile.keys")
+    chat = daemon.address("chat")
+    with Load(daemon) as load:
+        for index in range(ROUNDS):
+            name = "gen%d" % index
+            valid = render_config(SERVICES, keys_file, overrides={"chat": {"server_name": name}})
+            _reload(daemon, valid, "reload: accepted (")
+            assert _welcome_name(chat) == name
+            _reload(daemon, BREAKAGES[index % len(BREAKAGES)](valid), "reload: refused: ")
+            assert _welcome_name(chat) == name
+            daemon.assert_alive()
+    assert not load.failures, load.failures[:5]
+    assert set(daemon.addresses) == set(daemon.process.listeners)  # nothing added or lost
+    assert "Traceback" not in daemon.log
+    campaign.record("reload-storm", valid=ROUNDS, invalid=ROUNDS, requests=load.requests,
+                    failures=len(load.failures))
