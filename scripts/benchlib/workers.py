@@ -160,34 +160,29 @@ def _tcp_job(wid, job, control):
     deadline = time.monotonic() + job["connect_timeout"]
     socks, failures, connect_s, served_s = clients.open_served(
         job["port"], job["conns"], deadline, job["batch"])
-    try:
-        control.queue.put(("ready", wid, {"connected": len(socks), "failures": failures,
-                                          "connect_s": connect_s, "served_s": served_s}))
-        start_at = _await_start(control, job["go_timeout"])
-        if start_at is None:
-            return
-        cpu0 = machine.own_cpu_seconds()
-        loop = clients.PingPong(socks, clients.make_payload(job["size"]), start_at,
-                                start_at + job["seconds"], job.get("max_rounds"))
-        result = loop.run()
-        result["cpu_s"] = machine.own_cpu_seconds() - cpu0
-        control.queue.put(("done", wid, result))
-    finally:
-        _close_all(socks)
+    ready = {"connected": len(socks), "failures": failures,
+             "connect_s": connect_s, "served_s": served_s}
+    payload = clients.make_payload(job["size"])
+    _measure(wid, job, control, socks, ready, lambda start_at: clients.PingPong(
+        socks, payload, start_at, start_at + job["seconds"], job.get("max_rounds")))
 
 
 def _udp_job(wid, job, control):
     socks = [_udp_socket(job["port"]) for _ in range(job["conns"])]
+    ready = {"connected": len(socks), "failures": 0, "connect_s": 0.0, "served_s": 0.0}
+    _measure(wid, job, control, socks, ready, lambda start_at: clients.UdpPingPong(
+        socks, job["size"], start_at, start_at + job["seconds"], job["reply_timeout"]))
+
+
+def _measure(wid, job, control, socks, ready, make_loop):
+    """Report ready, wait for the common start, run the loop, report its result and CPU."""
     try:
-        control.queue.put(("ready", wid, {"connected": len(socks), "failures": 0,
-                                          "connect_s": 0.0, "served_s": 0.0}))
+        control.queue.put(("ready", wid, ready))
         start_at = _await_start(control, job["go_timeout"])
         if start_at is None:
             return
         cpu0 = machine.own_cpu_seconds()
-        loop = clients.UdpPingPong(socks, job["size"], start_at, start_at + job["seconds"],
-                                   job["reply_timeout"])
-        result = loop.run()
+        result = make_loop(start_at).run()
         result["cpu_s"] = machine.own_cpu_seconds() - cpu0
         control.queue.put(("done", wid, result))
     finally:
