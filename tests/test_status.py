@@ -101,6 +101,9 @@ def test_http_metrics_and_status(start_service):
     with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert b"msgsrv_uptime_seconds" in response.read()
+    # The server may not have seen the first request's close yet: wait for it, so
+    # the status document below counts exactly the connection that asks for it.
+    wait_for(lambda: server.connection_count == 0, message="the /metrics connection to close")
     with urllib.request.urlopen(base + "/", timeout=5) as response:
         document = json.loads(response.read())
     assert document["services"][0]["connections"] == 1
