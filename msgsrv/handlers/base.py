@@ -74,7 +74,13 @@ class Handler:
         self.conn.abort(reason)
 
     def server_closing(self):
-        """The server is shutting down; say goodbye if the protocol has a way."""
+        """The server is shutting down; say goodbye if the protocol has a way.
+
+        Runs in the stopping thread, possibly during another call of this
+        handler: only send from here.  Then the pool closes the connection if
+        it is idle; a call in progress may still send its reply
+        (``conn.closing`` is true meanwhile) and the connection closes after it.
+        """
 
     def connection_lost(self):
         """The connection is closed; release what this handler holds."""
