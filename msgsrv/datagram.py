@@ -100,7 +100,7 @@ def source_refusal(ip, port, min_port, listeners):
     itself cannot be answered and is always refused) and any source that
     ``listeners`` (a :class:`Listeners`) matches.
     """
-    if port < max(min_port, 1):
+    if port < min_port or port == 0:
         return Drop("privileged_port", "source port %d is below udp_min_source_port=%d"
                     % (port, min_port))
     if listeners.match(ip, port) is not None:

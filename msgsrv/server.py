@@ -45,7 +45,9 @@ class Counters:
     def update(self, amounts):
         """Add several amounts at once (``{name: amount}``)."""
         with self._lock:
-            self._values.update(amounts)
+            values = self._values
+            for name, amount in amounts.items():  # Counter.update's type checks cost more
+                values[name] += amount
 
     def snapshot(self):
         """A plain dict copy of every counter."""
