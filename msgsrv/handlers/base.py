@@ -217,6 +217,9 @@ class DatagramHandler(socketserver.BaseRequestHandler):
     """Base class of UDP handlers; runs inline, once per datagram.
 
     ``self.data`` is the datagram, ``self.reply(data)`` answers the sender.
+    ``self.socket`` is the service's :class:`msgsrv.server.ReplySocket`:
+    what it sends is counted (``replies``, ``bytes_out``) and limited per
+    address (``reply_rate``).
     """
 
     settings = ()
@@ -225,5 +228,5 @@ class DatagramHandler(socketserver.BaseRequestHandler):
         self.data, self.socket = self.request
 
     def reply(self, data):
-        """Send one datagram back to the sender."""
+        """Send one datagram back to the sender (dropped, as if lost, over ``reply_rate``)."""
         self.socket.sendto(data, self.client_address)
