@@ -141,7 +141,7 @@ def test_wrong_secret_is_refused_and_logged(command_service, caplog):
     with caplog.at_level(logging.WARNING, "msgsrv.auth"), pytest.raises(AuthError):
         client(server, secret="wrong-wrong-wrong-wrong")
     assert "failed authentication from 127.0.0.1" in caplog.text and "'alice'" in caplog.text
-    assert server.counters.snapshot()["refused_auth"] == 1
+    assert server.counters.snapshot()["auth_failures"] == 1
 
 
 def test_replayed_auth_response_is_refused(command_service):
