@@ -7,9 +7,10 @@ seconds (the connection is held, no thread sleeps), and the connection
 closes after ``max_auth_failures``.  Each failure also counts against the
 client's address (the service's ``auth_penalty_*`` settings): a penalised
 address is refused at admission, and an attempt on a connection it opened
-before is answered ``busy`` and closed without being checked.  The handshake
-must finish within ``auth_timeout``.  Subclasses implement ``request_received(message)`` and may
-allow anonymous requests by overriding ``anonymous_allowed()``.
+before is answered ``busy`` and closed without being checked.  The
+handshake must finish within ``auth_timeout``.  Subclasses implement
+``request_received(message)`` and may allow anonymous requests by
+overriding ``anonymous_allowed()``.
 """
 
 import logging
