@@ -21,7 +21,9 @@ def build_parser():
                         help="configuration file (default: %(default)s)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true",
-                        help="validate the file, print the effective configuration, exit")
+                        help="validate the file (and what depends on the user running it, such "
+                             "as the command service's root rule), print the effective "
+                             "configuration, exit")
     action.add_argument("--print-setting", metavar="NAME", action="append",
                         help="print the effective value of a [msgsrv] setting (repeat for "
                              "several, one per line), exit")
@@ -42,6 +44,8 @@ def main(argv=None):
                   else config_module.load(args.config))
         if args.print_setting is not None:
             return _print_settings(config, args.print_setting)
+        if args.check:
+            config_module.check_runtime(config)
     except ConfigError as exc:
         print("msgsrv: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG

@@ -198,6 +198,19 @@ def _check_duplicates(path, services):
         seen[key] = service.name
 
 
+def check_runtime(config):
+    """Run every handler's ``check_service`` (what depends on who runs the daemon, such
+    as the command service's root rule); raise ConfigError prefixed with the file."""
+    for service in config.services:
+        check = getattr(service.handler_class, "check_service", None)
+        if check is None:
+            continue
+        try:
+            check(service, config.options)
+        except ConfigError as exc:
+            raise ConfigError("%s: %s" % (config.path, exc)) from None
+
+
 def format_effective(config):
     """Render the effective configuration (defaults filled in) as INI text."""
     lines = ["[%s]" % GLOBAL_SECTION]

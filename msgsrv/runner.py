@@ -1,7 +1,8 @@
 """Run one child process in its own process group and pump its output to a peer socket.
 
 :func:`spawn` starts an argv (never through a shell) in a new session, with
-a given working directory and environment and no inherited descriptors.
+a given working directory, environment and identity (user, groups) and no
+inherited descriptors.
 :class:`ProcessRun` then runs one selector loop over the child's stdout and
 stderr pipes, its stdin pipe (when there is input to feed), an exit
 notification (a pidfd where the kernel has them) and the peer socket:
@@ -46,17 +47,21 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 STREAMS = ("stdout", "stderr")
 
 
-def spawn(argv, *, workdir, env, stdin=False):
+def spawn(argv, *, workdir, env, stdin=False, user=None, group=None, extra_groups=None):
     """Start ``argv`` as the leader of a new session (its own process group).
 
     stdin is a pipe when ``stdin`` is true, else /dev/null; stdout and stderr
     are pipes; no descriptor but these three is inherited; ``env`` is the
-    whole environment.  Raises OSError if the program cannot be executed.
+    whole environment.  ``user``, ``group`` and ``extra_groups`` (uid, gid,
+    supplementary gids; None: unchanged) are set in the child before it
+    executes, so only a root daemon can give them.  Raises OSError if the
+    program cannot be executed or the identity cannot be taken.
     """
     return subprocess.Popen(
         list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=dict(env),
-        close_fds=True, start_new_session=True)
+        close_fds=True, start_new_session=True, user=user, group=group,
+        extra_groups=None if extra_groups is None else list(extra_groups))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The socketserver subclasses every service runs on, extended through their hooks.
 
 :class:`TCPService` admits connections in ``verify_request`` (access rules,
-rate limit, connection limits, plus any checks added to
+authentication penalty, rate limit, connection limits, plus any checks added to
 ``admission_checks``) and hands them to a :class:`~msgsrv.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from .access import AccessRules, RateLimiter
+from .access import AccessRules, PenaltyBox, PenaltyRules, RateLimiter, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .errors import ConfigError
 from .handlers.base import Handler
@@ -165,11 +165,13 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self._init_service(config, global_options)
         self.request_queue_size = config["backlog"]
         self.pooled = issubclass(config.handler_class, Handler)
-        self.admission_checks = [self._check_access, self._check_rate, self._check_limits]
+        self.admission_checks = [self._check_access, self._check_penalty, self._check_rate,
+                                 self._check_limits]
         self._lock = threading.Condition()
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
         self.rate = self.tls = self.pool = None
+        self.penalties = PenaltyBox()  # outlives reloads; the rules come with each reload
         self._apply_policy(self._load_policy(config, self.global_options))
         self._prepare()
         if self.pooled:
@@ -194,10 +196,11 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
             tls = ServerTLS.from_options(config.options, self._tls_failed)
         except ConfigError as exc:
             raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
-        return AccessRules.from_options(config.options, global_options), rate, tls
+        return (AccessRules.from_options(config.options, global_options), rate, tls,
+                PenaltyRules.from_options(config.options))
 
     def _apply_policy(self, policy):
-        self.access, self.rate, self.tls = policy
+        self.access, self.rate, self.tls, self.penalty_rules = policy
 
     def _tune(self, config):
         if self.pool is not None:
@@ -252,6 +255,32 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         left, started = verdict
         return Refusal("rate", "busy", "over rate_limit=%s, refused for %.1fs more"
                        % (self.rate.rate, left), logging.WARNING if started else logging.DEBUG)
+
+    def _check_penalty(self, ip):
+        left = self.penalties.check(ip, self.penalty_rules)
+        if left is None:
+            return None
+        # Logged when the penalty started (auth_failed), not per refused connection.
+        return Refusal("auth_penalty", "busy", penalty_message(left), logging.DEBUG)
+
+    def auth_penalty_left(self, address):
+        """Seconds the client ``address`` is still refused for failed authentications,
+        or None."""
+        return self.penalties.check(address[0], self.penalty_rules)
+
+    def auth_failed(self, address):
+        """Count one failed authentication from ``address``; a penalty it starts is
+        counted (``auth_penalties``) and logged once."""
+        self.counters.incr("auth_failures")
+        started = self.penalties.failed(address[0], self.penalty_rules)
+        if started is None:
+            return
+        source, seconds = started
+        rules = self.penalty_rules
+        self.counters.incr("auth_penalties")
+        log.warning("%s: %s penalised: %d failed authentications within %gs, refused for "
+                    "%gs (auth_penalty_*)", self.name, source, rules.failures, rules.window,
+                    seconds)
 
     def _check_limits(self, ip):
         if len(self._admitted) >= self.config["max_connections"]:

@@ -54,6 +54,14 @@ class Handler:
         """
 
     @classmethod
+    def check_service(cls, service, global_options):
+        """Checks that depend on the process that will serve ``service`` (who it runs as).
+
+        Run by ``--check`` and by the handler's own ``prepare_service``; raise
+        ConfigError naming the service and the keys to fix.
+        """
+
+    @classmethod
     def refuse(cls, sock, code, reason):
         """Tell a refused client why, if the protocol has a way (best effort, never blocks)."""
 

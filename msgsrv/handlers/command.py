@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 
-from .. import commands, runner
-from ..errors import ProtocolError
+from .. import commands, privileges, runner
+from ..errors import ConfigError, ProtocolError
 from ..pool import format_peer
 from ..protocol import encode
 from .authed import AuthenticatedHandler
@@ -49,10 +49,37 @@ class CommandHandler(AuthenticatedHandler):
     settings = AuthenticatedHandler.settings + commands.SETTINGS
 
     @classmethod
+    def check_service(cls, service, global_options):
+        """Who commands will run as (a :class:`~msgsrv.privileges.RunAs`).
+
+        Raises ConfigError naming the service and the keys to set when that
+        would be root and ``run_as_root`` is not yes, or when ``user`` /
+        ``group`` cannot be applied (see :func:`msgsrv.privileges.children_identity`).
+        """
+        where = "[service:%s]" % service.name
+        try:
+            run_as = privileges.children_identity(
+                service["user"], service["group"], global_options.get("user", ""),
+                global_options.get("group", ""))
+        except ConfigError as exc:
+            raise ConfigError("%s %s" % (where, exc)) from None
+        if run_as.uid == 0 and not service["run_as_root"]:
+            raise ConfigError(
+                "%s commands would run as root (uid 0): set user = NAME in %s (an "
+                "unprivileged account such as nobody), or user in [msgsrv] to run the "
+                "whole daemon as that user, or run_as_root = yes in %s to allow root"
+                % (where, where, where))
+        return run_as
+
+    @classmethod
     def prepare_service(cls, server):
-        """Load the keys, then build the command table (ConfigError names the bad key)."""
+        """Check who commands run as, load the keys, then build the command table
+        (ConfigError names the bad key)."""
+        run_as = cls.check_service(server.config, server.global_options)
         super().prepare_service(server)
         options = server.config.options
+        server.run_as = run_as
+        _log_identity(server, run_as)
         server.commands = commands.CommandTable.from_options(
             options, "[service:%s]" % server.name)
         server.run_slots = threading.BoundedSemaphore(options["max_concurrent"])
@@ -109,7 +136,8 @@ class CommandHandler(AuthenticatedHandler):
     def _spawn(self, plan, stdin):
         try:
             return runner.spawn(plan.argv, workdir=plan.limits.workdir,
-                                env=self.server.commands.environment, stdin=bool(stdin))
+                                env=self.server.commands.environment, stdin=bool(stdin),
+                                **self.server.run_as.spawn_options())
         except OSError as exc:
             log.error("%s: cannot start %s %s: %s", self.server.name, plan.name,
                       _json(plan.argv), exc)
@@ -170,6 +198,14 @@ def _json(value):
 
 def _dash(value):
     return "-" if value is None else value
+
+
+def _log_identity(server, run_as):
+    if run_as.uid == 0:
+        log.warning("%s: run_as_root = yes: commands run as root", server.name)
+    else:
+        log.info("%s: commands run as uid=%d (%s)%s", server.name, run_as.uid, run_as.name,
+                 "; " + run_as.note if run_as.note else "")
 
 
 def _warn_unknown_keys(server):
