@@ -112,6 +112,8 @@ def _commands(go):
         # Ignores SIGTERM and outlasts the grace period: only SIGKILL ends it.
         "command.stubborn": "sh -c 'trap \"\" TERM; echo $$; exec sleep 30'",
         "kill_grace": "10",
+        # ``go`` is in the test's private temp directory, which only root may enter.
+        "user": "", "run_as_root": "yes",
     }
 
 
