@@ -5,6 +5,8 @@ rate limit, connection limits, plus any checks added to
 ``admission_checks``) and hands them to a :class:`~msgsrv.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
+Its ``transfers`` (a :class:`~msgsrv.transfer_limits.TransferGate`) admits
+the blocking transfers of its handlers.
 :class:`UDPService` serves datagrams inline, never a thread per datagram.
 Both can be reconfigured in place on reload (:meth:`reconfigure`).
 """
@@ -22,6 +24,7 @@ from .errors import ConfigError
 from .handlers.base import Handler
 from .pool import WorkerPool, format_peer
 from .tls import ServerTLS
+from .transfer_limits import TransferGate
 
 log = logging.getLogger("msgsrv.server")
 access_log = logging.getLogger("msgsrv.access")
@@ -56,6 +59,10 @@ class Counters:
 #: wire code told to framed clients (None: close without a word), the log
 #: text and level.
 Refusal = collections.namedtuple("Refusal", "counter code reason level")
+
+
+def _transfer_limits(config):
+    return config["max_transfers"], config["max_transfers_per_ip"], config["transfer_buffer_budget"]
 
 
 def _family(host):
@@ -167,6 +174,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
         self.rate = self.tls = self.pool = None
+        self.transfers = TransferGate(*_transfer_limits(config))
         self._apply_policy(self._load_policy(config, self.global_options))
         self._prepare()
         if self.pooled:
@@ -197,6 +205,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self.access, self.rate, self.tls = policy
 
     def _tune(self, config):
+        self.transfers.tune(*_transfer_limits(config))
         if self.pool is not None:
             self.pool.max_threads = max(config["max_threads"], self.pool.workers)
             self.pool.max_pending_output = config["max_pending_output"]

@@ -55,7 +55,8 @@ def _latency(daemon, name, count=5):
 
 
 def test_a_download_nobody_reads_ends_at_io_timeout(hostile_daemon):
-    daemon = hostile_daemon(["file"], overrides={"file": {"io_timeout": str(IO_TIMEOUT)}})
+    daemon = hostile_daemon(["file"], overrides={"file": {
+        "io_timeout": str(IO_TIMEOUT), "max_transfers_per_ip": str(STALLED)}})
     with open(daemon.where / "files" / "big.bin", "wb") as stream:
         stream.truncate(FILE_SIZE)
     daemon.ping("file")
