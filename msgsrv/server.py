@@ -62,7 +62,8 @@ Refusal = collections.namedtuple("Refusal", "counter code reason level")
 
 
 def _transfer_limits(config):
-    return config["max_transfers"], config["max_transfers_per_ip"], config["transfer_buffer_budget"]
+    return (config["max_transfers"], config["max_transfers_per_ip"],
+            config["transfer_buffer_budget"])
 
 
 def _family(host):

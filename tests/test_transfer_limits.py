@@ -1,4 +1,4 @@
-"""Transfer limits: the rate watch (sans-IO), the paced socket, the gate, the pool's blocking cap."""
+"""Transfer limits: rate watch (sans-IO), paced socket, transfer gate, the pool's blocking cap."""
 
 import os
 import socket

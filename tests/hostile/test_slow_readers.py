@@ -6,7 +6,6 @@ A download to a client that never reads must end at the file service's
 daemon's memory stays bounded.
 """
 
-import socket
 import threading
 import time
 
@@ -17,7 +16,7 @@ from msgsrv.client.chat import ChatClient
 from msgsrv.stream import FrameStream
 from tests.conftest import wait_for
 from tests.hostile import campaign
-from tests.hostile.attackers import open_tcp
+from tests.hostile.attackers import open_tcp, tiny_receiver
 from tests.hostile.procwatch import PeakRSS, settle
 from tests.hostile.targets import KEY_NAME, SECRET
 
@@ -29,17 +28,8 @@ FILE_SIZE = 64 << 20
 RSS_BOUND_KIB = 32 * 1024
 
 
-def _tiny_receiver(address):
-    """A connection whose receive buffer is as small as the kernel allows."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(address)
-    return sock
-
-
 def _stalled_download(address):
-    sock = _tiny_receiver(address)
+    sock = tiny_receiver(address)
     stream = FrameStream(sock)
     stream.send(auth.answer_hello(stream.recv().header, KEY_NAME, SECRET))
     assert stream.recv().type == "authenticated"
@@ -122,7 +112,7 @@ def test_a_chat_subscriber_that_never_reads_is_cut_at_max_queue(hostile_daemon):
     daemon = hostile_daemon(["chat"], overrides={"chat": {"max_queue": str(MAX_QUEUE),
                                                           "history": "0"}})
     address = daemon.address("chat")
-    silent = _tiny_receiver(address)
+    silent = tiny_receiver(address)
     silent.sendall(b"/nick silent\n")
     listener, talker = Drain(address, "listener"), Drain(address, "talker")
     wait_for(lambda: {"silent", "listener", "talker"} <= set(_who(address)),
