@@ -5,6 +5,8 @@ authentication penalty, rate limit, connection limits, plus any checks added to
 ``admission_checks``) and hands them to a :class:`~msgsrv.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
+Its ``transfers`` (a :class:`~msgsrv.transfer_limits.TransferGate`) admits
+the blocking transfers of its handlers.
 :class:`UDPService` serves datagrams inline, never a thread per datagram.
 Both can be reconfigured in place on reload (:meth:`reconfigure`).
 """
@@ -23,6 +25,7 @@ from .errors import ConfigError
 from .handlers.base import Handler
 from .pool import WorkerPool, format_peer
 from .tls import ServerTLS
+from .transfer_limits import TransferGate
 
 log = logging.getLogger("msgsrv.server")
 access_log = logging.getLogger("msgsrv.access")
@@ -59,6 +62,11 @@ class Counters:
 #: wire code told to framed clients (None: close without a word), the log
 #: text and level.
 Refusal = collections.namedtuple("Refusal", "counter code reason level")
+
+
+def _transfer_limits(config):
+    return (config["max_transfers"], config["max_transfers_per_ip"],
+            config["transfer_buffer_budget"])
 
 
 def _family(host):
@@ -172,6 +180,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self._per_ip = collections.Counter()
         self.rate = self.tls = self.pool = None
         self.penalties = PenaltyBox()  # outlives reloads; the rules come with each reload
+        self.transfers = TransferGate(*_transfer_limits(config))
         self._apply_policy(self._load_policy(config, self.global_options))
         self._prepare()
         if self.pooled:
@@ -203,6 +212,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self.access, self.rate, self.tls, self.penalty_rules = policy
 
     def _tune(self, config):
+        self.transfers.tune(*_transfer_limits(config))
         if self.pool is not None:
             self.pool.max_threads = max(config["max_threads"], self.pool.workers)
             self.pool.max_pending_output = config["max_pending_output"]

@@ -230,6 +230,17 @@ SERVICE_SETTINGS = (
             "TCP: most threads one service uses, including blocked handlers."),
     Setting("max_pending_output", size(1024, 1 << 30), "1M",
             "TCP: bytes queued for a slow reader before reading from it pauses."),
+    Setting("max_transfers", integer(1, 100000), "32",
+            "TCP: blocking transfers (file get, put and stat with sha256, command runs) "
+            "at once; more are refused with busy. At most max_threads - workers block "
+            "whatever this says, so workers threads always serve everyone else."),
+    Setting("max_transfers_per_ip", integer(1, 100000), "4",
+            "TCP: blocking transfers at once from one client address; more are refused "
+            "with busy."),
+    Setting("transfer_buffer_budget", size(1 << 20, 1 << 40), "32M",
+            "TCP: most bytes of transfer buffers all transfers of the service hold "
+            "together (a file upload takes 1.25M, a download or hash 256K, a command "
+            "run 384K); a transfer that does not fit is refused with busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
     Setting("allow", networks, "",

@@ -3,7 +3,8 @@
 Requests (docs/PROTOCOL.rst, "Command service"): ``list`` answers with the
 commands the key may run; ``run`` checks the request against the
 :class:`~msgsrv.commands.CommandTable` (sans-IO), takes one of
-``max_concurrent`` slots, then blocks the connection while
+``max_concurrent`` slots and a slot of the service's TransferGate, then blocks
+the connection while
 :class:`~msgsrv.runner.ProcessRun` streams the child's output as frames.
 Every run is audited in one log line on ``msgsrv.command``; every refusal
 in one warning line.
@@ -15,7 +16,7 @@ import threading
 import time
 
 from .. import commands, privileges, runner
-from ..errors import ConfigError, ProtocolError
+from ..errors import ConfigError, ProtocolError, ServiceBusy
 from ..pool import format_peer
 from ..protocol import encode
 from .authed import AuthenticatedHandler
@@ -26,7 +27,8 @@ _MAX_FRAME = {"max_header": 1 << 30, "max_body": 1 << 40}
 
 #: wire code -> meaning, for every error frame this service sends besides the frame codes.
 CODES = dict(commands.CODES, **{
-    "busy": "max_concurrent commands are running already",
+    "busy": "max_concurrent commands are running already, or a transfer limit is reached "
+            "(max_transfers, max_transfers_per_ip, transfer_buffer_budget)",
     "exec-failed": "the program could not be started",
 })
 
@@ -106,16 +108,23 @@ class CommandHandler(AuthenticatedHandler):
         finally:
             # Given back before the exit frame goes out: a client that runs
             # again as soon as it sees exit must not find its own slot taken.
+            self.server.transfers.release(self.conn.address[0], runner.OUTPUT_BUFFERS)
             self.server.run_slots.release()
         self._finish(plan, run, outcome)
 
     def _admit(self, message):
-        """The checked Plan, with a run slot taken; ProtocolError (logged) otherwise."""
+        """The checked Plan, with a run slot and a transfer slot taken; ProtocolError
+        (logged) otherwise."""
         try:
             plan = self.server.commands.plan(message.header, self.identity, len(message.body))
             if not self.server.run_slots.acquire(blocking=False):
                 raise ProtocolError("busy", "%d commands are running already (max_concurrent)"
                                     % self.options["max_concurrent"])
+            try:
+                self.server.transfers.acquire(self.conn.address[0], runner.OUTPUT_BUFFERS)
+            except ServiceBusy:
+                self.server.run_slots.release()
+                raise
         except ProtocolError as exc:
             self._refused(message.header.get("command", commands.ANY), exc)
             raise
@@ -130,7 +139,9 @@ class CommandHandler(AuthenticatedHandler):
             run = runner.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],
                                     encode=output_frame, on_input=self._input_during_run,
                                     greeting=greeting, stdin=stdin,
-                                    cancelled=lambda: self.conn.aborted)
+                                    cancelled=lambda: self.conn.aborted,
+                                    min_rate=self.options["min_transfer_rate"],
+                                    rate_window=self.options["transfer_rate_window"])
             return run, run.pump()
 
     def _spawn(self, plan, stdin):
