@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from msgsrv.client import FileClient, RequestTimeout
+from msgsrv.client import ChatClient, ConnectionFailed, FileClient, RequestTimeout
 from msgsrv.client.framed import DEFAULT_HELLO_TIMEOUT, FramedClient
 from msgsrv.errors import ProtocolError
 from msgsrv.sandbox import is_temp_name
@@ -123,6 +123,13 @@ def test_the_chat_command_on_a_framed_port_says_so_at_once(files):
                           "'\\x00\\x00\\x00" % address(server))
     status, _, err, _ = cli("chat", address(server), "--nick", "no spaces")
     assert (status, err.startswith("msgsrv.client: --nick: nick 'no spaces' must be")) == (2, True)
+
+
+def test_a_chat_refusal_is_not_taken_for_a_foreign_server(start_service):
+    chat = start_service("chat", max_connections=1)
+    with ChatClient("127.0.0.1", chat.port, "first", timeout=5):
+        with pytest.raises(ConnectionFailed, match="closed by server"):  # no "! busy" line
+            ChatClient("127.0.0.1", chat.port, "second", timeout=5)
 
 
 class _Greeter:

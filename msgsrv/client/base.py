@@ -66,6 +66,13 @@ def _handshake(context, sock, host, port):
                                % (host, port, getattr(exc, "reason", None) or exc)) from None
 
 
+def hello_wait(hello_timeout, timeout):
+    """Seconds to wait for a server's greeting: ``hello_timeout``, at most ``timeout``
+    (either may be None: no limit of its own)."""
+    limits = [t for t in (hello_timeout, timeout) if t is not None]
+    return min(limits) if limits else None
+
+
 def foreign_greeting(where, protocol, seen):
     """The ProtocolError ``not-msgsrv`` for a peer at ``where`` whose first bytes
     ``seen`` are not a greeting of ``protocol`` (a phrase: "the msgsrv frame protocol")."""

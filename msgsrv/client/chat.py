@@ -27,7 +27,7 @@ from ..chatproto import (Action, ChatError, Error, LineReader, LineTooLong, Mess
 from ..errors import ConnectionFailed, ProtocolError, RequestTimeout, ServerError
 from ..stream import translate_errors
 from .base import (DEFAULT_HELLO_TIMEOUT, DEFAULT_TIMEOUT, Client, connect_tcp, foreign_greeting,
-                   silent_peer)
+                   hello_wait, silent_peer)
 
 MAX_SERVER_LINE = 1 << 20  # a /who of a big room is one long line
 _RECV_SIZE = 64 * 1024
@@ -85,7 +85,7 @@ class ChatClient(Client):
         self.sock = connect_tcp(host, port, timeout)
         self._last_sent = time.monotonic()
         try:
-            self._start(min(hello_timeout, timeout or hello_timeout) if hello_timeout else timeout)
+            self._start(hello_wait(hello_timeout, timeout))
         except BaseException:
             self.close()
             raise

@@ -157,7 +157,9 @@ class FileClient(FramedClient):
         with _target(local, resume, overwrite) as target:
             offset = self._resume_offset(remote, target, on_resume)
             self.send({"type": "get", "path": remote, "offset": offset})
-            size = self._data_size(self.recv(), offset, max_size)
+            header = self._data_header(self.recv(), offset, max_size)
+            size = header["size"]
+            target.record(_version(remote, size, header.get("mtime")))
             report = _reporter(progress, offset, size)
             with self._in_transfer():
                 with transfer.Hasher(target.prefix(offset)) as hasher:
@@ -174,12 +176,16 @@ class FileClient(FramedClient):
         return Transfer(remote, size, digest, offset)
 
     def _resume_offset(self, remote, target, on_resume):
-        discarded = target.match(remote, self.stat(remote)) if target.resume else 0
+        """Check a kept part against the remote file (one stat) before resuming from it."""
+        discarded = 0
+        if target.offset:
+            info = self.stat(remote)
+            discarded = target.match(_version(remote, info.size, info.mtime))
         if on_resume is not None:
             on_resume(target.offset, discarded)
         return target.offset
 
-    def _data_size(self, reply, offset, max_size):
+    def _data_header(self, reply, offset, max_size):
         with self._in_transfer():  # the bytes are already on their way: refusing spends the link
             header = _expect(reply, "data").header
             size = header.get("size")
@@ -189,7 +195,7 @@ class FileClient(FramedClient):
             if max_size is not None and size > max_size:
                 raise ProtocolError("too-large", "the file has %d bytes, more than max_size=%d"
                                     % (size, max_size))
-        return size
+        return header
 
     @contextlib.contextmanager
     def _in_transfer(self):
@@ -378,7 +384,6 @@ class _StreamTarget:
 
     offset = 0
     fd = None
-    resume = False
 
     def __init__(self, file):
         self.write = file.write
@@ -386,6 +391,9 @@ class _StreamTarget:
 
     def prefix(self, _offset):
         return None
+
+    def record(self, _version):
+        pass
 
     def discard(self):
         pass
@@ -400,6 +408,12 @@ class _StreamTarget:
 
     def __exit__(self, *exc_info):
         return False
+
+
+def _version(remote, size, mtime):
+    """What identifies the remote file a kept download part is of."""
+    number = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
+    return {"path": remote, "size": size, "mtime": float(mtime) if number else None}
 
 
 def part_path(dest, resume):
@@ -451,19 +465,23 @@ class _PathTarget:
         self.done = False
         self.offset = self.file.seek(0, os.SEEK_END) if resume else 0
 
-    def match(self, remote, info):
-        """Keep the part only if it is of this version of ``remote`` (a FileInfo); record
-        that version beside it; return how many kept bytes were discarded."""
-        version = {"path": remote, "size": info.size, "mtime": info.mtime}
-        discarded = 0
-        if self.offset and (self.offset > info.size or self._recorded() != version):
+    def match(self, version):
+        """Keep the part only if it is of ``version`` (see :func:`_version`) of the remote
+        file; return how many kept bytes were discarded."""
+        if self.offset and (self.offset > version["size"] or self._recorded() != version):
             discarded = self.offset
             self.restart()
+            return discarded
+        return 0
+
+    def record(self, version):
+        """Note beside a resumable part which version of the remote file it is of."""
+        if not self.resume:
+            return
         fd = os.open(self.source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as record:
             json.dump(version, record)
-        return discarded
 
     def _recorded(self):
         try:

@@ -9,7 +9,7 @@ from ..errors import ConfigError, ConnectionFailed, ProtocolError, RequestTimeou
 from ..protocol import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA
 from ..stream import RECV_SIZE, FrameStream, check_error, translate_errors
 from .base import (DEFAULT_HELLO_TIMEOUT, DEFAULT_TIMEOUT, Client, connect_tcp, foreign_greeting,
-                   silent_peer)
+                   hello_wait, silent_peer)
 
 ENV_KEY, ENV_SECRET, ENV_KEYS_FILE = "MSGSRV_KEY", "MSGSRV_SECRET", "MSGSRV_KEYS_FILE"
 _PROTOCOL = "the msgsrv frame protocol"
@@ -82,8 +82,8 @@ def open_framed(host, port, timeout=DEFAULT_TIMEOUT, *, hello_timeout=DEFAULT_HE
     sock = connect_tcp(host, port, timeout, **tls)
     try:
         stream = FrameStream(sock, max_header=max_header, max_body=max_body)
-        wait = timeout if hello_timeout is None else min(hello_timeout, timeout or hello_timeout)
-        hello = check_error(_HelloReader(sock, stream.decoder, "%s:%d" % (host, port)).read(wait))
+        reader = _HelloReader(sock, stream.decoder, "%s:%d" % (host, port))
+        hello = check_error(reader.read(hello_wait(hello_timeout, timeout)))
         if hello.type != "hello":
             raise ProtocolError("bad-hello", "expected a hello frame, got %r" % hello.type)
         sock.settimeout(timeout)
