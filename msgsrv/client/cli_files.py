@@ -116,7 +116,7 @@ class _Terminal:
             yield
         except (KeyboardInterrupt, ConnectionFailed, RequestTimeout):
             self.bar.finish()
-            if not self.args.no_resume:
+            if not self.args.no_resume and (self.upload or self.kept_in):
                 self._say(self._kept_note())
             raise
         self.bar.finish()
