@@ -393,7 +393,7 @@ def test_quota_counts_existing_files_at_start(serve, root):
 def test_disk_full_is_refused_before_data(server, monkeypatch):
     class Tiny:
         f_bavail, f_frsize = 10, 1
-    monkeypatch.setattr(files_handler.os, "statvfs", lambda path: Tiny)
+    monkeypatch.setattr(files_handler.os, "fstatvfs", lambda fd: Tiny)
     assert refused_before_data(server, {"type": "put", "path": "x", "size": 11}) == "disk-full"
 
 
