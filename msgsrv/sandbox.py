@@ -383,6 +383,9 @@ def _component_refusal(fd, name, prefix, client_path):
         st = None
     if st is not None and stat.S_ISLNK(st.st_mode):
         return _symlink_refused(client_path, prefix)
+    if st is not None and stat.S_ISDIR(st.st_mode):  # swapped back since the open failed
+        return PathRefused("path %s: %s changed while the path was walked"
+                           % (_shown(client_path), _shown(prefix)))
     return PathRefused("path %s: %s is not a directory" % (_shown(client_path), _shown(prefix)))
 
 

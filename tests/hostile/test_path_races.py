@@ -30,7 +30,7 @@ from tests.hostile.targets import KEY_NAME, SECRET, write_keys_file
 
 pytestmark = pytest.mark.timeout(campaign.timeout(120))
 
-OPERATIONS = campaign.pick(2400, 100_000)   # client operations per test, all clients together
+OPERATIONS = campaign.pick(3000, 100_000)   # client operations per test, all clients together
 BUDGET = campaign.pick(15.0, 4 * 3600.0)    # seconds the clients may take at most
 CLIENTS = 4
 NAMES = ["f%d" % n for n in range(4)]
@@ -196,14 +196,17 @@ def _swap_locally(root, outside, stop, counts):
     root_fd = os.open(str(root), _DIR)
     top_fd = os.open("top", _DIR, dir_fd=root_fd)
     target = str(outside)
+    rng = random.Random(2)
     try:
         while not stop.is_set():
             for fd, name in ((root_fd, "top"), (top_fd, "deep")):
                 try:
                     os.rename(name, name + ".real", src_dir_fd=fd, dst_dir_fd=fd)
                     os.symlink(target, name, dir_fd=fd)
+                    time.sleep(rng.uniform(0, 0.001))  # each state lasts as long as a request
                     os.unlink(name, dir_fd=fd)
                     os.rename(name + ".real", name, src_dir_fd=fd, dst_dir_fd=fd)
+                    time.sleep(rng.uniform(0, 0.001))
                     counts["local"] += 1
                 except OSError:
                     pass
