@@ -65,6 +65,7 @@ import hashlib
 import os
 import secrets
 import stat
+import threading
 import time
 import unicodedata
 import weakref
@@ -108,7 +109,8 @@ class Sandbox:
     descriptor that lives as long as the object (``close()``, a ``with``
     block, or garbage collection closes it); it must be an existing
     directory (``ConfigError`` otherwise).  ``root`` (a ``Path``) is kept for
-    log messages only: nothing is opened by it again.
+    log messages only: nothing is opened by it again.  Thread-safe; after
+    ``close()``, ``locate`` and ``walk`` raise ``ProtocolError("busy")``.
     """
 
     def __init__(self, root):
@@ -118,6 +120,7 @@ class Sandbox:
         except (FileNotFoundError, NotADirectoryError):
             raise ConfigError("sandbox root %r is not a directory" % os.fspath(root)) from None
         self._close = weakref.finalize(self, os.close, self._fd)
+        self._lock = threading.Lock()
         self.root = Path(real)
 
     def fileno(self):
@@ -126,7 +129,14 @@ class Sandbox:
 
     def close(self):
         """Close the root's descriptor (safe to repeat)."""
-        self._close()
+        with self._lock:  # never while a walk duplicates it: its number could be reused
+            self._close()
+
+    def _dup_root(self):
+        with self._lock:
+            if not self._close.alive:
+                raise ProtocolError("busy", "the service is stopping")
+            return os.dup(self._fd)
 
     def __enter__(self):
         return self
@@ -155,7 +165,7 @@ class Sandbox:
         parts = _split(client_path)
         if not parts and not allow_root:
             _refuse_root(client_path)
-        fd = os.dup(self._fd)
+        fd = self._dup_root()
         try:
             for done in range(1, len(parts)):
                 fd = _descend(fd, parts, done, client_path, parents_mode)
@@ -173,9 +183,10 @@ class Sandbox:
         again.  ``dir_fd`` is valid until the next item is asked for.
         Entries that vanish or cannot be read meanwhile are skipped.
         """
-        top = os.dup(self._fd)
-        stack = [[top, None, {_identity(os.fstat(top))}]]
+        top = self._dup_root()
+        stack = [[top, None, set()]]
         try:
+            stack[0][2].add(_identity(os.fstat(top)))
             while stack:
                 fd, pending, branch = stack[-1]
                 if pending is None:
@@ -575,7 +586,7 @@ class AtomicWriter:
         return written
 
     def commit(self):
-        """Flush, fchmod and fsync the temp file, rename it onto the destination, fsync the directory.
+        """fchmod and fsync the temp file, rename it onto the destination, fsync the directory.
 
         Only after this returns is the new file durable under its name.
         Raises ``OSError`` (e.g. ``IsADirectoryError``) with the destination
@@ -620,7 +631,7 @@ class AtomicWriter:
 
 
 def _dup_for(dest):
-    """A duplicate of ``dest.dir_fd`` for a writer; ``ValueError`` if ``dest`` is a directory itself."""
+    """A duplicate of ``dest.dir_fd`` for a writer; ``ValueError`` if ``dest`` names no file."""
     if dest.name == ".":
         raise ValueError("a writer needs a file name, not the directory %s" % _shown(dest.path))
     return os.dup(dest.dir_fd)

@@ -19,7 +19,7 @@ from msgsrv.fileproto import LIST_PAGE
 from msgsrv.handlers import files as files_handler
 from msgsrv.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
 from msgsrv.stream import FrameStream
-from tests.conftest import connect, recv_until_closed, wait_for
+from tests.conftest import connect, recv_until_closed, service_config, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -272,6 +272,27 @@ def test_mode_settings_are_checked(serve):
     for bad in ("0999", "rw-r-----", "4755", "0o640", ""):
         with pytest.raises(ConfigError, match="octal mode"):
             serve(file_mode=bad)
+
+
+def test_a_reload_to_another_root_reopens_it_and_closes_the_old_one(serve, root, keys_file,
+                                                                     tmp_path):
+    server = serve()
+    old = server.sandbox
+    old_fd, held = old.fileno(), os.fstat(old.fileno())
+    other = tmp_path / "other"
+    undo = server.reconfigure(service_config("file", keys_file=keys_file, auth_timeout=5,
+                                             root=str(other)))
+    del undo
+    assert server.sandbox is not old and server.sandbox.root == other
+    del old  # the last reference: the old root's descriptor closes with it
+    try:
+        still = os.fstat(old_fd)
+    except OSError:
+        still = None
+    assert still is None or not os.path.samestat(still, held)  # closed (or the number reused)
+    with client(server) as c:
+        c.put(io.BytesIO(b"x"), "f")
+    assert (other / "f").read_bytes() == b"x" and not (root / "f").exists()
 
 
 # -- atomicity and resume -----------------------------------------------------------

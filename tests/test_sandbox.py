@@ -278,6 +278,16 @@ def test_descriptors_are_closed(tree):
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+def test_a_closed_sandbox_refuses_to_walk(tree):
+    box = Sandbox(tree)
+    box.close()
+    box.close()
+    for attempt in (lambda: box.locate("a"), lambda: list(box.walk())):
+        with pytest.raises(ProtocolError) as info:
+            attempt()
+        assert info.value.code == "busy"
+
+
 def test_walk_lists_everything_but_directories_without_following_symlinks(box, tree):
     (tree / "a" / "c").mkdir()
     (tree / "a" / "c" / "d.txt").write_bytes(b"")

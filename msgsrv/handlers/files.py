@@ -10,8 +10,8 @@ and hands back a :class:`~msgsrv.sandbox.Location`; every operation acts on
 it with ``dir_fd=`` and never by a path string, so nothing outside the root
 is touched even while the tree changes.  Uploads go through an
 ``AtomicWriter``, so the destination holds the old file or the whole
-verified new one, never a mix.  Transfers block inside ``self.stream()``.  The wire format is in
-docs/PROTOCOL.rst ("File service").
+verified new one, never a mix.  Transfers block inside ``self.stream()``.
+The wire format is in docs/PROTOCOL.rst ("File service").
 """
 
 import contextlib
@@ -142,6 +142,11 @@ class FileHandler(AuthenticatedHandler):
         server.commit_lock = threading.Lock()
         server.last_cleanup = time.monotonic()
         _warn_unknown_keys(server)
+
+    @classmethod
+    def release_service(cls, server):
+        """Close the root's descriptor (a request still running is refused ``busy``)."""
+        server.sandbox.close()
 
     def anonymous_allowed(self):
         return self.options["anonymous"] == "read"

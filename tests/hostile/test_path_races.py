@@ -26,6 +26,7 @@ from msgsrv.client.files import FileClient
 from msgsrv.errors import ServerError
 from msgsrv.sandbox import TEMP_PREFIX, is_temp_name
 from tests.hostile import campaign
+from tests.hostile.procwatch import SelfProbe, settle
 from tests.hostile.targets import KEY_NAME, SECRET, write_keys_file
 
 pytestmark = pytest.mark.timeout(campaign.timeout(120))
@@ -279,7 +280,10 @@ def swapped(tmp_path, start_service):
     server = start_service("file", keys_file=keys, root=str(root), auth_timeout=5,
                            temp_max_age=60)
     before = _snapshot(tmp_path, skip={"files"})
-    return server, root, outside, before
+    baseline = SelfProbe().snapshot()
+    yield server, root, outside, before
+    # Every directory descriptor a walk opened was closed again.
+    settle(SelfProbe(), baseline, extra=lambda: server.pool.connections() and "connections open")
 
 
 def _stopping(*targets):
@@ -320,6 +324,7 @@ def test_a_local_process_swapping_components_never_leads_outside(swapped, tmp_pa
         stop.set()
         swapper.join(30)
     assert swapper.exitcode == 0
+    swapper.close()
     counts = {"local-process": total.value}
     assert total.value > 10, counts
     _check(workers, tmp_path, root, before, "path-races-local-process", seconds, counts)
