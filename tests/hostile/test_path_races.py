@@ -13,10 +13,11 @@ and no temp file may be left anywhere.
 
 import hashlib
 import io
-import multiprocessing
 import os
 import random
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,6 +26,7 @@ import pytest
 from msgsrv.client.files import FileClient
 from msgsrv.errors import ServerError
 from msgsrv.sandbox import TEMP_PREFIX, is_temp_name
+from tests.conftest import ROOT
 from tests.hostile import campaign
 from tests.hostile.procwatch import SelfProbe, settle
 from tests.hostile.targets import KEY_NAME, SECRET, write_keys_file
@@ -223,11 +225,15 @@ class _Counts(dict):
         super().__init__(remote=0, local=0)
 
 
-def _local_process(root, outside, stop, total):
-    """The local swapper in a process of its own (multiprocessing, spawn)."""
-    counts = _Counts()
-    _swap_locally(root, outside, stop, counts)
-    total.value = counts["local"]
+#: The local swapper in a process of its own: swaps until its standard input closes.
+SWAPPER = """
+import sys, threading
+from tests.hostile.test_path_races import _Counts, _swap_locally
+stop, counts = threading.Event(), _Counts()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+_swap_locally(sys.argv[1], sys.argv[2], stop, counts)
+print(counts["local"])
+"""
 
 
 def _forced_cleanups(server, stop):
@@ -283,7 +289,8 @@ def swapped(tmp_path, start_service):
     baseline = SelfProbe().snapshot()
     yield server, root, outside, before
     # Every directory descriptor a walk opened was closed again.
-    settle(SelfProbe(), baseline, extra=lambda: server.pool.connections() and "connections open")
+    settle(SelfProbe(), baseline,
+           extra=lambda: "connections still open" if server.pool.connections() else None)
 
 
 def _stopping(*targets):
@@ -313,18 +320,18 @@ def test_remote_and_local_swaps_never_lead_outside_the_root(swapped, tmp_path):
 
 def test_a_local_process_swapping_components_never_leads_outside(swapped, tmp_path):
     server, root, outside, before = swapped
-    context = multiprocessing.get_context("spawn")
-    stop, total = context.Event(), context.Value("q", 0)
-    swapper = context.Process(target=_local_process, args=(str(root), str(outside), stop, total),
-                              daemon=True)
-    swapper.start()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(root), str(outside)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     try:
         workers, seconds = _run_clients(server, outside)
     finally:
-        stop.set()
-        swapper.join(30)
-    assert swapper.exitcode == 0
-    swapper.close()
-    counts = {"local-process": total.value}
-    assert total.value > 10, counts
+        try:
+            out, _ = swapper.communicate(timeout=30)  # closing its input stops it
+        except subprocess.TimeoutExpired:
+            swapper.kill()
+            out, _ = swapper.communicate()
+    assert swapper.returncode == 0
+    counts = {"local-process": int(out)}
+    assert counts["local-process"] > 10, counts
     _check(workers, tmp_path, root, before, "path-races-local-process", seconds, counts)
