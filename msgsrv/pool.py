@@ -43,6 +43,9 @@ _DIRECT_SECONDS = 0.2
 _DIRECT_QUIET = struct.pack("ll", 0, 50000)
 _DIRECT_SEND = struct.pack("ll", 1, 0)
 _NO_TIMEOUT = struct.pack("ll", 0, 0)
+# Seconds stop() waits for aborted connections' handlers to return (a
+# command run's process group is killed within this: msgsrv.runner).
+_ABORT_WAIT = 2.0
 
 
 class Connection:
@@ -72,6 +75,7 @@ class Connection:
         self._reading = True
         self._blocking = False
         self._closing = False
+        self._draining = None  # close_when_idle's reason while a handler call runs
         self._aborting = False
         self._closed = False
 
@@ -79,8 +83,13 @@ class Connection:
 
     @property
     def closing(self):
-        """True once close() or abort() was called."""
-        return self._closing
+        """True once close(), abort() or close_when_idle() was called: start no new request."""
+        return self._closing or self._draining is not None
+
+    @property
+    def aborted(self):
+        """True once abort() was called (queued output dropped, the socket shut down)."""
+        return self._aborting
 
     @property
     def pending_output(self):
@@ -93,7 +102,7 @@ class Connection:
         Sends at once when the socket has room; the rest waits in this
         connection's queue.  With ``limit``, a queue that would grow past
         ``limit`` bytes aborts the connection ("send queue exceeded").
-        Returns False when the connection is closing or was aborted.
+        Returns False once close() or abort() was called.
         """
         with self._lock:
             if self._closing:
@@ -124,19 +133,26 @@ class Connection:
     def close(self, reason="closed"):
         """Close after the queued output is sent (graceful)."""
         with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            self.reason = self.reason or reason
+            self._close_locked(reason)
+
+    def close_when_idle(self, reason="closed"):
+        """Close once the request in progress is answered (the server's graceful stop).
+
+        An idle connection closes at once, as with close().  While a handler
+        call runs (serving a request, or blocked in a transfer or a command),
+        it may still send its reply; then no further data is read or served
+        (``closing`` is true meanwhile) and the connection closes once the
+        call has returned and the queued output is sent.  Returns True if
+        the connection waits for such a call.
+        """
+        with self._lock:
+            if self._closing or self._draining is not None:
+                return False
             if self._busy:
-                return
-            if self._out:
-                self._update_mask_locked()
-                return
-            self._closed = True
-            # connection_lost runs in a worker, never in the caller's thread
-            # (which may hold locks of its own, e.g. a chat room's).
-            self.pool._defer_close(self)
+                self._draining = reason
+                return True
+            self._close_locked(reason)
+            return False
 
     def abort(self, reason="aborted"):
         """Close now, dropping queued output; unblocks a handler blocked on the socket."""
@@ -189,6 +205,21 @@ class Connection:
             self.pool._leave_blocking()
 
     # -- internals (called with the lock held where named *_locked) --------
+
+    def _close_locked(self, reason):
+        if self._closing:
+            return
+        self._closing = True
+        self.reason = self.reason or reason
+        if self._busy:
+            return
+        if self._out:
+            self._update_mask_locked()
+            return
+        self._closed = True
+        # connection_lost runs in a worker, never in the caller's thread
+        # (which may hold locks of its own, e.g. a chat room's).
+        self.pool._defer_close(self)
 
     def _send_now(self, data):
         """Send what the socket takes now; return the rest, or None if it failed."""
@@ -244,7 +275,7 @@ class Connection:
             self.handler.connection_made()
         if mask & (_OUT | _ERR) and self._out:
             self._flush()
-        if mask & (_IN | _ERR) and self._reading and not self._closing:
+        if mask & (_IN | _ERR) and self._reading and not self.closing:
             self._read()
 
     def _release(self):
@@ -252,6 +283,10 @@ class Connection:
             self._busy = False
             if self._closed:
                 return
+            if self._draining is not None:
+                # The request that was running is answered: finish as close() would.
+                self._closing = True
+                self.reason = self.reason or self._draining
             if self._aborting or (self._closing and not self._out):
                 self._closed = True
             else:
@@ -301,7 +336,7 @@ class Connection:
 
     def _can_serve_directly(self):
         return (self.handler.sticky and self._started and self._reading and not self._out
-                and not self._closing and type(self.sock) is socket.socket)
+                and not self.closing and type(self.sock) is socket.socket)
 
     def _serve_directly(self):
         """Serve this connection with blocking reads until it goes quiet.
@@ -315,7 +350,7 @@ class Connection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _DIRECT_SEND)
         end = time.monotonic() + _DIRECT_SECONDS
         try:
-            while self._read() and not self._out and not self._closing:
+            while self._read() and not self._out and not self.closing:
                 if time.monotonic() > end:
                     break
         finally:
@@ -408,21 +443,30 @@ class WorkerPool:
         """Close every connection gracefully, aborting what is left after ``timeout``.
 
         ``notify(conn)`` runs first for each connection (e.g. a goodbye line).
+        Idle connections close at once; a request in progress may finish and
+        send its reply within ``timeout`` (:meth:`Connection.close_when_idle`).
         Returns how many connections had to be aborted.
         """
         if self._stopping:
             return 0
-        deadline = time.monotonic() + timeout
-        for conn in self.connections():
+        started = time.monotonic()
+        deadline = started + timeout
+        conns = self.connections()
+        busy = 0
+        for conn in conns:
             if notify is not None:
                 notify(conn)
-            conn.close("server shutdown")
+            busy += conn.close_when_idle("server shutdown")
+        log.info("%s: stopping: %d connections, %d finishing a request (up to %gs)",
+                 self.name, len(conns), busy, timeout)
         aborted = self._wait_closed(deadline)
         if aborted:
             for conn in self.connections():
                 conn.abort("shutdown timeout")
-            self._wait_closed(time.monotonic() + 2.0)
-        self._stop_threads(deadline + 2.0)
+            self._wait_closed(time.monotonic() + _ABORT_WAIT)
+        log.info("%s: stopped in %.3fs, %d connections aborted", self.name,
+                 time.monotonic() - started, aborted)
+        self._stop_threads(deadline + _ABORT_WAIT)
         return aborted
 
     # -- worker threads -----------------------------------------------------

@@ -4,29 +4,50 @@ import collections
 import threading
 import time
 
+_NONE = frozenset()
+
 
 class Registry:
     """Running servers by service name, in start order.
 
     The daemon adds and removes servers (and sets ``server.registry`` to
-    itself); any thread may read a snapshot with :meth:`servers`.
+    itself); any thread may read a snapshot with :meth:`servers` and the
+    listening addresses with :meth:`addresses`.
     """
 
     def __init__(self):
         self.started = time.time()
         self._lock = threading.Lock()
         self._servers = collections.OrderedDict()
+        self._addresses = {}
 
     def add(self, server):
-        """Register a running server under its ``name`` (replacing one of that name)."""
+        """Register a running (bound) server under its ``name`` (replacing one of that name)."""
         server.registry = self
         with self._lock:
             self._servers[server.name] = server
+            self._index()
 
     def remove(self, name):
         """Unregister and return the server called ``name`` (None if unknown)."""
         with self._lock:
-            return self._servers.pop(name, None)
+            server = self._servers.pop(name, None)
+            self._index()
+            return server
+
+    def addresses(self, transport):
+        """The ``(host, port)`` pairs the registered servers of ``transport`` listen on.
+
+        A frozenset, the same object until the registry changes (cheap to
+        read per datagram, and to tell whether it changed).
+        """
+        return self._addresses.get(transport, _NONE)
+
+    def _index(self):
+        by_transport = collections.defaultdict(set)
+        for server in self._servers.values():
+            by_transport[server.config.transport].add(tuple(server.server_address[:2]))
+        self._addresses = {transport: frozenset(pairs) for transport, pairs in by_transport.items()}
 
     def get(self, name):
         """The server called ``name``, or None."""
@@ -43,6 +64,7 @@ class Registry:
         with self._lock:
             servers = list(self._servers.values())
             self._servers.clear()
+            self._index()
         return servers
 
     def __contains__(self, name):

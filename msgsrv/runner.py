@@ -13,9 +13,13 @@ notification (a pidfd where the kernel has them) and the peer socket:
   are not read (the child then blocks: back-pressure, no unbounded buffer);
 * at ``timeout``, when the peer disconnects, when the peer takes nothing
   for ``io_timeout`` seconds, and when the main process exits, the whole
-  process group gets SIGTERM, then SIGKILL ``kill_grace`` seconds later.
-  Before the main process is reaped the group gets SIGKILL in any case, so
-  nothing a run started outlives it (unless it left the process group).
+  process group gets SIGTERM, then SIGKILL ``kill_grace`` seconds later;
+* when the run is cancelled (the server aborted the connection, e.g. at
+  the end of its shutdown grace period) the same, with at most
+  :data:`CANCEL_KILL_GRACE` seconds between the two signals.
+
+Before the main process is reaped the group gets SIGKILL in any case, so
+nothing a run started outlives it (unless it left the process group).
 
 The leader is only reaped at the very end, so its process group id cannot be
 reused by an unrelated process while we may still signal it.
@@ -36,6 +40,8 @@ HIGH_WATER = 256 * 1024      # queued output above which the pipes are not read
 EXIT_POLL = 0.05             # seconds between exit checks when there is no pidfd
 HARD_STOP_MARGIN = 1.0       # seconds after timeout + kill_grace when the loop ends regardless
 REAP_TIMEOUT = 5.0           # seconds to wait for a SIGKILLed leader to be reaped
+CANCEL_KILL_GRACE = 0.5      # seconds from SIGTERM to SIGKILL once a run is cancelled
+CANCEL_POLL = 0.1            # seconds between checks for cancellation
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 STREAMS = ("stdout", "stderr")
 
@@ -60,7 +66,8 @@ class Outcome:
     ``exit_code`` is None when the main process was killed by a signal
     (``signal``, e.g. ``"SIGKILL"``).  ``produced`` counts every byte each
     stream wrote, ``truncated`` says which streams went over ``max_output``.
-    ``ended_by`` is ``"disconnected"`` or ``"stalled"`` when the peer was lost.
+    ``ended_by`` is ``"disconnected"`` or ``"stalled"`` when the peer was lost,
+    ``"cancelled"`` when ``cancelled()`` turned true.
     """
 
     exit_code: Optional[int]
@@ -85,12 +92,14 @@ class ProcessRun:
     ``encode(stream, data)`` frames output; ``on_input(data)`` receives bytes
     the peer sends meanwhile and returns False to stop reading from it;
     ``greeting`` is queued before any output; ``stdin`` is fed to the child's
-    stdin pipe (if it has one).  After :meth:`pump`, ``pending`` holds output
-    the peer has not taken yet and ``bytes_sent`` what it did take.
+    stdin pipe (if it has one); ``cancelled()`` returning true ends the run
+    (polled every :data:`CANCEL_POLL` seconds and whenever the peer is lost).
+    After :meth:`pump`, ``pending`` holds output the peer has not taken yet
+    and ``bytes_sent`` what it did take.
     """
 
     def __init__(self, proc, sock, limits, *, io_timeout, encode, on_input,
-                 greeting=b"", stdin=b""):
+                 greeting=b"", stdin=b"", cancelled=lambda: False):
         self.proc = proc
         self.sock = sock
         self.limits = limits
@@ -99,6 +108,8 @@ class ProcessRun:
         self.bytes_sent = 0
         self._encode = encode
         self._on_input = on_input
+        self._cancelled = cancelled
+        self._grace = limits.kill_grace
         self._stdin = memoryview(bytes(stdin))
         self._stdin_fd = proc.stdin.fileno() if proc.stdin is not None else None
         self._streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
@@ -138,6 +149,8 @@ class ProcessRun:
         return (self._exited and not self._streams) or time.monotonic() >= self._hard_stop
 
     def _step(self):
+        if self._peer and self._cancelled():
+            self._lose_peer("cancelled")
         now = time.monotonic()
         self._enforce(now)
         self._update_interest()
@@ -152,10 +165,12 @@ class ProcessRun:
         if not self._exited and not self._timed_out:
             times.append(self._deadline)
         if self._term_at is not None and not self._killed:
-            times.append(self._term_at + self.limits.kill_grace)
+            times.append(self._term_at + self._grace)
         if self.pending and self._peer:
             times.append(self._last_send + self.io_timeout)
         wait = min(times) - now
+        if self._peer:
+            wait = min(wait, CANCEL_POLL)
         if self._pidfd is None:
             wait = min(wait, EXIT_POLL)
         return max(wait, 0.0)
@@ -188,7 +203,7 @@ class ProcessRun:
             self._timed_out = True
             self._terminate(now)
         if self._term_at is not None and not self._killed \
-                and now >= self._term_at + self.limits.kill_grace:
+                and now >= self._term_at + self._grace:
             self._killed = True
             self._signal_group(signal.SIGKILL)
 
@@ -291,6 +306,9 @@ class ProcessRun:
             self._lose_peer("stalled")
 
     def _lose_peer(self, reason):
+        if self._cancelled():  # the server cut the connection: this peer loss is its doing
+            reason = "cancelled"
+            self._grace = min(self._grace, CANCEL_KILL_GRACE)
         self._peer = False
         self._ended_by = reason
         self.pending.clear()

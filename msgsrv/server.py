@@ -18,6 +18,7 @@ import threading
 import time
 
 from .access import AccessRules, RateLimiter
+from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .errors import ConfigError
 from .handlers.base import Handler
 from .pool import WorkerPool, format_peer
@@ -44,7 +45,9 @@ class Counters:
     def update(self, amounts):
         """Add several amounts at once (``{name: amount}``)."""
         with self._lock:
-            self._values.update(amounts)
+            values = self._values
+            for name, amount in amounts.items():  # Counter.update's type checks cost more
+                values[name] += amount
 
     def snapshot(self):
         """A plain dict copy of every counter."""
@@ -360,43 +363,123 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
                 pass
 
 
+class ReplySocket:
+    """The service socket as UDP handlers see it (``self.request[1]``).
+
+    ``sendto`` goes through :meth:`UDPService.send_reply`: limited per
+    destination address and counted; anything else is the socket's own.
+    """
+
+    def __init__(self, server):
+        self._server = server
+
+    def sendto(self, data, *flags_and_address):
+        """``sendto(data, address)`` or ``sendto(data, flags, address)``, as on a socket."""
+        return self._server.send_reply(data, flags_and_address)
+
+    def __getattr__(self, name):
+        return getattr(self._server.socket, name)
+
+
 class UDPService(_ServiceMixin, socketserver.UDPServer):
-    """A UDP service: handlers run inline; oversized datagrams are logged and dropped."""
+    """A UDP service: handlers run inline; datagrams that must not be answered
+    (refused address, privileged source port, the daemon's own listener, too
+    large) are dropped and replies are limited per address (msgsrv.datagram)."""
 
     allow_reuse_address = True
 
     def __init__(self, config, bind_and_activate=True, global_options=None):
         self._init_service(config, global_options)
-        self._load_policy(config, global_options)
+        self.replies = None
+        self.drops = DropLog()
+        self._listeners, self._listeners_of = None, ()  # () is never a registry's answer
+        self._apply_policy(self._load_policy(config, self.global_options))
         self._tune(config)
         super().__init__(config.address, config.handler_class, bind_and_activate)
+        self._reply_socket = ReplySocket(self)
 
     def _load_policy(self, config, global_options):
         for key in ("tls_cert", "tls_client_ca"):
             if config[key]:
                 raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
                                   "not supported)" % (config.name, key))
-        return super()._load_policy(config, global_options)
+        replies = None
+        if config["reply_rate"] is not None:
+            settings = (config["reply_rate"].count / config["reply_rate"].per,
+                        config["reply_burst"], config["reply_sources_max"])
+            replies = self.replies
+            if replies is None or replies.settings != settings:
+                replies = ReplyLimiter(*settings)
+        return super()._load_policy(config, global_options), replies
+
+    def _apply_policy(self, policy):
+        self.access, self.replies = policy
 
     def _tune(self, config):
         self.max_datagram = config["max_datagram"]
         self.max_packet_size = self.max_datagram + 1  # one more byte reveals truncation
+        self.min_source_port = config["udp_min_source_port"]
+
+    def get_request(self):
+        """Receive one datagram; handlers get the counting :class:`ReplySocket`."""
+        (data, _), client_address = super().get_request()
+        return (data, self._reply_socket), client_address
 
     def verify_request(self, request, client_address):
-        """Drop (and log) a datagram from a refused address or larger than ``max_datagram``."""
+        """Drop a datagram from a refused address (logged at DEBUG), or one that must
+        not be answered or is larger than ``max_datagram`` (counted, logged once per
+        period and reason)."""
         reason = self.access.refusal(client_address[0]) if self.access else None
         if reason is not None:
             self.counters.incr("refused_access")
             log.debug("%s: dropped datagram from %s: %s", self.name,
                       format_peer(client_address), reason)
             return False
-        if len(request[0]) > self.max_datagram:
-            self.counters.incr("refused_too_large")
-            log.warning("%s: dropped datagram from %s larger than max_datagram=%d",
-                        self.name, format_peer(client_address), self.max_datagram)
+        drop = source_refusal(client_address[0], client_address[1], self.min_source_port,
+                              self.own_listeners())
+        if drop is None and len(request[0]) > self.max_datagram:
+            drop = Drop("too_large", "larger than max_datagram=%d" % self.max_datagram)
+        if drop is not None:
+            self._drop(drop, "datagram from", client_address)
             return False
         self.counters.update({"datagrams": 1, "bytes_in": len(request[0])})
         return True
+
+    def own_listeners(self):
+        """The daemon's UDP listeners (this server's own address when it runs alone)."""
+        registered = self.registry.addresses("udp") if self.registry is not None else None
+        if registered is not self._listeners_of:  # the registry changed (or first datagram)
+            self._listeners_of = registered
+            self._listeners = Listeners((registered or frozenset())
+                                        | {tuple(self.server_address[:2])})
+        return self._listeners
+
+    def send_reply(self, data, flags_and_address):
+        """Send a handler's datagram unless its destination is over ``reply_rate``
+        (dropped as if lost: counted, logged once per period); count it."""
+        address = flags_and_address[-1]
+        replies = self.replies
+        if replies is not None and not replies.allow(address[0]):
+            self._drop(Drop("reply_rate", "over reply_rate=%s (reply_burst=%d) for %s"
+                            % (self.config["reply_rate"], replies.burst, address[0])),
+                       "reply to", address)
+            return len(data)
+        sent = self.socket.sendto(data, *flags_and_address)
+        self.counters.update({"replies": 1, "bytes_out": sent})
+        return sent
+
+    def _drop(self, drop, what, address):
+        self.counters.incr("refused_" + drop.counter)
+        if self.drops.first(drop.counter):
+            log.warning("%s: dropped %s %s: %s (further drops of refused_%s are logged "
+                        "once per %gs)", self.name, what, format_peer(address), drop.reason,
+                        drop.counter, self.drops.period)
+
+    def service_actions(self):
+        """Between datagrams: log the drops kept quiet in the period that ended."""
+        for counter, count, seconds in self.drops.due():
+            log.warning("%s: dropped %d more (refused_%s) in the last %.0fs", self.name,
+                        count, counter, seconds)
 
     def stop(self, timeout):
         """Stop serving (datagram handlers are inline: nothing else to wait for)."""

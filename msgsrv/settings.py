@@ -258,4 +258,16 @@ SERVICE_SETTINGS = (
             "signed by one of them (mutual TLS)."),
     Setting("tls_handshake_timeout", seconds(0.1, 600), "10",
             "TCP: seconds a client has to complete the TLS handshake."),
+    Setting("udp_min_source_port", integer(0, 65535), "1024",
+            "UDP: datagrams from a lower source port are not answered (system services "
+            "such as echo 7 and chargen 19 would answer back: an endless loop); "
+            "0: any port but 0."),
+    Setting("reply_rate", rate, "100/s",
+            "UDP: replies one client address gets, e.g. 100/s, once reply_burst is used up; "
+            "more are dropped, so a loop between two servers dies out; 0: no limit."),
+    Setting("reply_burst", integer(1, 1000000), "200",
+            "UDP: replies one client address may get at once before reply_rate applies."),
+    Setting("reply_sources_max", integer(1, 10000000), "10000",
+            "UDP: client addresses whose reply_rate is tracked; beyond it the least "
+            "recently answered is forgotten (bounded memory under spoofed sources)."),
 )

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from msgsrv import config as config_module
+from msgsrv.protocol import encode
 from msgsrv.server import make_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,3 +143,23 @@ def daemon_factory():
     yield start
     for daemon in daemons:
         daemon.stop()
+
+
+def stop_during_a_blocked_transfer(server, sock, stream):
+    """Stop ``server`` (tests.plugins:BlockingFramed) while its handler is blocked in a
+    transfer on ``sock``; check the request still gets its reply, a request pipelined
+    after it is not served, and the connection then closes.  Returns the stop's duration."""
+    stream.send({"type": "sleep", "bytes": 100000})
+    sock.sendall(b"x" * 50000)
+    wait_for(lambda: server.pool.thread_count > server.pool.workers, message="a blocked handler")
+    stopper = threading.Thread(target=server.stop, args=(5.0,))
+    started = time.monotonic()
+    stopper.start()
+    wait_for(lambda: all(conn.closing for conn in server.pool.connections()),
+             message="the stop to reach the connection")
+    sock.sendall(b"x" * 50000 + encode({"type": "ping"}))
+    assert stream.recv().type == "slept"
+    assert recv_until_closed(sock) == b""
+    stopper.join(5)
+    assert not stopper.is_alive()
+    return time.monotonic() - started

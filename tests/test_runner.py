@@ -54,10 +54,12 @@ class Peer:
         self.far.close()
 
 
-def pump(argv, peer, stdin=b"", io_timeout=5.0, on_input=lambda data: True, **limit_args):
+def pump(argv, peer, stdin=b"", io_timeout=5.0, on_input=lambda data: True,
+         cancelled=lambda: False, **limit_args):
     proc = runner.spawn(argv, workdir="/", env=ENV, stdin=bool(stdin))
     run = runner.ProcessRun(proc, peer.near, limits(**limit_args), io_timeout=io_timeout,
-                            encode=output_frame, on_input=on_input, stdin=stdin)
+                            encode=output_frame, on_input=on_input, stdin=stdin,
+                            cancelled=cancelled)
     return run, run.pump()
 
 
@@ -122,6 +124,20 @@ def test_peer_disconnect_kills_the_group():
     assert outcome.ended_by == "disconnected" and outcome.signal == "SIGTERM"
     assert outcome.duration < 5
     peer.near.close()
+
+
+def test_a_cancelled_run_is_killed_without_waiting_its_kill_grace():
+    # The peer is not even watched (on_input said stop) and the group ignores SIGTERM.
+    peer = Peer(read=False)
+    peer.far.sendall(b"x")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    run, outcome = pump(["sh", "-c", "trap '' TERM; sleep 30"], peer, kill_grace=30,
+                        on_input=lambda data: False, cancelled=cancel.is_set)
+    assert outcome.ended_by == "cancelled" and outcome.signal == "SIGKILL"
+    assert outcome.duration < 0.3 + runner.CANCEL_POLL + runner.CANCEL_KILL_GRACE + 1.0
+    peer.near.close()
+    peer.far.close()
 
 
 def test_bytes_from_the_peer_go_to_on_input_until_it_says_stop():

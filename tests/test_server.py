@@ -10,7 +10,7 @@ import pytest
 
 from msgsrv.protocol import FrameDecoder, encode
 from msgsrv.stream import FrameStream
-from tests.conftest import connect, recv_until_closed, wait_for
+from tests.conftest import connect, recv_until_closed, stop_during_a_blocked_transfer, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,19 +78,27 @@ def test_stop_is_prompt_with_idle_clients(start_service, no_thread_leak):
         sock.close()
 
 
-def test_stop_lets_a_running_transfer_finish(start_service):
+def test_stop_lets_a_running_transfer_finish_and_reply(start_service):
     server = start_service("tests.plugins:BlockingFramed")
     sock = connect(server)
-    stream = FrameStream(sock)
-    stream.send({"type": "sleep", "bytes": 100000})
-    stream.send_raw(b"x" * 50000)
-    wait_for(lambda: server.pool.thread_count > 4, message="a compensating worker")
-    stopper = threading.Thread(target=server.stop, args=(5.0,))
+    assert stop_during_a_blocked_transfer(server, sock, FrameStream(sock)) < 2.0
+    sock.close()
+
+
+def test_stop_in_thread_mode_serves_until_the_timeout_then_closes(start_service):
+    server = start_service("tests.plugins:ShoutHandler")
+    sock = connect(server)
+    sock.sendall(b"one\n")
+    assert sock.recv(100) == b"ONE\n"
+    stopper = threading.Thread(target=server.stop, args=(0.5,))
+    started = time.monotonic()
     stopper.start()
-    stream.send_raw(b"x" * 50000)
-    assert stream.recv().type == "slept"
+    sock.sendall(b"two\n")  # the handler cannot be told: it answers within the grace period
+    assert sock.recv(100) == b"TWO\n"
+    assert recv_until_closed(sock) == b""
+    assert 0.4 < time.monotonic() - started < 2.0
     stopper.join(5)
-    assert not stopper.is_alive()
+    sock.close()
 
 
 def test_no_thread_accumulation_after_many_short_connections(start_service):

@@ -141,3 +141,28 @@ def test_rendering_without_sockets():
     assert status.format_address("::1", 7) == "[::1]:7"
     assert 'name="a\\"b"' in status.to_prometheus(dict(document, services=[
         dict(document["services"][0], counters={'a"b': 1})]))
+
+
+def test_udp_replies_count_bytes_out(start_service, capsys):
+    registry = Registry()
+    udp = start_service("echo", name="uecho", transport="udp", reply_burst=2)
+    stat = start_service("status", name="stat")
+    for server in (udp, stat):
+        registry.add(server)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for payload in (b"abcd", b"efghij", b"dropped"):  # the third is over reply_burst
+            sock.sendto(payload, ("127.0.0.1", udp.port))
+        assert [sock.recv(100) for _ in range(2)] == [b"abcd", b"efghij"]
+    wait_for(lambda: udp.counters.snapshot().get("refused_reply_rate") == 1)
+    address = "127.0.0.1:%d" % stat.port
+    assert client_main(["status", address]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("uecho "))
+    assert row.split()[1] == "udp" and row.split()[5:8] == ["17", "10", "0"]  # IN OUT ERRORS
+    assert "  uecho: reply_rate=1 datagrams=3 replies=2" in table
+    with StatusClient("127.0.0.1", stat.port) as client:
+        text = client.metrics()
+    assert 'msgsrv_sent_bytes_total{service="uecho"} 10' in text
+    assert 'msgsrv_refused_total{service="uecho",reason="reply_rate"} 1' in text
+    assert 'msgsrv_handler_total{service="uecho",name="replies"} 2' in text

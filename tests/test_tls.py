@@ -14,7 +14,7 @@ from msgsrv.client.framed import FramedClient
 from msgsrv.errors import ConfigError, ConnectionFailed, RequestTimeout
 from msgsrv.protocol import encode
 from msgsrv.stream import FrameStream
-from tests.conftest import connect, recv_until_closed, wait_for
+from tests.conftest import connect, recv_until_closed, stop_during_a_blocked_transfer, wait_for
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(shutil.which("openssl") is None,
@@ -157,6 +157,13 @@ def test_blocking_transfer_then_pipelined_request_in_the_same_record(start_servi
     assert client.stream.recv().type == "slept"
     reply = client.stream.recv()
     assert reply.type == "pong" and reply.header["echo"]["n"] == 1
+    client.sock.close()
+
+
+def test_stop_lets_a_blocked_transfer_over_tls_finish_and_reply(start_service, certs):
+    server = tls_service(start_service, certs, handler="tests.plugins:BlockingFramed")
+    client = FramedTLS(server, certs)
+    assert stop_during_a_blocked_transfer(server, client.sock, client.stream) < 2.0
     client.sock.close()
 
 

@@ -78,7 +78,13 @@ class Handler:
         self.conn.abort(reason)
 
     def server_closing(self):
-        """The server is shutting down; say goodbye if the protocol has a way."""
+        """The server is shutting down; say goodbye if the protocol has a way.
+
+        Runs in the stopping thread, possibly during another call of this
+        handler: only send from here.  Then the pool closes the connection if
+        it is idle; a call in progress may still send its reply
+        (``conn.closing`` is true meanwhile) and the connection closes after it.
+        """
 
     def connection_lost(self):
         """The connection is closed; release what this handler holds."""
@@ -215,6 +221,9 @@ class DatagramHandler(socketserver.BaseRequestHandler):
     """Base class of UDP handlers; runs inline, once per datagram.
 
     ``self.data`` is the datagram, ``self.reply(data)`` answers the sender.
+    ``self.socket`` is the service's :class:`msgsrv.server.ReplySocket`:
+    what it sends is counted (``replies``, ``bytes_out``) and limited per
+    address (``reply_rate``).
     """
 
     settings = ()
@@ -223,5 +232,5 @@ class DatagramHandler(socketserver.BaseRequestHandler):
         self.data, self.socket = self.request
 
     def reply(self, data):
-        """Send one datagram back to the sender."""
+        """Send one datagram back to the sender (dropped, as if lost, over ``reply_rate``)."""
         self.socket.sendto(data, self.client_address)

@@ -102,7 +102,8 @@ class CommandHandler(AuthenticatedHandler):
             proc = self._spawn(plan, stdin)
             run = runner.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],
                                     encode=output_frame, on_input=self._input_during_run,
-                                    greeting=greeting, stdin=stdin)
+                                    greeting=greeting, stdin=stdin,
+                                    cancelled=lambda: self.conn.aborted)
             return run, run.pump()
 
     def _spawn(self, plan, stdin):

@@ -17,5 +17,4 @@ class EchoDatagramHandler(DatagramHandler):
     """UDP echo: each datagram is answered with the same bytes."""
 
     def handle(self):
-        data, sock = self.request
-        sock.sendto(data, self.client_address)
+        self.reply(self.data)

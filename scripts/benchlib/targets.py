@@ -48,6 +48,8 @@ host = {host}
 port = {port}
 max_connections = 20000
 max_connections_per_ip = 20000
+# UDP: every load client is 127.0.0.1; keep the reply limit's cost, not its limit.
+reply_rate = 1000000/s
 """
 
 

@@ -6,7 +6,8 @@ docs/ROBUSTNESS.rst).  Modules:
 
 * :mod:`.campaign`  -- short/long mode: example counts, budgets, timeouts, figures.
 * :mod:`.procwatch` -- thread, fd and RSS snapshots of a process; leak checks.
-* :mod:`.attackers` -- RST closes, the slowloris driver, the fresh-client latency probe.
+* :mod:`.attackers` -- RST closes, the slowloris driver, the fresh-client latency probe,
+  spoofed UDP datagrams.
 * :mod:`.targets`   -- the service table and a daemon started from it.
 * :mod:`.wirefuzz`  -- the wire-level mutation fuzzer.
 * :mod:`.plugins`   -- handlers that crash in each callback, for containment tests.

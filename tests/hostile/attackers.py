@@ -210,3 +210,35 @@ def measure_latency(call, duration, minimum=20, pause=0.005):
         samples.append(time.perf_counter() - started)
         time.sleep(pause)
     return Latencies(samples)
+
+
+# -- spoofed datagrams --------------------------------------------------------------
+
+class SpoofedUDP:
+    """IPv4 UDP datagrams claiming any source address, sent through a raw socket.
+
+    Needs root or CAP_NET_RAW: the constructor raises PermissionError
+    otherwise.  A context manager; ``send`` may be called many times.
+    """
+
+    def __init__(self):
+        self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        self._raw.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+
+    def send(self, source, destination, payload):
+        """One datagram from ``source`` to ``destination`` (``(ip, port)`` pairs)."""
+        udp = struct.pack("!HHHH", source[1], destination[1], 8 + len(payload), 0) + payload
+        # Linux fills in the IP checksum; a UDP checksum of 0 means none (IPv4).
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP,
+                         0, socket.inet_aton(source[0]), socket.inet_aton(destination[0]))
+        self._raw.sendto(ip + udp, (destination[0], 0))
+
+    def close(self):
+        """Close the raw socket."""
+        self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
