@@ -184,11 +184,13 @@ def _swap_remotely(server, stop, counts):
                 break
             link = rng.choice(["link-out", "link-rel"])
             where = rng.choice(["sub", "sub/deep"])
-            # A fresh name each turn: a client's mkdir with parents may recreate the directory.
+            # A fresh name each turn, and back over what a client's mkdir with parents may
+            # have recreated meanwhile (if it is still empty).
             away = "%s.real%d" % (where, turn)
-            for source, dest in ((where, away), (link, where), (where, link), (away, where)):
+            for source, dest, overwrite in ((where, away, False), (link, where, False),
+                                            (where, link, False), (away, where, True)):
                 try:
-                    client.rename(source, dest)
+                    client.rename(source, dest, overwrite=overwrite)
                     counts["remote"] += 1
                 except ServerError:
                     pass
@@ -237,8 +239,8 @@ print(counts["local"])
 
 
 def _forced_cleanups(server, stop):
-    """Make each put walk the root for old temp files while the tree is being swapped."""
-    while not stop.wait(0.05):
+    """Make puts walk the root for old temp files while the tree is being swapped."""
+    while not stop.wait(0.2):
         server.last_cleanup = 0.0
 
 
