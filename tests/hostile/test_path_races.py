@@ -184,16 +184,39 @@ def _swap_remotely(server, stop, counts):
                 break
             link = rng.choice(["link-out", "link-rel"])
             where = rng.choice(["sub", "sub/deep"])
-            # A fresh name each turn, and back over what a client's mkdir with parents may
-            # have recreated meanwhile (if it is still empty).
-            away = "%s.real%d" % (where, turn)
-            for source, dest, overwrite in ((where, away, False), (link, where, False),
-                                            (where, link, False), (away, where, True)):
+            away = "%s.real%d" % (where, turn)  # a fresh name each turn
+            for source, dest in ((where, away), (link, where), (where, link), (away, where)):
                 try:
-                    client.rename(source, dest, overwrite=overwrite)
+                    client.rename(source, dest)
                     counts["remote"] += 1
-                except ServerError:
-                    pass
+                except ServerError as exc:
+                    if exc.code == "exists" and source == away:
+                        # A client's mkdir with parents recreated it meanwhile: drop that one.
+                        _remove_tree(client, where)
+                        _quietly(client.rename, away, where)
+
+
+def _remove_tree(client, path):
+    """Delete ``path`` and everything under it over the protocol (best effort)."""
+    try:
+        entries = client.list(path)
+    except ServerError:
+        entries = []
+    for entry in entries:
+        inner = path + "/" + entry.name
+        if entry.kind == "dir":
+            _remove_tree(client, inner)
+        else:
+            _quietly(client.delete, inner)
+    _quietly(client.delete, path)
+
+
+def _quietly(operation, *args):
+    """Run one client operation, ignoring refusals (the tree changes under the swapper)."""
+    try:
+        operation(*args)
+    except ServerError:
+        pass
 
 
 def _swap_locally(root, outside, stop, counts):
