@@ -191,9 +191,9 @@ def _swap_remotely(server, stop, counts):
                     counts["remote"] += 1
                 except ServerError as exc:
                     if exc.code == "exists" and source == away:
-                        # A client's mkdir with parents recreated it meanwhile: drop that one.
-                        _remove_tree(client, where)
-                        _quietly(client.rename, away, where)
+                        # A client's mkdir with parents recreated it meanwhile: keep that one
+                        # (in use) and drop the old one, so that long runs do not pile them up.
+                        _remove_tree(client, away)
 
 
 def _remove_tree(client, path):
