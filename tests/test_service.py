@@ -12,6 +12,7 @@ from msgsrv import service as service_module
 from msgsrv.chatroom import ChatState, Member
 from msgsrv.errors import ConfigError
 from msgsrv.handlers.base import Handler
+from msgsrv.handlers.command import RunSlots
 from tests.conftest import ROOT, service_config, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -120,3 +121,30 @@ def test_chat_state_configure_keeps_members_and_trims_history():
     assert [line.split()[-1] for line in replay.splitlines()] == [b"c", b"d", b"lobby"]
     assert state.snapshot() == ({"lobby": ["alice", "bob"]}, {"alice", "bob"})
     assert state.max_joined == 5
+
+
+def test_run_slots_give_back_what_was_taken_under_an_older_limit():
+    slots = RunSlots(2)
+    assert slots.acquire() and slots.acquire() and not slots.acquire()
+    slots.limit = 1  # a reload lowers max_concurrent while two runs hold slots
+    slots.release()
+    assert not slots.acquire()  # one still runs: the new limit is reached
+    slots.release()
+    assert slots.acquire() and not slots.acquire()
+
+
+def test_a_file_reload_keeps_the_root_and_caches_unless_root_changes(start_service, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("alice %s\n" % ("a" * 20))
+    keys.chmod(0o600)
+    options = dict(keys_file=str(keys), root=str(tmp_path / "data"))
+    server = start_service("file", **options)
+    service = server.service
+    kept = service.sandbox, service.digests, service.commit_lock, service.quota
+    server.reconfigure(service_config("file", **dict(options, max_file_size="1K")))
+    assert server.service is service
+    assert (service.sandbox, service.digests, service.commit_lock, service.quota) == kept
+    server.reconfigure(service_config("file", **dict(options, quota="1M")))
+    assert service.quota is not kept[3] and service.quota.limit == 1 << 20  # usage counted now
+    server.reconfigure(service_config("file", **dict(options, root=str(tmp_path / "other"))))
+    assert service.sandbox is not kept[0] and service.digests is kept[1]

@@ -28,7 +28,10 @@ log = logging.getLogger("msgsrv.auth")
 
 
 class AuthedService(Service):
-    """A service with a keys file: ``keys`` (name -> secret), swapped on reload."""
+    """A service with a keys file: ``keys`` (name -> secret), swapped on reload.
+
+    Subclasses extend :meth:`prepare_keyed`, which gets the new keys too.
+    """
 
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
@@ -50,7 +53,12 @@ class AuthedService(Service):
     def prepare_reconfigure(self, config, global_options):
         keys = self.load_keys(config)
         return chain(super().prepare_reconfigure(config, global_options),
+                     self.prepare_keyed(config, global_options, keys),
                      lambda: setattr(self, "keys", keys))
+
+    def prepare_keyed(self, config, global_options, keys):
+        """Phase one of a reload for what depends on the new ``keys``: the applier."""
+        return lambda: None
 
 
 class AuthenticatedHandler(FramedHandler):

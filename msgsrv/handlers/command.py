@@ -19,7 +19,6 @@ from .. import commands, privileges, runner
 from ..errors import ConfigError, ProtocolError, ServiceBusy
 from ..pool import format_peer
 from ..protocol import encode
-from ..service import chain
 from .authed import AuthedService, AuthenticatedHandler
 
 log = logging.getLogger("msgsrv.command")
@@ -84,14 +83,13 @@ class CommandService(AuthedService):
         _log_setup(config, run_as, table, keys)
         return run_as, table
 
-    def prepare_reconfigure(self, config, global_options):
-        keys = self.load_keys(config)
+    def prepare_keyed(self, config, global_options, keys):
         loaded = self._load(config, global_options, keys)
 
         def apply():
             self.run_as, self.commands = loaded
             self.run_slots.limit = config["max_concurrent"]  # for new runs
-        return chain(super().prepare_reconfigure(config, global_options), apply)
+        return apply
 
 
 class CommandHandler(AuthenticatedHandler):

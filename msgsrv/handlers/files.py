@@ -33,7 +33,6 @@ from ..fileroot import DigestCache, QuotaLedger, content_key
 from ..pool import format_peer
 from ..protocol import encode
 from ..sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
-from ..service import chain
 from ..settings import Setting, choice, octal_mode, seconds, size, text, word_list
 from .authed import AuthedService, AuthenticatedHandler
 
@@ -142,9 +141,8 @@ class FileService(AuthedService):
             log.info("%s: removed %d partial uploads", self.name, removed)
         return sandbox
 
-    def prepare_reconfigure(self, config, global_options):
-        base = super().prepare_reconfigure(config, global_options)
-        _warn_unknown_keys(config, self.load_keys(config))
+    def prepare_keyed(self, config, global_options, keys):
+        _warn_unknown_keys(config, keys)
         limit = config["quota"]
         sandbox, quota = self.sandbox, self.quota
         if config["root"] != self.config["root"]:
@@ -156,7 +154,7 @@ class FileService(AuthedService):
         def apply():
             self.sandbox, self.quota = sandbox, quota
             quota.limit = limit
-        return chain(base, apply)
+        return apply
 
     def close(self):
         """Close the root's descriptor (a request still running is refused ``busy``)."""
