@@ -54,6 +54,21 @@ class Handler:
         """
 
     @classmethod
+    def check_service(cls, service, global_options):
+        """Check what ``prepare_service`` would load for ``service`` (its ServiceConfig),
+        changing nothing; raise ConfigError naming the service and the key.
+
+        ``--check`` and every start run it first (:mod:`msgsrv.preflight`); a
+        path named by :meth:`creates` may be missing then.
+        """
+
+    @classmethod
+    def creates(cls, service):
+        """``(key, what)`` pairs: the settings naming paths ``prepare_service`` creates
+        when missing (``--check`` says it would, after checking that it could)."""
+        return ()
+
+    @classmethod
     def refuse(cls, sock, code, reason):
         """Tell a refused client why, if the protocol has a way (best effort, never blocks)."""
 

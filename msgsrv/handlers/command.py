@@ -49,6 +49,13 @@ class CommandHandler(AuthenticatedHandler):
     settings = AuthenticatedHandler.settings + commands.SETTINGS
 
     @classmethod
+    def check_service(cls, service, global_options):
+        """The keys file (see AuthenticatedHandler), then the command table: programs
+        found and executable, directories present (ConfigError names the bad key)."""
+        super().check_service(service, global_options)
+        commands.CommandTable.from_options(service.options, "[service:%s]" % service.name)
+
+    @classmethod
     def prepare_service(cls, server):
         """Load the keys, then build the command table (ConfigError names the bad key)."""
         super().prepare_service(server)
