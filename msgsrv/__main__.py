@@ -149,12 +149,17 @@ def _print_pid(config):
     return EXIT_OK
 
 
-def console_main():
-    """Entry point of the ``msgsrv`` console script."""
+def exit_with(run):
+    """Exit with the status ``run()`` returns; 130 on Ctrl-C, without a traceback."""
     try:
-        sys.exit(main())
+        sys.exit(run())
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def console_main():
+    """Entry point of the ``msgsrv`` console script."""
+    exit_with(main)
 
 
 MANUAL = Manual(

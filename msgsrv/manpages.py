@@ -49,16 +49,21 @@ class Manual:
         return "%s.%d" % (self.name, self.section)
 
 
-def epilog(exit_status, width=79):
-    """The ``exit status:`` block that ends a command's ``--help`` (use it with
+def table(title, rows, width=79):
+    """A ``title:`` block of ``rows`` (key, text) for the end of a ``--help`` (use it with
     ``argparse.RawDescriptionHelpFormatter``)."""
-    code_width = max(len(code) for code, _ in exit_status)
-    indent = " " * (code_width + 4)
-    lines = ["exit status:"]
-    for code, text in exit_status:
-        lines += textwrap.wrap(text, width, initial_indent="  %-*s  " % (code_width, code),
+    key_width = max(len(key) for key, _ in rows)
+    indent = " " * (key_width + 4)
+    lines = ["%s:" % title]
+    for key, text in rows:
+        lines += textwrap.wrap(text, width, initial_indent="  %-*s  " % (key_width, key),
                                subsequent_indent=indent)
     return "\n".join(lines)
+
+
+def epilog(exit_status, width=79):
+    """The ``exit status:`` block that ends a command's ``--help``."""
+    return table("exit status", exit_status, width)
 
 
 # -- roff ---------------------------------------------------------------------
