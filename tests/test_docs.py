@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from msgsrv import config, settings_doc
+from msgsrv import config, manpages, settings_doc
 from msgsrv.protocol import CODES
 from tests.conftest import ROOT, connect, service_config
 
@@ -53,6 +53,12 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert command in read(".ci/run").splitlines()
 
 
+def test_manual_pages_are_generated_from_the_parsers():
+    for manual in manpages.manuals():
+        assert read("man/" + manual.filename) == manpages.render(manual), (
+            "man/%s is stale: run python -m msgsrv.manpages man/" % manual.filename)
+
+
 def test_readme_plugin_example_runs(tmp_path, monkeypatch, start_service):
     block = re.search(r"A complete example.*?::\n\n(.*?)\n\S", read("README.rst"), re.S).group(1)
     (tmp_path / "upper.py").write_text(textwrap.dedent(block))
@@ -73,3 +79,14 @@ def test_protocol_doc_lists_every_frame_error_code():
     protocol = read("docs/PROTOCOL.rst")
     for code in CODES:
         assert "``%s``" % code in protocol, code
+
+
+def test_manpages_command_writes_then_checks(tmp_path, capsys):
+    assert manpages.main([str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "msgsrv-client.1", "msgsrv.8", "msgsrvctl.8"]
+    assert manpages.main(["--check", str(tmp_path)]) == 0
+    (tmp_path / "msgsrv.8").write_text("old\n")
+    assert manpages.main(["--check", str(tmp_path)]) == 1
+    assert "msgsrv.8 is out of date: run python -m msgsrv.manpages" in capsys.readouterr().err
+    assert (tmp_path / "msgsrv.8").read_text() == "old\n"
