@@ -10,7 +10,8 @@ timeout expired) and ``ProtocolError`` (the peer broke the format).
 import contextlib
 import socket
 
-from .errors import AuthError, ConnectionFailed, ProtocolError, RequestTimeout, ServerError
+from .errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
+                     ServerError)
 from .protocol import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA, FrameDecoder, encode
 
 RECV_SIZE = 64 * 1024  # recv() buffers over 128K are mmap-allocated per call
@@ -19,9 +20,13 @@ RAW_CHUNK = 1024 * 1024  # read_raw reuses one buffer, so it can be large
 
 @contextlib.contextmanager
 def translate_errors(what="connection"):
-    """Turn socket timeouts and resets into RequestTimeout / ConnectionFailed."""
+    """Turn socket timeouts and resets into RequestTimeout / ConnectionFailed (our own
+    errors pass unchanged: on Python 3.9 a RequestTimeout is an OSError but not a
+    socket.timeout)."""
     try:
         yield
+    except MsgsrvError:
+        raise
     except socket.timeout:
         raise RequestTimeout("%s timed out" % what) from None
     except (ConnectionError, OSError) as exc:

@@ -49,6 +49,8 @@ def test_daemon_serves_logs_listeners_and_stops_on_sigterm(config_file, daemon_f
     with EchoClient(*listeners["echo-udp"], transport="udp") as client:
         assert client.echo(b"dgram") == b"dgram"
     held = socket.create_connection(listeners["echo"])  # an idle client must not delay stop
+    held.sendall(b"x")
+    assert held.recv(1) == b"x"  # served (not still in the backlog, which a stop resets)
     started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(10) == 0
