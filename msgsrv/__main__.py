@@ -36,10 +36,10 @@ def build_parser():
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true",
                         help="run every check a start runs (settings, handler plugins, keys "
-                             "files and their modes, file roots, command programs, TLS files, "
-                             "user and group, pidfile and log directories) without creating "
-                             "anything, say what a start would create, print the effective "
-                             "configuration, exit")
+                             "files and their modes, file roots, command programs and who they "
+                             "run as, TLS files, user and group, pidfile and log directories), "
+                             "as the user running it, without creating anything; say what a "
+                             "start would create, print the effective configuration, exit")
     action.add_argument("--print-setting", metavar="NAME", action="append",
                         help="print the effective value of a [msgsrv] setting (repeat for "
                              "several, one per line), exit")

@@ -262,6 +262,16 @@ SETTINGS = (
             "still authenticated, still limited)."),
     Setting("allow_any_keys", word_list, "",
             "With allow_any: keys allowed to run any program (empty: every key)."),
+    Setting("user", text, "",
+            "User (name or uid) commands run as when the daemon runs as root; a daemon "
+            "that is not root runs them as itself. Empty: the daemon's user, which must "
+            "not be root unless run_as_root = yes."),
+    Setting("group", text, "",
+            "Group commands run as when the daemon runs as root (empty: the user's "
+            "primary group); supplementary groups are the user's own."),
+    Setting("run_as_root", boolean, "no",
+            "DANGEROUS: yes lets commands run as root (a root daemon with no user here "
+            "or in [msgsrv]); otherwise such a service refuses to start."),
 )
 
 

@@ -34,6 +34,13 @@ class ProtocolError(MsgsrvError, ValueError):
         self.message = message
 
 
+class ServiceBusy(ProtocolError):
+    """A limit on concurrent work is reached: the request is refused with ``busy`` at once."""
+
+    def __init__(self, message):
+        super().__init__("busy", message)
+
+
 class ServerError(MsgsrvError):
     """The server answered a request with an error frame or line."""
 
@@ -59,6 +66,21 @@ class RequestTimeout(MsgsrvError, TimeoutError):
     code = "timeout"
 
 
+class TooSlow(RequestTimeout):
+    """A transfer moved fewer bytes than its minimum rate over the rate window.
+
+    ``receiving`` tells whether the peer was sending (it can still read an
+    error frame) or receiving (raw data was flowing to it).
+    """
+
+    code = "too-slow"
+
+    def __init__(self, message, receiving=False):
+        super().__init__(message)
+        self.message = message
+        self.receiving = receiving
+
+
 class AlreadyRunning(MsgsrvError, OSError):
     """Another daemon holds the pidfile lock."""
 
@@ -67,5 +89,5 @@ class AlreadyRunning(MsgsrvError, OSError):
 
 __all__ = [
     "MsgsrvError", "ConfigError", "CheckFailed", "ProtocolError", "ServerError", "AuthError",
-    "ConnectionFailed", "RequestTimeout", "AlreadyRunning",
+    "ServiceBusy", "ConnectionFailed", "RequestTimeout", "TooSlow", "AlreadyRunning",
 ]

@@ -28,7 +28,9 @@ CODES = {
     "disk-full": "the server has no room for the file (disk full, or its file size limit)",
     "checksum-mismatch": "the received bytes do not have the announced SHA-256",
     "conflict": "the destination's SHA-256 is not the if_sha256 of a conditional put",
-    "busy": "another connection is writing the same resumable upload",
+    "busy": "another connection is writing the same resumable upload, or a transfer limit "
+            "is reached (max_transfers, max_transfers_per_ip, transfer_buffer_budget)",
+    "too-slow": "the upload moved fewer than min_transfer_rate bytes per second (then closed)",
     "io-error": "the server's file system failed (details in its log)",
 }
 

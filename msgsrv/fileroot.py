@@ -14,7 +14,7 @@ import threading
 
 from .errors import ProtocolError
 from .sandbox import is_temp_name
-from .transfer import file_sha256
+from .transfer import SERVER_CHUNK, file_sha256
 
 
 def content_key(st):
@@ -55,12 +55,13 @@ class DigestCache:
         """Return the SHA-256 of the open file ``fd``, reading it only on a cache miss.
 
         The result is cached only if the file did not change while it was
-        read.  Raises ``OSError`` if the file cannot be read.
+        read (with one buffer of ``transfer.SERVER_CHUNK`` bytes).  Raises
+        ``OSError`` if the file cannot be read.
         """
         before = os.fstat(fd)
         digest = self.get(before)
         if digest is None:
-            digest = file_sha256(fd, 0, before.st_size)
+            digest = file_sha256(fd, 0, before.st_size, chunk_size=SERVER_CHUNK)
             if content_key(os.fstat(fd)) == content_key(before):
                 self.put(before, digest)
         return digest

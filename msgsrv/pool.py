@@ -11,7 +11,9 @@ A handler call may block (stream a file, wait for a child process) inside
 :meth:`Connection.blocking`.  Entering it disarms that connection and gives
 up the lead, so another worker polls and serves everyone else (a new worker
 is started if none is free, up to ``max_threads``); the surplus thread exits
-once the blocking call is over.
+once the blocking call is over.  At most ``max_threads - workers`` calls
+block at once (more get ``ServiceBusy``), so ``workers`` threads are always
+left to poll and serve every other connection.
 
 See docs/DESIGN.rst for the trade-offs.
 """
@@ -25,6 +27,8 @@ import socket
 import struct
 import threading
 import time
+
+from .errors import ServiceBusy
 
 log = logging.getLogger("msgsrv.pool")
 
@@ -183,20 +187,27 @@ class Connection:
             self.pool._deadlines.add(self)
 
     @contextlib.contextmanager
-    def blocking(self, timeout):
+    def blocking(self, timeout, wrap=None):
         """Within a handler call: yield the socket in blocking mode with ``timeout``.
 
-        Queued output is sent first.  While the block runs, the pool keeps
-        other connections served by starting a replacement worker.
+        ``wrap(sock)``, if given, returns what is yielded instead (a socket
+        whose calls are paced, see msgsrv.transfer_limits); queued output is
+        sent through it first.  While the block runs, the pool keeps other
+        connections served by starting a replacement worker.  Raises
+        ``ServiceBusy`` at once, changing nothing, while ``max_blocking``
+        handler calls of the pool block already: the threads left always
+        serve everyone else.
         """
-        with self._lock:
-            self._blocking = True
-            self._set_mask_locked(_QUIET)
-        self.pool._enter_blocking()
+        self.pool._reserve_blocking()
         try:
-            self._flush_blocking(timeout)
+            with self._lock:
+                self._blocking = True
+                self._set_mask_locked(_QUIET)
+            self.pool._enter_blocking()
             self.sock.settimeout(timeout)
-            yield self.sock
+            sock = self.sock if wrap is None else wrap(self.sock)
+            self._flush_blocking(sock)
+            yield sock
         finally:
             with self._lock:
                 self._blocking = False
@@ -359,14 +370,13 @@ class Connection:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
             sock.setblocking(False)
 
-    def _flush_blocking(self, timeout):
+    def _flush_blocking(self, sock):
         with self._lock:
             pending = b"".join(self._out)
             self._out.clear()
             self._out_bytes = 0
         if pending:
-            self.sock.settimeout(timeout)
-            self.sock.sendall(pending)
+            sock.sendall(pending)
             self.bytes_out += len(pending)
 
 
@@ -559,10 +569,23 @@ class WorkerPool:
                 return True
         return False
 
+    @property
+    def max_blocking(self):
+        """Handler calls that may block at once: ``max_threads - workers`` (at least 1)."""
+        return max(self.max_threads - self.workers, 1)
+
+    def _reserve_blocking(self):
+        with self._count_lock:
+            if self._blocked >= self.max_blocking:
+                raise ServiceBusy("%d requests of this service are blocked already "
+                                  "(max_threads - workers); try again later" % self._blocked)
+            self._blocked += 1
+
     def _enter_blocking(self):
+        # The reservation made _blocked count this thread already; with at most
+        # max_threads - workers blocked, a replacement always fits under max_threads.
         self._step_down(threading.current_thread())
         with self._count_lock:
-            self._blocked += 1
             spawn = (len(self._threads) - self._blocked - self._direct < self.workers
                      and len(self._threads) < self.max_threads and not self._stopping)
         if spawn:

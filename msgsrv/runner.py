@@ -1,7 +1,8 @@
 """Run one child process in its own process group and pump its output to a peer socket.
 
 :func:`spawn` starts an argv (never through a shell) in a new session, with
-a given working directory and environment and no inherited descriptors.
+a given working directory, environment and identity (user, groups) and no
+inherited descriptors.
 :class:`ProcessRun` then runs one selector loop over the child's stdout and
 stderr pipes, its stdin pipe (when there is input to feed), an exit
 notification (a pidfd where the kernel has them) and the peer socket:
@@ -12,8 +13,11 @@ notification (a pidfd where the kernel has them) and the peer socket:
 * while more than :data:`HIGH_WATER` bytes wait for a slow peer, the pipes
   are not read (the child then blocks: back-pressure, no unbounded buffer);
 * at ``timeout``, when the peer disconnects, when the peer takes nothing
-  for ``io_timeout`` seconds, and when the main process exits, the whole
-  process group gets SIGTERM, then SIGKILL ``kill_grace`` seconds later;
+  for ``io_timeout`` seconds or less than ``min_rate`` bytes per second
+  over ``rate_window`` seconds of waiting on it (a
+  :class:`~msgsrv.transfer_limits.RateWatch`), and when the main process
+  exits, the whole process group gets SIGTERM, then SIGKILL ``kill_grace``
+  seconds later;
 * when the run is cancelled (the server aborted the connection, e.g. at
   the end of its shutdown grace period) the same, with at most
   :data:`CANCEL_KILL_GRACE` seconds between the two signals.
@@ -34,9 +38,16 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from .errors import TooSlow
+from .transfer_limits import RateWatch
+
 READ_SIZE = 64 * 1024        # bytes read from a pipe at once (one output frame at most)
 SEND_SIZE = 256 * 1024       # bytes handed to one socket send
 HIGH_WATER = 256 * 1024      # queued output above which the pipes are not read
+# Most output one run holds for its peer: below HIGH_WATER, then one read of
+# each stream (and its frame header) on top.
+OUTPUT_BUFFERS = HIGH_WATER + 2 * READ_SIZE + 1024
+RATE_STEP = 0.5              # seconds between rate checks while output waits for the peer
 EXIT_POLL = 0.05             # seconds between exit checks when there is no pidfd
 HARD_STOP_MARGIN = 1.0       # seconds after timeout + kill_grace when the loop ends regardless
 REAP_TIMEOUT = 5.0           # seconds to wait for a SIGKILLed leader to be reaped
@@ -46,17 +57,21 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 STREAMS = ("stdout", "stderr")
 
 
-def spawn(argv, *, workdir, env, stdin=False):
+def spawn(argv, *, workdir, env, stdin=False, user=None, group=None, extra_groups=None):
     """Start ``argv`` as the leader of a new session (its own process group).
 
     stdin is a pipe when ``stdin`` is true, else /dev/null; stdout and stderr
     are pipes; no descriptor but these three is inherited; ``env`` is the
-    whole environment.  Raises OSError if the program cannot be executed.
+    whole environment.  ``user``, ``group`` and ``extra_groups`` (uid, gid,
+    supplementary gids; None: unchanged) are set in the child before it
+    executes, so only a root daemon can give them.  Raises OSError if the
+    program cannot be executed or the identity cannot be taken.
     """
     return subprocess.Popen(
         list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=dict(env),
-        close_fds=True, start_new_session=True)
+        close_fds=True, start_new_session=True, user=user, group=group,
+        extra_groups=None if extra_groups is None else list(extra_groups))
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,8 @@ class Outcome:
     ``exit_code`` is None when the main process was killed by a signal
     (``signal``, e.g. ``"SIGKILL"``).  ``produced`` counts every byte each
     stream wrote, ``truncated`` says which streams went over ``max_output``.
-    ``ended_by`` is ``"disconnected"`` or ``"stalled"`` when the peer was lost,
+    ``ended_by`` is ``"disconnected"``, ``"stalled"`` (nothing taken for
+    ``io_timeout``) or ``"too-slow"`` (below ``min_rate``) when the peer was lost,
     ``"cancelled"`` when ``cancelled()`` turned true.
     """
 
@@ -99,7 +115,8 @@ class ProcessRun:
     """
 
     def __init__(self, proc, sock, limits, *, io_timeout, encode, on_input,
-                 greeting=b"", stdin=b"", cancelled=lambda: False):
+                 greeting=b"", stdin=b"", cancelled=lambda: False, min_rate=0,
+                 rate_window=10.0):
         self.proc = proc
         self.sock = sock
         self.limits = limits
@@ -120,6 +137,7 @@ class ProcessRun:
         self._peer = self._reading_peer = True
         self._selector = None
         self._pidfd = None
+        self._watch = RateWatch(min_rate, rate_window) if min_rate else None
 
     # -- the loop -------------------------------------------------------------
 
@@ -154,11 +172,14 @@ class ProcessRun:
         now = time.monotonic()
         self._enforce(now)
         self._update_interest()
+        waiting, sent = bool(self.pending) and self._peer, self.bytes_sent
         for key, mask in self._selector.select(self._wait(now)):
             key.data(key.fd, mask)
         if self._pidfd is None:
             self._poll_exit()
         self._check_stall(time.monotonic())
+        if waiting and self._peer:
+            self._check_rate(time.monotonic() - now, self.bytes_sent - sent)
 
     def _wait(self, now):
         times = [self._hard_stop]
@@ -168,6 +189,8 @@ class ProcessRun:
             times.append(self._term_at + self._grace)
         if self.pending and self._peer:
             times.append(self._last_send + self.io_timeout)
+            if self._watch is not None:
+                times.append(now + RATE_STEP)
         wait = min(times) - now
         if self._peer:
             wait = min(wait, CANCEL_POLL)
@@ -291,7 +314,8 @@ class ProcessRun:
 
     def _write_peer(self):
         try:
-            sent = self.sock.send(bytes(self.pending[:SEND_SIZE]))
+            with memoryview(self.pending) as view, view[:SEND_SIZE] as chunk:
+                sent = self.sock.send(chunk)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -304,6 +328,14 @@ class ProcessRun:
     def _check_stall(self, now):
         if self._peer and self.pending and now - self._last_send >= self.io_timeout:
             self._lose_peer("stalled")
+
+    def _check_rate(self, waited, sent):
+        if self._watch is None:
+            return
+        try:
+            self._watch.step(waited, sent)
+        except TooSlow:
+            self._lose_peer("too-slow")
 
     def _lose_peer(self, reason):
         if self._cancelled():  # the server cut the connection: this peer loss is its doing

@@ -1,10 +1,12 @@
 """The socketserver subclasses every service runs on, extended through their hooks.
 
 :class:`TCPService` admits connections in ``verify_request`` (access rules,
-rate limit, connection limits, plus any checks added to
+authentication penalty, rate limit, connection limits, plus any checks added to
 ``admission_checks``) and hands them to a :class:`~msgsrv.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
+Its ``transfers`` (a :class:`~msgsrv.transfer_limits.TransferGate`) admits
+the blocking transfers of its handlers.
 :class:`UDPService` serves datagrams inline, never a thread per datagram.
 Both can be reconfigured in place on reload (:meth:`reconfigure`).
 """
@@ -17,12 +19,13 @@ import sys
 import threading
 import time
 
-from .access import AccessRules, RateLimiter
+from .access import AccessRules, PenaltyBox, PenaltyRules, RateLimiter, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .errors import ConfigError
 from .handlers.base import Handler
 from .pool import WorkerPool, format_peer
 from .tls import ServerTLS
+from .transfer_limits import TransferGate
 
 log = logging.getLogger("msgsrv.server")
 access_log = logging.getLogger("msgsrv.access")
@@ -59,6 +62,11 @@ class Counters:
 #: wire code told to framed clients (None: close without a word), the log
 #: text and level.
 Refusal = collections.namedtuple("Refusal", "counter code reason level")
+
+
+def _transfer_limits(config):
+    return (config["max_transfers"], config["max_transfers_per_ip"],
+            config["transfer_buffer_budget"])
 
 
 def _family(host):
@@ -165,11 +173,14 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self._init_service(config, global_options)
         self.request_queue_size = config["backlog"]
         self.pooled = issubclass(config.handler_class, Handler)
-        self.admission_checks = [self._check_access, self._check_rate, self._check_limits]
+        self.admission_checks = [self._check_access, self._check_penalty, self._check_rate,
+                                 self._check_limits]
         self._lock = threading.Condition()
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
         self.rate = self.tls = self.pool = None
+        self.penalties = PenaltyBox()  # outlives reloads; the rules come with each reload
+        self.transfers = TransferGate(*_transfer_limits(config))
         self._apply_policy(self._load_policy(config, self.global_options))
         self._prepare()
         if self.pooled:
@@ -191,12 +202,14 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
                                                              config["rate_penalty"]):
                 rate = RateLimiter(config["rate_limit"], config["rate_penalty"])
         tls = check_transport_options(config, self._tls_failed)
-        return AccessRules.from_options(config.options, global_options), rate, tls
+        return (AccessRules.from_options(config.options, global_options), rate, tls,
+                PenaltyRules.from_options(config.options))
 
     def _apply_policy(self, policy):
-        self.access, self.rate, self.tls = policy
+        self.access, self.rate, self.tls, self.penalty_rules = policy
 
     def _tune(self, config):
+        self.transfers.tune(*_transfer_limits(config))
         if self.pool is not None:
             self.pool.max_threads = max(config["max_threads"], self.pool.workers)
             self.pool.max_pending_output = config["max_pending_output"]
@@ -249,6 +262,32 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         left, started = verdict
         return Refusal("rate", "busy", "over rate_limit=%s, refused for %.1fs more"
                        % (self.rate.rate, left), logging.WARNING if started else logging.DEBUG)
+
+    def _check_penalty(self, ip):
+        left = self.penalties.check(ip, self.penalty_rules)
+        if left is None:
+            return None
+        # Logged when the penalty started (auth_failed), not per refused connection.
+        return Refusal("auth_penalty", "busy", penalty_message(left), logging.DEBUG)
+
+    def auth_penalty_left(self, address):
+        """Seconds the client ``address`` is still refused for failed authentications,
+        or None."""
+        return self.penalties.check(address[0], self.penalty_rules)
+
+    def auth_failed(self, address):
+        """Count one failed authentication from ``address``; a penalty it starts is
+        counted (``auth_penalties``) and logged once."""
+        self.counters.incr("auth_failures")
+        started = self.penalties.failed(address[0], self.penalty_rules)
+        if started is None:
+            return
+        source, seconds = started
+        rules = self.penalty_rules
+        self.counters.incr("auth_penalties")
+        log.warning("%s: %s penalised: %d failed authentications within %gs, refused for "
+                    "%gs (auth_penalty_*)", self.name, source, rules.failures, rules.window,
+                    seconds)
 
     def _check_limits(self, ip):
         if len(self._admitted) >= self.config["max_connections"]:

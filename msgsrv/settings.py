@@ -230,6 +230,17 @@ SERVICE_SETTINGS = (
             "TCP: most threads one service uses, including blocked handlers."),
     Setting("max_pending_output", size(1024, 1 << 30), "1M",
             "TCP: bytes queued for a slow reader before reading from it pauses."),
+    Setting("max_transfers", integer(1, 100000), "32",
+            "TCP: blocking transfers (file get, put and stat with sha256, command runs) "
+            "at once; more are refused with busy. At most max_threads - workers block "
+            "whatever this says, so workers threads always serve everyone else."),
+    Setting("max_transfers_per_ip", integer(1, 100000), "4",
+            "TCP: blocking transfers at once from one client address; more are refused "
+            "with busy."),
+    Setting("transfer_buffer_budget", size(1 << 20, 1 << 40), "32M",
+            "TCP: most bytes of transfer buffers all transfers of the service hold "
+            "together (a file upload takes 1.25M, a download or hash 256K, a command "
+            "run 384K); a transfer that does not fit is refused with busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
     Setting("allow", networks, "",
@@ -262,4 +273,22 @@ SERVICE_SETTINGS = (
     Setting("reply_sources_max", integer(1, 10000000), "10000",
             "UDP: client addresses whose reply_rate is tracked; beyond it the least "
             "recently answered is forgotten (bounded memory under spoofed sources)."),
+    Setting("auth_penalty_failures", integer(0, 10000), "10",
+            "TCP, services that authenticate: failed authentications from one address "
+            "(IPv6: one /64) within auth_penalty_window after which it is refused for "
+            "auth_penalty_time; 0: off."),
+    Setting("auth_penalty_window", seconds(0.1, 86400), "60",
+            "Seconds, from an address's first counted failure, within which "
+            "auth_penalty_failures must happen."),
+    Setting("auth_penalty_time", seconds(0.1, 86400), "60",
+            "Seconds a penalised address is refused; doubled for each repeat that follows "
+            "within auth_penalty_max of the previous penalty's end."),
+    Setting("auth_penalty_max", seconds(0.1, 86400 * 7), "600",
+            "Longest penalty in seconds (at least auth_penalty_time)."),
+    Setting("auth_penalty_exempt", networks, "127.0.0.0/8, ::1",
+            "Addresses or CIDR networks never penalised (empty: none): by default "
+            "loopback, where tunnels and local proxies put every client."),
+    Setting("auth_penalty_sources", integer(1, 10000000), "65536",
+            "Most addresses whose failures are remembered; beyond, the one that failed "
+            "least recently is forgotten."),
 )

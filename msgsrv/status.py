@@ -7,7 +7,8 @@ The JSON document (docs/PROTOCOL.rst, "Status service")::
      "services": [{"name": "echo", "handler": "echo", "transport": "tcp",
                    "address": "127.0.0.1:9000", "tls": false, "uptime": 12.5,
                    "connections": 1, "connections_total": 5,
-                   "refused": {"busy": 0, "access": 0, "rate": 0, "auth": 0, "tls": 0},
+                   "refused": {"busy": 0, "access": 0, "rate": 0, "auth_penalty": 0,
+                               "tls": 0},
                    "bytes_in": 10, "bytes_out": 10, "errors": 0, "counters": {}}]}
 """
 
@@ -18,7 +19,7 @@ import time
 from . import __version__
 
 #: Refusal reasons always reported (others appear when counted).
-REFUSAL_REASONS = ("busy", "access", "rate", "auth", "tls")
+REFUSAL_REASONS = ("busy", "access", "rate", "auth_penalty", "tls")
 _STANDARD = ("connections_total", "bytes_in", "bytes_out", "errors")
 FORMATS = ("json", "prometheus")
 

@@ -19,6 +19,8 @@ from .stream import translate_errors
 
 CHUNK = 1 << 20            # one buffer: large enough that hashing releases the GIL for long
 DEPTH = 4                  # buffers per transfer: 4 MiB in flight at most
+# A server's buffers: many transfers share the service's transfer_buffer_budget.
+SERVER_CHUNK = 256 << 10
 SEND_STEP = 16 << 20       # sendfile() bytes per call: the progress granularity of a send
 FLUSH_EVERY = 64 << 20     # start writing received data back to disk every this many bytes
 
@@ -117,14 +119,15 @@ class Hasher:
             start += got
 
 
-def file_sha256(fd, start=0, count=None):
+def file_sha256(fd, start=0, count=None, *, chunk_size=CHUNK):
     """Return the SHA-256 hex digest of ``count`` bytes of ``fd`` from ``start`` (None: to EOF).
 
-    Raises ``OSError`` if the file cannot be read or is shorter than ``count``.
+    Reads with one buffer of ``chunk_size`` bytes.  Raises ``OSError`` if the
+    file cannot be read or is shorter than ``count``.
     """
     if count is None:
         count = max(0, os.fstat(fd).st_size - start)
-    with Hasher((fd, start, count), depth=0) as hasher:
+    with Hasher((fd, start, count), chunk_size=chunk_size, depth=0) as hasher:
         return hasher.hexdigest()
 
 
@@ -269,4 +272,4 @@ def _read_into(source, view):
     return len(data)
 
 
-__all__ = ["CHUNK", "Hasher", "file_sha256", "receive", "send_file", "send_stream"]
+__all__ = ["CHUNK", "SERVER_CHUNK", "Hasher", "file_sha256", "receive", "send_file", "send_stream"]

@@ -2,18 +2,22 @@
 
 import configparser
 import ipaddress
+import logging
+import re
 import socket
 import time
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.access import AccessRules, RateLimiter, client_address
+from msgsrv import auth, config as config_module, status
+from msgsrv.access import (AccessRules, PenaltyBox, PenaltyRules, RateLimiter, client_address,
+                           source_key)
 from msgsrv.errors import ConfigError
 from msgsrv.server import make_server
 from msgsrv.settings import Rate, networks, rate
 from msgsrv.stream import FrameStream
-from tests.conftest import recv_until_closed, service_config
+from tests.conftest import recv_until_closed, service_config, wait_for
+from tests.test_authed import SECRET, keys_file  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -94,6 +98,60 @@ def test_rate_limiter_forgets_quiet_addresses():
     clock.now += 2.0
     limiter.check("again")
     assert len(limiter) <= 1100
+
+
+def test_penalty_box_refuses_a_source_after_n_failures_then_lets_it_back():
+    clock = FakeClock()
+    box, rules = PenaltyBox(clock), PenaltyRules(failures=3, window=10, time=5, max_time=60)
+    assert [box.failed("10.0.0.1", rules) for _ in range(2)] == [None, None]
+    assert box.check("10.0.0.1", rules) is None
+    assert box.failed("10.0.0.1", rules) == ("10.0.0.1", 5)
+    assert box.check("10.0.0.2", rules) is None  # per source
+    clock.now += 2
+    assert box.check("10.0.0.1", rules) == pytest.approx(3)
+    assert box.failed("10.0.0.1", rules) is None  # not counted while penalised
+    clock.now += 3
+    assert box.check("10.0.0.1", rules) is None
+    assert box.check("10.0.0.1", PenaltyRules()) is None  # failures = 0: off
+
+
+def test_penalty_box_counts_within_a_window_and_doubles_repeats_up_to_the_max():
+    clock = FakeClock()
+    box, rules = PenaltyBox(clock), PenaltyRules(failures=2, window=10, time=5, max_time=12)
+    box.failed("10.0.0.1", rules)
+    clock.now += 10  # the window is over: counting starts again
+    assert box.failed("10.0.0.1", rules) is None
+    lengths = []
+    for _ in range(4):
+        lengths.append(box.failed("10.0.0.1", rules) or box.failed("10.0.0.1", rules))
+        clock.now += lengths[-1][1]
+    assert [seconds for _, seconds in lengths] == [5, 10, 12, 12]
+    clock.now += 12  # quiet for max_time after the last penalty: a fresh start
+    box.failed("10.0.0.1", rules)
+    assert box.failed("10.0.0.1", rules) == ("10.0.0.1", 5)
+
+
+def test_penalty_sources_exemptions_and_bounded_memory():
+    assert source_key("2001:db8::1") == source_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert source_key("::ffff:10.1.2.3") == "10.1.2.3"
+    clock = FakeClock()
+    box = PenaltyBox(clock)
+    rules = PenaltyRules(failures=1, exempt=nets("127.0.0.0/8, ::1"), max_sources=3)
+    for ip in ("127.0.0.1", "::1", "::ffff:127.0.0.2", "not-an-ip"):
+        assert box.failed(ip, rules) is None and box.check(ip, rules) is None
+    assert len(box) == 0
+    assert box.failed("2001:db8::1", rules)[0] == "2001:db8::/64"
+    assert box.check("2001:db8::2", rules) == pytest.approx(60)
+    for index in range(5):
+        clock.now += 1
+        box.failed("10.0.0.%d" % index, rules)
+    assert len(box) == 3  # the least recent failures were forgotten first
+    assert box.check("10.0.0.4", rules) and box.check("2001:db8::1", rules) is None
+    rules = PenaltyRules(failures=3, window=1, max_time=1)
+    for index in range(3000):  # quiet sources are pruned as the table grows
+        box.failed("10.1.%d.%d" % (index // 256, index % 256), rules)
+        clock.now += 0.01
+    assert len(box) < 2048
 
 
 # -- real servers over 127.0.0.0/8 ---------------------------------------------
@@ -216,3 +274,73 @@ def test_udp_deny_drops_and_counts(start_service):
 def test_tls_on_udp_is_a_config_error():
     with pytest.raises(ConfigError, match="tls_cert needs transport tcp"):
         make_server(service_config("echo", transport="udp", tls_cert="/x.pem"))
+
+
+def authenticate_from(server, source, secret="wrong-wrong-wrong-wrong", reply=True):
+    """One auth attempt from ``source``: the reply frame (hello skipped) or the refusal;
+    without ``reply`` the open socket, the attempt sent (failures are counted on receipt)."""
+    sock = connect_from(server, source)
+    stream = FrameStream(sock)
+    first = stream.recv()
+    if first.type == "hello":
+        stream.send(auth.answer_hello(first.header, "alice", secret))
+        if not reply:
+            return sock
+        first = stream.recv()
+    sock.close()
+    return first
+
+
+def first_frame_from(server, source):
+    with connect_from(server, source) as sock:
+        return FrameStream(sock).recv()
+
+
+def test_auth_failures_penalise_the_source_for_a_while(start_service, keys_file, caplog):
+    server = start_service("tests.plugins:AuthedEcho", keys_file=keys_file,
+                           auth_penalty_failures=3, auth_penalty_time=1,
+                           auth_penalty_exempt="127.0.0.1")
+    early = connect_from(server, "127.0.0.2")  # opened before the penalty
+    hello = FrameStream(early).recv()
+    with caplog.at_level(logging.WARNING, "msgsrv.server"):
+        pending = [authenticate_from(server, source, reply=False)
+                   for source in ["127.0.0.1"] * 4 + ["127.0.0.2"] * 3]
+        wait_for(lambda: server.auth_penalty_left(("127.0.0.2", 0)), message="the penalty")
+        refusals = [first_frame_from(server, "127.0.0.2") for _ in range(3)]
+    for refusal in refusals:  # at admission: no hello, no handler
+        assert refusal.header["code"] == "busy"
+        assert re.fullmatch(r"too many failed authentications from this address, refused "
+                            r"for [01]\.[0-9]s more", refusal.header["message"])
+    assert caplog.text.count("127.0.0.2 penalised: 3 failed authentications within 60s, "
+                             "refused for 1s") == 1
+    # The exempt address and other sources are served; an open connection gets no guess.
+    assert authenticate_from(server, "127.0.0.1", SECRET).type == "authenticated"
+    assert authenticate_from(server, "127.0.0.3", SECRET).type == "authenticated"
+    stream = FrameStream(early)
+    stream.send(auth.answer_hello(hello.header, "alice", SECRET))
+    assert stream.recv().header["code"] == "busy" and recv_until_closed(early) == b""
+    for sock in pending + [early]:
+        sock.close()
+    wait_for(lambda: authenticate_from(server, "127.0.0.2", SECRET).type == "authenticated",
+             timeout=5, message="the penalty to end")
+    counters = server.counters.snapshot()
+    assert counters["auth_failures"] == 7 and counters["auth_penalties"] == 1
+    entry = status.service_status(server, time.time())
+    assert entry["refused"]["auth_penalty"] == counters["refused_auth_penalty"] >= 4
+    assert entry["counters"]["auth_failures"] == 7
+
+
+def test_auth_penalty_survives_a_reload_and_follows_its_rules(start_service, keys_file):
+    options = dict(keys_file=keys_file, auth_penalty_failures=1, auth_penalty_time=60,
+                   auth_penalty_exempt="")
+    server = start_service("tests.plugins:AuthedEcho", **options)
+    authenticate_from(server, "127.0.0.2")
+    assert first_frame_from(server, "127.0.0.2").header["code"] == "busy"
+    server.reconfigure(service_config("tests.plugins:AuthedEcho",
+                                      **dict(options, auth_penalty_window=30)))
+    assert first_frame_from(server, "127.0.0.2").header["code"] == "busy"
+    undo = server.reconfigure(service_config("tests.plugins:AuthedEcho",
+                                             **dict(options, auth_penalty_failures=0)))
+    assert authenticate_from(server, "127.0.0.2", SECRET).type == "authenticated"
+    undo()
+    assert first_frame_from(server, "127.0.0.2").header["code"] == "busy"

@@ -46,7 +46,7 @@ def test_wrong_secret_is_refused_after_a_delay_and_logged(authed, caplog):
     assert time.monotonic() - started >= auth.FAILURE_DELAY
     assert info.value.code == "auth-failed"
     assert "failed authentication from 127.0.0.1" in caplog.text
-    assert authed.counters.snapshot()["refused_auth"] == 1
+    assert authed.counters.snapshot()["auth_failures"] == 1
 
 
 def test_unknown_key_gets_the_same_generic_error(authed):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pwd
 import shutil
 import socket
 import struct
@@ -37,7 +38,8 @@ def keys_file(tmp_path):
 def command_service(start_service, keys_file):
     """start(**options): a command service with fast test limits; templates as options."""
     def start(**options):
-        settings = {"keys_file": keys_file, "timeout": 5, "kill_grace": 0.2, "auth_timeout": 2}
+        settings = {"keys_file": keys_file, "timeout": 5, "kill_grace": 0.2, "auth_timeout": 2,
+                    "user": "nobody"}
         settings.update(options)
         return start_service("command", **settings)
     return start
@@ -139,7 +141,7 @@ def test_wrong_secret_is_refused_and_logged(command_service, caplog):
     with caplog.at_level(logging.WARNING, "msgsrv.auth"), pytest.raises(AuthError):
         client(server, secret="wrong-wrong-wrong-wrong")
     assert "failed authentication from 127.0.0.1" in caplog.text and "'alice'" in caplog.text
-    assert server.counters.snapshot()["refused_auth"] == 1
+    assert server.counters.snapshot()["auth_failures"] == 1
 
 
 def test_replayed_auth_response_is_refused(command_service):
@@ -158,7 +160,43 @@ def test_client_without_credentials_is_stopped_early(command_service, monkeypatc
 def test_keys_file_with_loose_permissions_refuses_start(keys_file):
     os.chmod(keys_file, 0o640)
     with pytest.raises(ConfigError, match=r"\[service:svc\] keys_file.*chmod 600"):
+        make_server(service_config("command", keys_file=keys_file, user="nobody",
+                                   **{"command.t": "true"}))
+
+
+# --- who commands run as ------------------------------------------------------------
+
+def test_commands_never_run_as_root_by_accident(keys_file, monkeypatch):
+    monkeypatch.setattr("msgsrv.privileges.os.geteuid", lambda: 0)
+    with pytest.raises(ConfigError, match=r"^\[service:svc\] commands would run as root "
+                                          r"\(uid 0\): set user = NAME in \[service:svc\]"):
         make_server(service_config("command", keys_file=keys_file, **{"command.t": "true"}))
+    with pytest.raises(ConfigError, match=r"^\[service:svc\] user 'no-such-user-here' does"):
+        make_server(service_config("command", keys_file=keys_file, user="no-such-user-here",
+                                   **{"command.t": "true"}))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_commands_run_as_the_configured_user_or_as_root_when_allowed(command_service, caplog):
+    nobody = pwd.getpwnam("nobody")
+    ids = {"command.uid": "id -u", "command.groups": "id -G"}
+    with caplog.at_level(logging.INFO, "msgsrv.command"):
+        server = command_service(**ids)
+    assert "svc: commands run as uid=%d (nobody)" % nobody.pw_uid in caplog.text
+    with client(server) as c:
+        assert c.run("uid").stdout == b"%d\n" % nobody.pw_uid
+        groups = sorted(int(g) for g in c.run("groups").stdout.split())
+    assert groups == sorted(set(os.getgrouplist("nobody", nobody.pw_gid)))
+    # A reload that would make them root is refused; the service keeps its user.
+    with pytest.raises(ConfigError, match="commands would run as root"):
+        server.reconfigure(service_config("command", keys_file=server.config["keys_file"], **ids))
+    with client(server) as c:
+        assert c.run("uid").stdout == b"%d\n" % nobody.pw_uid
+    with caplog.at_level(logging.WARNING, "msgsrv.command"):
+        root = command_service(user="", run_as_root="yes", **ids)
+    assert "svc: run_as_root = yes: commands run as root" in caplog.text
+    with client(root) as c:
+        assert c.run("uid").stdout == b"0\n"
 
 
 # --- limits -----------------------------------------------------------------------
@@ -206,8 +244,8 @@ def test_client_disconnect_kills_the_run(command_service, caplog):
 
 
 def test_concurrent_runs_over_the_limit_are_refused(no_thread_leak, command_service, tmp_path):
-    flag = tmp_path / "flag"
-    server = command_service(max_concurrent=1, **{
+    flag = tmp_path / "flag"  # in a directory only root may enter
+    server = command_service(max_concurrent=1, user="", run_as_root="yes", **{
         "command.block": "sh -c 'echo go; while [ ! -e %s ]; do sleep 0.02; done'" % flag})
     with client(server) as first, client(server) as second:
         items = first.run_stream("block")

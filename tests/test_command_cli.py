@@ -34,8 +34,8 @@ def address(server):
 
 def test_cli_run_streams_output_and_exits_with_the_remote_code(command_service, keys_file,
                                                                tmp_path):
-    flag = tmp_path / "flag"
-    server = command_service(**{
+    flag = tmp_path / "flag"  # in a directory only root may enter
+    server = command_service(user="", run_as_root="yes", **{
         "command.block": "sh -c 'echo go; echo warn >&2; while [ ! -e %s ]; do sleep 0.02; "
                          "done; echo end; exit 3'" % flag})
     proc = cli("run", "--key", "alice", "--keys-file", keys_file, address(server), "block")
@@ -177,7 +177,7 @@ def test_daemon_creates_the_keys_file_and_the_cli_runs_end_to_end(tmp_path, daem
     keys = tmp_path / "var" / "keys" / "msgsrv.keys"
     ini = tmp_path / "server.ini"
     ini.write_text("[service:command]\nhandler = command\nport = 0\nkeys_file = %s\n"
-                   "command.uptime = uptime\n" % keys)
+                   "user = nobody\ncommand.uptime = uptime\n" % keys)
     daemon = daemon_factory(ini)
     host, port = daemon.wait_listening(1)["command"]
     assert "created keys file %s with key 'admin'" % keys in daemon.log

@@ -3,11 +3,15 @@ sd_notify, the pidfile lock, privilege drop, and the command-line helpers."""
 
 import logging
 import os
+import pathlib
 import pwd
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -18,7 +22,7 @@ from msgsrv.client import EchoClient
 from msgsrv.daemon import Daemon, plan_reload, state_path
 from msgsrv.errors import ConfigError
 from msgsrv.handlers.base import Handler
-from msgsrv.privileges import drop
+from msgsrv.privileges import RunAs, children_identity, drop
 from msgsrv.server import TCPService
 from msgsrv.stream import FrameStream
 from tests.conftest import ROOT, wait_for
@@ -253,6 +257,122 @@ def test_privileges_errors():
         drop("no-such-user-here")
     with pytest.raises(ConfigError, match="group 'no-such-group-here' does not exist"):
         drop("", "no-such-group-here")
+
+
+def _nobody():
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' here")
+
+
+def test_children_identity_decides_who_commands_run_as():
+    nobody = _nobody()
+    assert children_identity(euid=0) == RunAs(0, "root")
+    switched = children_identity("nobody", euid=0)
+    assert (switched.uid, switched.gid, switched.switch) == (nobody.pw_uid, nobody.pw_gid, True)
+    assert switched.spawn_options() == {
+        "user": nobody.pw_uid, "group": nobody.pw_gid,
+        "extra_groups": tuple(os.getgrouplist("nobody", nobody.pw_gid))}
+    group_only = children_identity(group=str(nobody.pw_gid), euid=0)
+    assert (group_only.uid, group_only.gid, group_only.groups) == (0, nobody.pw_gid, ())
+    # A root daemon that switches to [msgsrv] user runs its children as that user...
+    for euid in (0, nobody.pw_uid):  # ...at start (still root) and at a reload (switched)
+        dropped = children_identity(daemon_user="nobody", euid=euid)
+        assert (dropped.uid, dropped.switch, dropped.note) == (nobody.pw_uid, False, "")
+        assert children_identity("nobody", daemon_user="nobody", euid=euid).uid == nobody.pw_uid
+        with pytest.raises(ConfigError, match=r"^user = root: the daemon runs as \[msgsrv\] "
+                                              r"user = nobody, which cannot start children"):
+            children_identity("root", daemon_user="nobody", euid=euid)
+    # ...and a daemon some other user started keeps that user, saying why.
+    tryout = children_identity("nobody", euid=4242)
+    assert (tryout.uid, tryout.switch, tryout.spawn_options()) == (4242, False, {})
+    assert tryout.note.startswith("user = nobody not applied: the daemon does not run as root")
+    same = children_identity(str(nobody.pw_uid), euid=nobody.pw_uid)
+    assert (same.uid, same.note) == (nobody.pw_uid, "")
+    with pytest.raises(ConfigError, match="user 'no-such-user-here' does not exist"):
+        children_identity("no-such-user-here", euid=0)
+
+
+COMMANDS = "[service:cmd]\nhandler = command\nkeys_file = /nonexistent\ncommand.t = true\n"
+
+
+@pytest.mark.parametrize("extra, code", [("", 2), ("user = nobody\n", 0),
+                                         ("run_as_root = yes\n", 0)])
+def test_check_refuses_commands_that_would_run_as_root(tmp_path, capsys, monkeypatch, extra, code):
+    _nobody()
+    monkeypatch.setattr("msgsrv.privileges.os.geteuid", lambda: 0)
+    config = write_config(tmp_path / "server.ini", GLOBAL, COMMANDS + extra)
+    assert main(["-c", str(config), "--check"]) == code
+    err = capsys.readouterr().err
+    if code:
+        assert err.startswith("msgsrv: %s: [service:cmd] commands would run as root (uid 0): "
+                              "set user = NAME in [service:cmd]" % config)
+        assert "user in [msgsrv]" in err and "run_as_root = yes in [service:cmd]" in err
+    config = write_config(tmp_path / "global.ini", GLOBAL + "user = nobody\n", COMMANDS)
+    assert main(["-c", str(config), "--check"]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_daemon_refuses_to_start_commands_as_root(tmp_path, daemon_factory):
+    config = write_config(tmp_path / "server.ini", GLOBAL, COMMANDS)
+    daemon = daemon_factory(config)
+    assert daemon.proc.wait(10) == 2
+    daemon.stop()
+    # the start-up checks refuse it, as --check does, before anything is opened
+    assert daemon.log.startswith("msgsrv: %s: [service:cmd] commands would run as root (uid 0)"
+                                 % config)
+
+
+def _start_shipped(directory, log, *prefix):
+    """The README's first command, from ``directory`` holding conf/server.ini."""
+    env = dict(os.environ, PYTHONPATH=ROOT, COVERAGE_PROCESS_START="", COV_CORE_SOURCE="")
+    proc = subprocess.Popen(list(prefix) + [sys.executable, "-m", "msgsrv", "--config",
+                                            "conf/server.ini"], cwd=str(directory), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "ready pid=" in _text(log) or proc.poll() is not None, 15,
+                 message="the daemon to be ready")
+        assert "ready pid=%d" % proc.pid in _text(log), _text(log)
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return _text(log)
+
+
+def _text(path):
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to start as root and as another user")
+def test_shipped_config_starts_as_root_and_as_an_ordinary_user():
+    nobody = _nobody()
+    try:
+        other = pwd.getpwnam("daemon")
+    except KeyError:
+        pytest.skip("no user 'daemon' here")
+    directory = tempfile.mkdtemp(prefix="msgsrv-shipped-")
+    try:
+        base = pathlib.Path(directory)
+        (base / "conf").mkdir()
+        text = re.sub(r"(?m)^port = \d+$", "port = 0", open(os.path.join(
+            ROOT, "conf", "server.ini"), encoding="utf-8").read())
+        (base / "conf" / "server.ini").write_text(text)
+        log = base / "var" / "log" / "msgsrv.log"
+        assert "commands run as uid=%d (nobody)\n" % nobody.pw_uid in _start_shipped(base, log)
+        shutil.rmtree(str(base / "var"))
+        os.chown(directory, other.pw_uid, other.pw_gid)
+        text = _start_shipped(base, log, shutil.which("setpriv"), "--reuid=%d" % other.pw_uid,
+                              "--regid=%d" % other.pw_gid, "--clear-groups")
+        assert ("commands run as uid=%d (daemon); user = nobody not applied: the daemon does "
+                "not run as root" % other.pw_uid) in text
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_plan_reload_classifies_services(tmp_path):

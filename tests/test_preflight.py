@@ -23,7 +23,7 @@ def problems(tmp_path, text):
 def test_missing_program_fails_check_and_start_alike(tmp_path):
     path = tmp_path / "server.ini"
     keys = tmp_path / "keys" / "msgsrv.keys"
-    path.write_text("[service:run]\nhandler = command\nkeys_file = %s\n"
+    path.write_text("[service:run]\nhandler = command\nkeys_file = %s\nuser = nobody\n"
                     "command.x = /no/such/prog\n" % keys)
     expected = ("msgsrv: %s: [service:run] command.x: program '/no/such/prog' is not an "
                 "executable file\n" % path)
@@ -41,14 +41,15 @@ def test_every_problem_is_reported_one_line_each(tmp_path):
     plain = tmp_path / "plain"
     plain.write_text("")
     found = problems(tmp_path, "\n".join([
-        "[msgsrv]", "user = no-such-user-here", "pidfile = %s/pid" % plain,
-        "[service:run]", "handler = command", "keys_file = %s" % keys, "command.x = true",
+        "[msgsrv]", "group = no-such-group-here", "pidfile = %s/pid" % plain,
+        "[service:run]", "handler = command", "keys_file = %s" % keys, "run_as_root = yes",
+        "command.x = true",
         "[service:files]", "handler = file", "keys_file = %s/k" % tmp_path, "root = %s" % plain,
         "[service:tls]", "handler = echo", "tls_cert = %s/missing.pem" % tmp_path,
         "[service:udp]", "handler = echo", "transport = udp",
         "tls_cert = %s/missing.pem" % tmp_path, ""]))
     where = str(tmp_path / "server.ini") + ": "
-    expected = ["[msgsrv] user 'no-such-user-here' does not exist",
+    expected = ["[msgsrv] group 'no-such-group-here' does not exist",
                 "[msgsrv] pidfile %s/pid: %s is not a writable directory" % (plain, plain),
                 "[service:run] keys_file: keys file '%s' has mode 0644" % keys,
                 "[service:files] root '%s': sandbox root '%s' is not a directory" % (plain, plain),

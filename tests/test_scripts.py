@@ -143,8 +143,8 @@ def test_failed_start_shows_the_log(setup):
     setup.write("[service:echo]\nhandler = nope\n")
     result = setup.ctl("start")
     assert result.returncode == 6 and "handler must be one of" in result.stderr  # not configured
-    setup.write("[service:run]\nhandler = command\nkeys_file = %s\ncommand.x = /no/such/prog\n"
-                % (setup.var / "keys"))
+    setup.write("[service:run]\nhandler = command\nkeys_file = %s\nuser = nobody\n"
+                "command.x = /no/such/prog\n" % (setup.var / "keys"))
     result = setup.ctl("start")
     assert result.returncode == 6
     assert "[service:run] command.x: program '/no/such/prog' is not an executable file" \

@@ -56,7 +56,7 @@ def test_counters_follow_known_traffic(daemonish):
     entry = document["services"][0]
     assert entry["connections"] == 1 and entry["connections_total"] == 3
     assert entry["bytes_in"] == entry["bytes_out"] == 11
-    assert entry["refused"] == {"busy": 1, "access": 0, "rate": 0, "auth": 0, "tls": 0}
+    assert entry["refused"] == {"busy": 1, "access": 0, "rate": 0, "auth_penalty": 0, "tls": 0}
     assert entry["errors"] == 0 and entry["tls"] is False and entry["transport"] == "tcp"
     assert document["services"][1]["connections"] == 1  # this very request
 

@@ -4,9 +4,13 @@ On connect the server sends the hello frame (docs/PROTOCOL.rst,
 "Authentication"); every request before a successful ``auth`` is treated as
 an attempt.  A failed attempt is answered after ``auth.FAILURE_DELAY``
 seconds (the connection is held, no thread sleeps), and the connection
-closes after ``max_auth_failures``.  The handshake must finish within
-``auth_timeout``.  Subclasses implement ``request_received(message)`` and may
-allow anonymous requests by overriding ``anonymous_allowed()``.
+closes after ``max_auth_failures``.  Each failure also counts against the
+client's address (the service's ``auth_penalty_*`` settings): a penalised
+address is refused at admission, and an attempt on a connection it opened
+before is answered ``busy`` and closed without being checked.  The
+handshake must finish within ``auth_timeout``.  Subclasses implement
+``request_received(message)`` and may allow anonymous requests by
+overriding ``anonymous_allowed()``.
 """
 
 import logging
@@ -14,6 +18,7 @@ import os
 import time
 
 from .. import __version__, auth
+from ..access import penalty_message
 from ..errors import ConfigError
 from ..pool import format_peer
 from ..settings import Setting, integer, seconds, text
@@ -98,6 +103,10 @@ class AuthenticatedHandler(FramedHandler):
         self.conn.set_deadline(None)
 
     def _attempt(self, message):
+        left = self.server.auth_penalty_left(self.conn.address)
+        if left is not None:
+            self._penalised(left)
+            return
         result = self.handshake.receive(message.header)
         if result.outcome == auth.HandshakeResult.AUTHENTICATED:
             self._accept(result.identity)
@@ -105,13 +114,21 @@ class AuthenticatedHandler(FramedHandler):
                      format_peer(self.conn.address), result.identity)
             self.reply(result.reply)
             return
-        self.server.counters.incr("refused_auth")
         key = message.header.get("key")
         log.warning("%s: failed authentication from %s (key %r)", self.server.name,
                     format_peer(self.conn.address), key if isinstance(key, str) else None)
+        self.server.auth_failed(self.conn.address)
         self._pending_failure = result
         self.hold()
         self.conn.set_deadline(auth.FAILURE_DELAY)
+
+    def _penalised(self, left):
+        # Not checked: a connection opened before the penalty gets no more guesses.
+        self.server.counters.incr("refused_auth_penalty")
+        log.debug("%s: %s attempt during an authentication penalty", self.server.name,
+                  format_peer(self.conn.address))
+        self.reply_error("busy", penalty_message(left))
+        self.conn.close("auth penalty")
 
     def timed_out(self, reason):
         if reason == "deadline" and self._pending_failure is not None:

@@ -4,7 +4,9 @@
 ``connection_made``, ``data_received``, ``eof_received``, ``timed_out``,
 ``connection_lost``.  Calls for one connection never overlap.  A call may
 block inside ``self.conn.blocking(timeout)`` and then owns the connection
-until it returns; otherwise it must return promptly.
+until it returns; otherwise it must return promptly.  ``blocking`` raises
+``ServiceBusy`` when the pool has ``max_threads - workers`` calls blocked
+already.
 
 :class:`FramedHandler` adds the frame codec: ``message_received`` per frame,
 ``reply`` and ``reply_error``, and a blocking :class:`~msgsrv.stream.FrameStream`
@@ -17,11 +19,12 @@ import contextlib
 import logging
 import socketserver
 
-from ..errors import ConnectionFailed, ProtocolError, RequestTimeout
+from ..errors import ConnectionFailed, ProtocolError, RequestTimeout, ServiceBusy, TooSlow
 from ..pool import format_peer
 from ..protocol import NEED_DATA, FrameDecoder, encode, error_header
 from ..settings import Setting, seconds, size
 from ..stream import FrameStream
+from ..transfer_limits import PacedSocket, RateWatch
 
 log = logging.getLogger("msgsrv.handler")
 
@@ -56,7 +59,8 @@ class Handler:
     @classmethod
     def check_service(cls, service, global_options):
         """Check what ``prepare_service`` would load for ``service`` (its ServiceConfig),
-        changing nothing; raise ConfigError naming the service and the key.
+        including what depends on the process that will serve it (who it runs as),
+        changing nothing; raise ConfigError naming the service and the keys to fix.
 
         ``--check`` and every start run it first (:mod:`msgsrv.preflight`); a
         path named by :meth:`creates` may be missing then.
@@ -111,6 +115,13 @@ class FramedHandler(Handler):
                 "Largest frame body accepted (file data is streamed, not framed)."),
         Setting("io_timeout", seconds(0.1, 3600), "30",
                 "Seconds a blocking transfer waits for the peer before giving up."),
+        Setting("min_transfer_rate", size(0), "1K",
+                "Bytes per second a blocking transfer must move, either way, averaged "
+                "over transfer_rate_window; a slower one is aborted (too-slow). "
+                "0 disables."),
+        Setting("transfer_rate_window", seconds(1, 3600), "10",
+                "Seconds of waiting on the peer over which min_transfer_rate is averaged "
+                "(also the grace period at the start of a transfer)."),
         Setting("frame_timeout", seconds(0.1, 3600), "30",
                 "Seconds a client may take to send one whole frame once it has begun "
                 "(closes slow-drip clients)."),
@@ -183,6 +194,8 @@ class FramedHandler(Handler):
             self.message_received(message)
         except ProtocolError as exc:
             self.reply_error(exc.code, exc.message)
+        except TooSlow as exc:
+            self._too_slow(exc)
         except (ConnectionFailed, RequestTimeout, OSError) as exc:
             log.info("%s: %s transfer ended: %s", self.server.name,
                      format_peer(self.conn.address), exc)
@@ -193,6 +206,17 @@ class FramedHandler(Handler):
             self.server.counters.incr("errors")
             self.reply_error("internal", "internal server error (logged)")
             self.conn.close("handler error")
+
+    def _too_slow(self, exc):
+        # The peer reads an error frame only if it was the one sending.
+        log.warning("%s: %s transfer too slow, closing: %s", self.server.name,
+                    format_peer(self.conn.address), exc.message)
+        self.server.counters.incr("transfers_too_slow")
+        if not exc.receiving:
+            self.conn.abort("too slow")
+            return
+        self.reply_error("too-slow", exc.message)
+        self.conn.close("too slow")
 
     def eof_received(self):
         try:
@@ -222,10 +246,47 @@ class FramedHandler(Handler):
 
     @contextlib.contextmanager
     def stream(self, timeout=None):
-        """Within message_received: a blocking FrameStream sharing this decoder."""
+        """Within message_received: a blocking FrameStream sharing this decoder.
+
+        Its socket is paced (:class:`~msgsrv.transfer_limits.PacedSocket`):
+        ``RequestTimeout`` after ``timeout`` (default ``io_timeout``) seconds
+        without progress, ``TooSlow`` below ``min_transfer_rate``; both end
+        the connection (``too-slow`` error frame first when the peer was
+        sending).  Raises ``ServiceBusy`` before anything when the pool has no
+        thread to spare.
+        """
         timeout = self.options["io_timeout"] if timeout is None else timeout
-        with self.conn.blocking(timeout) as sock:
+        watch = RateWatch(self.options["min_transfer_rate"], self.options["transfer_rate_window"],
+                          timeout)
+        with self.conn.blocking(timeout, wrap=lambda sock: PacedSocket(sock, watch)) as sock:
             yield FrameStream(sock, decoder=self.decoder)
+
+    @contextlib.contextmanager
+    def transfer(self, buffers=0):
+        """:meth:`stream` for a transfer admitted by the service's TransferGate.
+
+        ``buffers`` is the bytes of transfer buffers the block will hold.
+        Raises ``ServiceBusy`` (answered ``busy``, the connection stays
+        usable) before anything moves when ``max_transfers``,
+        ``max_transfers_per_ip`` or ``transfer_buffer_budget`` is reached.
+        """
+        with self.admitted(buffers), self.stream() as stream:
+            yield stream
+
+    @contextlib.contextmanager
+    def admitted(self, buffers=0):
+        """Hold a transfer slot of the service's TransferGate while the block runs."""
+        try:
+            self.server.transfers.acquire(self.conn.address[0], buffers)
+        except ServiceBusy as exc:
+            self.server.counters.incr("transfers_refused")
+            log.info("%s: %s transfer refused: %s", self.server.name,
+                     format_peer(self.conn.address), exc.message)
+            raise
+        try:
+            yield
+        finally:
+            self.server.transfers.release(self.conn.address[0], buffers)
 
 
 class DatagramHandler(socketserver.BaseRequestHandler):

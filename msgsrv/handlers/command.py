@@ -3,7 +3,8 @@
 Requests (docs/PROTOCOL.rst, "Command service"): ``list`` answers with the
 commands the key may run; ``run`` checks the request against the
 :class:`~msgsrv.commands.CommandTable` (sans-IO), takes one of
-``max_concurrent`` slots, then blocks the connection while
+``max_concurrent`` slots and a slot of the service's TransferGate, then blocks
+the connection while
 :class:`~msgsrv.runner.ProcessRun` streams the child's output as frames.
 Every run is audited in one log line on ``msgsrv.command``; every refusal
 in one warning line.
@@ -14,8 +15,8 @@ import logging
 import threading
 import time
 
-from .. import commands, runner
-from ..errors import ProtocolError
+from .. import commands, privileges, runner
+from ..errors import ConfigError, ProtocolError, ServiceBusy
 from ..pool import format_peer
 from ..protocol import encode
 from .authed import AuthenticatedHandler
@@ -26,7 +27,8 @@ _MAX_FRAME = {"max_header": 1 << 30, "max_body": 1 << 40}
 
 #: wire code -> meaning, for every error frame this service sends besides the frame codes.
 CODES = dict(commands.CODES, **{
-    "busy": "max_concurrent commands are running already",
+    "busy": "max_concurrent commands are running already, or a transfer limit is reached "
+            "(max_transfers, max_transfers_per_ip, transfer_buffer_budget)",
     "exec-failed": "the program could not be started",
 })
 
@@ -50,16 +52,29 @@ class CommandHandler(AuthenticatedHandler):
 
     @classmethod
     def check_service(cls, service, global_options):
-        """The keys file (see AuthenticatedHandler), then the command table: programs
-        found and executable, directories present (ConfigError names the bad key)."""
+        """Who commands will run as (returns a :class:`~msgsrv.privileges.RunAs`), the
+        keys file (see AuthenticatedHandler), then the command table: programs found
+        and executable, directories present.
+
+        Raises ConfigError naming the service and the keys to fix: also when
+        commands would run as root and ``run_as_root`` is not yes, or when
+        ``user`` / ``group`` cannot be applied (see
+        :func:`msgsrv.privileges.children_identity`).
+        """
+        run_as = _run_as(service, global_options)
         super().check_service(service, global_options)
         commands.CommandTable.from_options(service.options, "[service:%s]" % service.name)
+        return run_as
 
     @classmethod
     def prepare_service(cls, server):
-        """Load the keys, then build the command table (ConfigError names the bad key)."""
+        """Check who commands run as, load the keys, then build the command table
+        (ConfigError names the bad key)."""
+        run_as = _run_as(server.config, server.global_options)
         super().prepare_service(server)
         options = server.config.options
+        server.run_as = run_as
+        _log_identity(server, run_as)
         server.commands = commands.CommandTable.from_options(
             options, "[service:%s]" % server.name)
         server.run_slots = threading.BoundedSemaphore(options["max_concurrent"])
@@ -86,16 +101,23 @@ class CommandHandler(AuthenticatedHandler):
         finally:
             # Given back before the exit frame goes out: a client that runs
             # again as soon as it sees exit must not find its own slot taken.
+            self.server.transfers.release(self.conn.address[0], runner.OUTPUT_BUFFERS)
             self.server.run_slots.release()
         self._finish(plan, run, outcome)
 
     def _admit(self, message):
-        """The checked Plan, with a run slot taken; ProtocolError (logged) otherwise."""
+        """The checked Plan, with a run slot and a transfer slot taken; ProtocolError
+        (logged) otherwise."""
         try:
             plan = self.server.commands.plan(message.header, self.identity, len(message.body))
             if not self.server.run_slots.acquire(blocking=False):
                 raise ProtocolError("busy", "%d commands are running already (max_concurrent)"
                                     % self.options["max_concurrent"])
+            try:
+                self.server.transfers.acquire(self.conn.address[0], runner.OUTPUT_BUFFERS)
+            except ServiceBusy:
+                self.server.run_slots.release()
+                raise
         except ProtocolError as exc:
             self._refused(message.header.get("command", commands.ANY), exc)
             raise
@@ -110,13 +132,16 @@ class CommandHandler(AuthenticatedHandler):
             run = runner.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],
                                     encode=output_frame, on_input=self._input_during_run,
                                     greeting=greeting, stdin=stdin,
-                                    cancelled=lambda: self.conn.aborted)
+                                    cancelled=lambda: self.conn.aborted,
+                                    min_rate=self.options["min_transfer_rate"],
+                                    rate_window=self.options["transfer_rate_window"])
             return run, run.pump()
 
     def _spawn(self, plan, stdin):
         try:
             return runner.spawn(plan.argv, workdir=plan.limits.workdir,
-                                env=self.server.commands.environment, stdin=bool(stdin))
+                                env=self.server.commands.environment, stdin=bool(stdin),
+                                **self.server.run_as.spawn_options())
         except OSError as exc:
             log.error("%s: cannot start %s %s: %s", self.server.name, plan.name,
                       _json(plan.argv), exc)
@@ -177,6 +202,31 @@ def _json(value):
 
 def _dash(value):
     return "-" if value is None else value
+
+
+def _run_as(service, global_options):
+    where = "[service:%s]" % service.name
+    try:
+        run_as = privileges.children_identity(
+            service["user"], service["group"], global_options.get("user", ""),
+            global_options.get("group", ""))
+    except ConfigError as exc:
+        raise ConfigError("%s %s" % (where, exc)) from None
+    if run_as.uid == 0 and not service["run_as_root"]:
+        raise ConfigError(
+            "%s commands would run as root (uid 0): set user = NAME in %s (an "
+            "unprivileged account such as nobody), or user in [msgsrv] to run the "
+            "whole daemon as that user, or run_as_root = yes in %s to allow root"
+            % (where, where, where))
+    return run_as
+
+
+def _log_identity(server, run_as):
+    if run_as.uid == 0:
+        log.warning("%s: run_as_root = yes: commands run as root", server.name)
+    else:
+        log.info("%s: commands run as uid=%d (%s)%s", server.name, run_as.uid, run_as.name,
+                 "; " + run_as.note if run_as.note else "")
 
 
 def _warn_unknown_keys(server):

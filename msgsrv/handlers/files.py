@@ -7,12 +7,15 @@ that skip authentication read), the arguments well-formed.  Then one
 ``_op_NAME`` method runs.  Every client path goes through the service's
 :class:`~msgsrv.sandbox.Sandbox`; uploads go through an ``AtomicWriter``, so
 the destination holds the old file or the whole verified new one, never a
-mix.  Transfers block inside ``self.stream()``.  The wire format is in
+mix.  Transfers block inside ``self.transfer()``, admitted by the service's
+TransferGate and held to ``min_transfer_rate``; a get of a small file is
+queued whole instead, holding no thread.  The wire format is in
 docs/PROTOCOL.rst ("File service").
 """
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -25,12 +28,21 @@ from ..errors import ConfigError, ProtocolError
 from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
 from ..fileroot import DigestCache, QuotaLedger, content_key
 from ..pool import format_peer
+from ..protocol import encode
 from ..sandbox import (AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, fsync_directory,
                        is_temp_name, resumable_temp_path)
 from ..settings import Setting, choice, seconds, size, text, word_list
 from .authed import AuthenticatedHandler
 
 log = logging.getLogger("msgsrv.files")
+
+# Transfer buffers held against transfer_buffer_budget: an upload's DEPTH
+# buffers plus one to hash what a resumed or conditional upload already holds.
+_UPLOAD_BUFFERS = (transfer.DEPTH + 1) * transfer.SERVER_CHUNK
+_HASH_BUFFERS = transfer.SERVER_CHUNK
+# Files up to this size are sent from memory without a blocking section, so
+# small gets are served whatever the transfers in progress.
+_INLINE_SIZE = 64 << 10
 
 _ERRNO_CODES = {
     errno.ENOENT: "not-found", errno.EEXIST: "exists", errno.ENOTEMPTY: "not-empty",
@@ -236,15 +248,39 @@ class FileHandler(AuthenticatedHandler):
             if offset > st.st_size:
                 raise ProtocolError("bad-request", "'offset' %d is past the end of %s (%d bytes)"
                                     % (offset, _shown(path), st.st_size))
-            with self.stream() as stream:
-                stream.send({"type": "data", "path": path, "size": st.st_size, "offset": offset,
-                             "mtime": round(st.st_mtime, 6)})
-                digest = self._send(stream, file, st, offset)
-                stream.send({"type": "end", "sha256": digest})
-        self._transferred(sent=st.st_size - offset)
+            header = {"type": "data", "path": path, "size": st.st_size, "offset": offset,
+                      "mtime": round(st.st_mtime, 6)}
+            if self._fits_inline(st.st_size):
+                self._send_inline(header, file, st, offset)
+            else:
+                with self.transfer(_HASH_BUFFERS) as stream:
+                    stream.send(header)
+                    digest = self._send(stream, file, st, offset)
+                    stream.send({"type": "end", "sha256": digest})
+                self._transferred(sent=st.st_size - offset)
         self.server.counters.incr("files_sent")
         log.info("%s: %s got %s (%d bytes from %d)", self.server.name, self.identity,
                  _shown(path), st.st_size, offset)
+
+    def _fits_inline(self, size):
+        # Bounded like any reply: the peer's queue stays under max_pending_output.
+        return (size <= _INLINE_SIZE
+                and self.conn.pending_output + size <= self.options["max_pending_output"])
+
+    def _send_inline(self, header, file, st, offset):
+        """Queue a small file's exchange whole: no blocking section, no thread held."""
+        data = os.pread(file.fileno(), st.st_size, 0)
+        if len(data) != st.st_size:
+            raise ProtocolError("io-error", "%s changed while being read; try again"
+                                % _shown(header["path"]))
+        digest = self.server.digests.get(st)
+        if digest is None:
+            digest = hashlib.sha256(data).hexdigest()
+            if content_key(os.fstat(file.fileno())) == content_key(st):
+                self.server.digests.put(st, digest)
+        # One send: separate small segments would wait on the peer's delayed ACK (Nagle).
+        self.conn.send(b"".join((encode(header), data[offset:],
+                                 encode({"type": "end", "sha256": digest}))))
 
     def _send(self, stream, file, st, offset):
         """Send the file from ``offset``; return the whole file's SHA-256 (hashed alongside)."""
@@ -252,7 +288,8 @@ class FileHandler(AuthenticatedHandler):
         if known is not None:
             transfer.send_file(stream, file, offset, st.st_size - offset)
             return known
-        with transfer.Hasher((file.fileno(), 0, st.st_size), depth=0) as hasher:
+        with transfer.Hasher((file.fileno(), 0, st.st_size), chunk_size=transfer.SERVER_CHUNK,
+                             depth=0) as hasher:
             transfer.send_file(stream, file, offset, st.st_size - offset)
             digest = hasher.hexdigest()
         if content_key(os.fstat(file.fileno())) == content_key(st):
@@ -264,7 +301,7 @@ class FileHandler(AuthenticatedHandler):
         if size > self.options["max_file_size"]:
             raise ProtocolError("too-large", "%d bytes exceed max_file_size (%d bytes)"
                                 % (size, self.options["max_file_size"]))
-        with self.stream() as stream:
+        with self.transfer(_UPLOAD_BUFFERS) as stream:
             self._clean_if_due()
             old = self._check_destination(dest, path, overwrite, if_sha256)
             with self.server.quota.reserve(size - old), \
@@ -334,7 +371,8 @@ class FileHandler(AuthenticatedHandler):
 
     def _receive_data(self, stream, writer, size):
         try:
-            with self._prefix(writer) as prefix, transfer.Hasher(prefix) as hasher:
+            with self._prefix(writer) as prefix, \
+                    transfer.Hasher(prefix, chunk_size=transfer.SERVER_CHUNK) as hasher:
                 transfer.receive(stream, size - writer.offset, writer.write, hasher,
                                  flush_fd=writer.file.fileno())
                 return hasher.hexdigest()
@@ -400,9 +438,17 @@ class FileHandler(AuthenticatedHandler):
         real = self.sandbox.resolve(path, must_exist=True, allow_root=True)
         reply = dict(_describe(os.stat(real)), type="stat", path=path)
         if sha256:
-            with _open_regular(real, path) as file, self.conn.blocking(self.options["io_timeout"]):
-                reply["sha256"] = self.server.digests.digest_of(file.fileno())
+            with _open_regular(real, path) as file:
+                reply["sha256"] = self._digest(file)
         return (reply,)
+
+    def _digest(self, file):
+        """The file's SHA-256: at once if cached or small, else hashed as an admitted transfer."""
+        st = os.fstat(file.fileno())
+        if st.st_size <= _INLINE_SIZE or self.server.digests.get(st) is not None:
+            return self.server.digests.digest_of(file.fileno())
+        with self.transfer(_HASH_BUFFERS):
+            return self.server.digests.digest_of(file.fileno())
 
     def _op_delete(self, path):
         entry = self.sandbox.resolve_entry(path)

@@ -1,4 +1,4 @@
-"""Misbehaving clients: abrupt resets, slowloris, and a fresh-client latency probe."""
+"""Misbehaving clients: abrupt resets, tiny receivers, slowloris, and a fresh-client latency probe."""
 
 import selectors
 import socket
@@ -23,6 +23,15 @@ def rst_close(sock):
 def open_tcp(address, timeout=5.0):
     """A connected TCP socket with a timeout (fails the caller with OSError)."""
     return socket.create_connection(address, timeout=timeout)
+
+
+def tiny_receiver(address, timeout=10.0):
+    """A connected TCP socket whose receive buffer is as small as the kernel allows."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(timeout)
+    sock.connect(address)
+    return sock
 
 
 # -- slowloris ------------------------------------------------------------------

@@ -169,7 +169,7 @@ SERVICES = {
                            {"handler": "command", "keys_file": "{keys_file}",
                             "command.echo": "echo {{words*}}", "command.cat": "cat",
                             "command.sleep": "sleep {{seconds}}", "pattern.sleep": "[0-9]{{1,2}}",
-                            "io_timeout": "5"},
+                            "io_timeout": "5", "user": "nobody"},
                            command_session, authed=True),
     "status": ServiceSpec("status", "framed", {"handler": "status"}, status_session),
     "chat": ServiceSpec("chat", "line", {"handler": "chat", "line_rate": "0"}, chat_session),

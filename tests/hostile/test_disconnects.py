@@ -29,13 +29,14 @@ pytestmark = pytest.mark.timeout(campaign.timeout(90))
 REPEATS = campaign.pick(30, 1000)  # per phase
 # Reset connections linger server-side until noticed (a held auth failure for
 # 0.5 s): admission limits would refuse part of a storm, which is not the point here.
-UNLIMITED = {"max_connections": "100000", "max_connections_per_ip": "100000"}
+UNLIMITED = {"max_connections": "100000", "max_connections_per_ip": "100000",
+             "max_transfers": "100000", "max_transfers_per_ip": "100000"}
 #: Per-service options of the storm: every reset ``sleep`` may be running at once.
 STORM_OPTIONS = {"command": {"max_concurrent": "1000", "max_stdin": "64K"}}
 WORKERS = 16
-# Each transfer holds DEPTH buffers of CHUNK bytes while it runs; the allocator keeps one
-# peak of them for reuse (RSS plateaus there over repeated storms: measured ~+20 MiB).
-TRANSFER_PEAK_KIB = WORKERS * transfer.DEPTH * transfer.CHUNK // 1024
+# Each upload holds DEPTH + 1 buffers of SERVER_CHUNK bytes while it runs; the allocator
+# keeps one peak of them for reuse (RSS plateaus there over repeated storms).
+TRANSFER_PEAK_KIB = WORKERS * (transfer.DEPTH + 1) * transfer.SERVER_CHUNK // 1024
 
 
 def before_greeting(address):
@@ -262,6 +263,7 @@ def test_resets_at_every_phase_release_every_counter(start_service, tmp_path, se
         state = {"admitted": server.connection_count, "per_ip": dict(server._per_ip),
                  "pool connections": len(server.pool.connections()),
                  "deadlines": len(server.pool._deadlines),
+                 "transfers": server.transfers.active, "buffers": server.transfers.reserved,
                  "threads": server.pool.thread_count - server.config["workers"]}
         busy = {name: value for name, value in state.items() if value}
         return "still held: %s" % busy if busy else None

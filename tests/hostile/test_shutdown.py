@@ -71,7 +71,10 @@ def _exit_time(daemon, since):
 @pytest.mark.parametrize("stalled", [0, 1], ids=["all-finish", "one-stalled"])
 def test_uploads_in_flight_at_sigterm_are_acknowledged(hostile_daemon, stalled):
     daemon = hostile_daemon(["file"], {"shutdown_timeout": GRACE},
-                            {"file": {"max_connections_per_ip": "1000", "io_timeout": "30"}})
+                            {"file": {"max_connections_per_ip": "1000", "io_timeout": "30",
+                                      # every upload comes from 127.0.0.1, all at once
+                                      "max_transfers": "1000", "max_transfers_per_ip": "1000",
+                                      "transfer_buffer_budget": "1G"}})
     address = daemon.address("file")
     uploads = [Upload(address, "up%d.bin" % n, os.urandom(SIZE)) for n in range(UPLOADS)]
     stuck = [Upload(address, "stalled%d.bin" % n, os.urandom(SIZE)) for n in range(stalled)]
@@ -112,6 +115,8 @@ def _commands(go):
         # Ignores SIGTERM and outlasts the grace period: only SIGKILL ends it.
         "command.stubborn": "sh -c 'trap \"\" TERM; echo $$; exec sleep 30'",
         "kill_grace": "10",
+        # ``go`` is in the test's private temp directory, which only root may enter.
+        "user": "", "run_as_root": "yes",
     }
 
 

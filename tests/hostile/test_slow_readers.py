@@ -2,11 +2,11 @@
 
 A download to a client that never reads must end at the file service's
 ``io_timeout``; a chat subscriber that never reads must be cut once
-``max_queue`` bytes wait for it.  Meanwhile other clients are served and the
+``max_queue`` bytes wait for it, also when what waits is room history
+replayed as it joins.  Meanwhile other clients are served and the
 daemon's memory stays bounded.
 """
 
-import socket
 import threading
 import time
 
@@ -17,7 +17,7 @@ from msgsrv.client.chat import ChatClient
 from msgsrv.stream import FrameStream
 from tests.conftest import wait_for
 from tests.hostile import campaign
-from tests.hostile.attackers import open_tcp
+from tests.hostile.attackers import open_tcp, tiny_receiver
 from tests.hostile.procwatch import PeakRSS, settle
 from tests.hostile.targets import KEY_NAME, SECRET
 
@@ -29,17 +29,8 @@ FILE_SIZE = 64 << 20
 RSS_BOUND_KIB = 32 * 1024
 
 
-def _tiny_receiver(address):
-    """A connection whose receive buffer is as small as the kernel allows."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(address)
-    return sock
-
-
 def _stalled_download(address):
-    sock = _tiny_receiver(address)
+    sock = tiny_receiver(address)
     stream = FrameStream(sock)
     stream.send(auth.answer_hello(stream.recv().header, KEY_NAME, SECRET))
     assert stream.recv().type == "authenticated"
@@ -55,7 +46,8 @@ def _latency(daemon, name, count=5):
 
 
 def test_a_download_nobody_reads_ends_at_io_timeout(hostile_daemon):
-    daemon = hostile_daemon(["file"], overrides={"file": {"io_timeout": str(IO_TIMEOUT)}})
+    daemon = hostile_daemon(["file"], overrides={"file": {
+        "io_timeout": str(IO_TIMEOUT), "max_transfers_per_ip": str(STALLED)}})
     with open(daemon.where / "files" / "big.bin", "wb") as stream:
         stream.truncate(FILE_SIZE)
     daemon.ping("file")
@@ -121,7 +113,7 @@ def test_a_chat_subscriber_that_never_reads_is_cut_at_max_queue(hostile_daemon):
     daemon = hostile_daemon(["chat"], overrides={"chat": {"max_queue": str(MAX_QUEUE),
                                                           "history": "0"}})
     address = daemon.address("chat")
-    silent = _tiny_receiver(address)
+    silent = tiny_receiver(address)
     silent.sendall(b"/nick silent\n")
     listener, talker = Drain(address, "listener"), Drain(address, "talker")
     wait_for(lambda: {"silent", "listener", "talker"} <= set(_who(address)),
@@ -132,16 +124,57 @@ def test_a_chat_subscriber_that_never_reads_is_cut_at_max_queue(hostile_daemon):
         wait_for(lambda: listener.heard == LINES, timeout=20, message="the listener to hear all")
     assert "silent" not in _who(address)
     assert "send queue exceeded" in daemon.log
-    growth = peak.peak_kib - baseline.rss_kib
-    assert growth < RSS_BOUND_KIB, growth
-    for sock in (silent, listener.sock, talker.sock):
-        sock.close()
-    daemon.assert_alive()
+    growth = _bounded_and_closed(daemon, peak.peak_kib - baseline.rss_kib,
+                                 (silent, listener.sock, talker.sock))
     campaign.record("slow-chat-subscriber", max_queue=MAX_QUEUE, lines=LINES,
                     line_bytes=len(PAYLOAD), listener_heard=listener.heard,
                     rss_peak_growth_kib=growth)
 
 
-def _who(address):
+def _bounded_and_closed(daemon, growth, socks):
+    """Check the RSS growth and the daemon; close ``socks``; return the growth."""
+    assert growth < RSS_BOUND_KIB, growth
+    for sock in socks:
+        sock.close()
+    daemon.assert_alive()
+    return growth
+
+
+def _who(address, room="lobby"):
     with ChatClient(*address, "who%d" % time.monotonic_ns(), timeout=10) as client:
-        return client.who("lobby")
+        return client.who(room)
+
+
+HISTORY_ROOMS = 10
+HISTORY = 200
+HISTORY_QUEUE = 1 << 20
+LONG_LINE = PAYLOAD * 2  # 4000 bytes: one room's replay (~800 KB) fits in max_queue
+
+
+def test_history_replays_to_a_client_that_never_reads_are_cut_at_max_queue(hostile_daemon):
+    daemon = hostile_daemon(["chat"], overrides={"chat": {
+        "max_queue": str(HISTORY_QUEUE), "history": str(HISTORY)}})
+    address = daemon.address("chat")
+    rooms = ["r%d" % i for i in range(HISTORY_ROOMS)]
+    talker = Drain(address, "talker")
+    talker.sock.sendall("".join("/join %s\n" % room + "".join(
+        "line %d %s\n" % (i, LONG_LINE) for i in range(HISTORY)) for room in rooms).encode())
+    wait_for(lambda: talker.heard == HISTORY_ROOMS * HISTORY, timeout=30,
+             message="every room's history to fill")
+    baseline = daemon.probe.snapshot()
+    joins = "".join("/join %s\n" % room for room in rooms).encode()
+    with PeakRSS(daemon.probe) as peak:
+        silent = tiny_receiver(address)
+        silent.sendall(b"/nick silent\n" + joins)  # 8 MB of replays, never read
+        reader = Drain(address, "reader")
+        reader.sock.sendall(joins)
+        wait_for(lambda: reader.heard == HISTORY_ROOMS * HISTORY, timeout=30,
+                 message="the reading client to get every replay")
+        wait_for(lambda: "send queue exceeded" in daemon.log, timeout=10,
+                 message="the silent client to be cut")
+    assert "silent" not in _who(address, "r0")
+    growth = _bounded_and_closed(daemon, peak.peak_kib - baseline.rss_kib,
+                                 (silent, reader.sock, talker.sock))
+    campaign.record("slow-history-replay", rooms=HISTORY_ROOMS, history=HISTORY,
+                    line_bytes=len(LONG_LINE), max_queue=HISTORY_QUEUE,
+                    reader_heard=reader.heard, rss_peak_growth_kib=growth)
