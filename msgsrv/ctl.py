@@ -55,6 +55,7 @@ EXIT_STATUS = (
     ("3", "status: the daemon is not running."),
     ("4", "Not permitted to signal the daemon; status: unknown (the configuration cannot "
           "be read)."),
+    ("5", "scripts/msgsrvctl: the interpreter ($MSGSRV_PYTHON, default python3) is missing."),
     ("6", "The configuration is invalid or sets no pidfile (the messages say why)."),
     ("7", "reload, force-reload: the daemon is not running."),
 )

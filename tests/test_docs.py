@@ -90,3 +90,13 @@ def test_manpages_command_writes_then_checks(tmp_path, capsys):
     assert manpages.main(["--check", str(tmp_path)]) == 1
     assert "msgsrv.8 is out of date: run python -m msgsrv.manpages" in capsys.readouterr().err
     assert (tmp_path / "msgsrv.8").read_text() == "old\n"
+
+
+def test_readme_msgsrvctl_exit_status_table_matches_the_command():
+    from msgsrv import ctl
+    readme = read("README.rst")
+    table = readme[readme.index("Its exit status is that of an LSB init script:"):]
+    table = table[:table.index("``--help`` prints the usage")]
+    rows = {int(line.split()[0]) for line in table.splitlines() if re.match(r"\d\s", line)}
+    assert rows == set(range(8))
+    assert {int(code) for code, _ in ctl.EXIT_STATUS} == rows
