@@ -101,8 +101,9 @@ def _config_path(given):
 def _report_check(config, notes):
     for note in notes:
         print("msgsrv: note: %s" % note, file=sys.stderr)
-    print("msgsrv: %s: every start-up check passed (%d services)"
-          % (config.path, len(config.services)), file=sys.stderr)
+    count = len(config.services)
+    print("msgsrv: %s: every start-up check passed (%d service%s)"
+          % (config.path, count, "" if count == 1 else "s"), file=sys.stderr)
     sys.stdout.write(config_module.format_effective(config))
     return EXIT_OK
 

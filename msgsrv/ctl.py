@@ -53,8 +53,8 @@ EXIT_STATUS = (
           "reload was refused); status: not running, but a stale pidfile is left."),
     ("2", "Invalid or excess arguments."),
     ("3", "status: the daemon is not running."),
-    ("4", "Not permitted to signal the daemon; status: unknown (the configuration cannot "
-          "be read)."),
+    ("4", "Not permitted to signal the daemon, or to create its log or pidfile; status: "
+          "unknown (the configuration cannot be read)."),
     ("5", "scripts/msgsrvctl: the interpreter ($MSGSRV_PYTHON, default python3) is missing."),
     ("6", "The configuration is invalid or sets no pidfile (the messages say why)."),
     ("7", "reload, force-reload: the daemon is not running."),
@@ -166,18 +166,16 @@ class Control:
         return self._launch()
 
     def _launch(self):
-        for path in (self.outfile, self.pidfile):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
         offset = _size(self.outfile)
         with tempfile.TemporaryDirectory(prefix="msgsrvctl-") as private, \
                 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ready:
             address = os.path.join(private, "notify")
             ready.bind(address)
-            with open(self.outfile, "ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "msgsrv", "--config", self.path], cwd=self.directory,
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, env=dict(os.environ, **{NOTIFY_ENV: address}))
+            try:
+                proc = self._spawn(address)
+            except OSError as exc:
+                print("msgsrvctl: cannot start msgsrv: %s" % exc, file=sys.stderr)
+                return NO_PRIVILEGE if isinstance(exc, PermissionError) else FAILED
             outcome = _wait_ready(ready, proc, self.start_timeout)
         proc.returncode = 0  # the daemon outlives us; never reap it at exit
         if outcome == "ready":
@@ -192,6 +190,16 @@ class Control:
                   % (outcome, self.outfile), file=sys.stderr)
         sys.stderr.write(_tail(self.outfile, offset))
         return NOT_CONFIGURED if outcome == 2 else FAILED
+
+    def _spawn(self, notify_address):
+        """The daemon, detached, its output appended to the outfile (OSError if impossible)."""
+        for path in (self.outfile, self.pidfile):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(self.outfile, "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "msgsrv", "--config", self.path], cwd=self.directory,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, env=dict(os.environ, **{NOTIFY_ENV: notify_address}))
 
     def stop(self):
         """LSB stop: 0 when stopped or not running; 1 when SIGKILL was needed."""

@@ -74,7 +74,7 @@ def test_check_creates_nothing_and_says_what_a_start_would_create(tmp_path):
         "msgsrv: note: would create keys file with one random key 'admin': %s/keys/k "
         "([service:files] keys_file)" % var,
         "msgsrv: note: would create file root %s/files ([service:files] root)" % var,
-        "msgsrv: %s: every start-up check passed (1 services)" % path]
+        "msgsrv: %s: every start-up check passed (1 service)" % path]
     assert not var.exists()
     assert "[service:files]\nhandler = file\n" in result.stdout
 
