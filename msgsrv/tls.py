@@ -6,9 +6,10 @@ The handshake is then driven by readiness like any other I/O: each event
 calls ``do_handshake`` once and the connection waits for reading or writing
 as OpenSSL asks.  So neither the accept thread nor a worker ever waits on a
 slow or silent client; the connection's deadline (``tls_handshake_timeout``)
-aborts a handshake that does not finish, and a plaintext client fails at its
-first bytes.  The handler sees nothing until the handshake is done:
-``connection_made`` is its first call.
+aborts a handshake that does not finish, and a plaintext client is closed as
+soon as its first byte arrives (it is not 0x16, a handshake record).  The
+handler sees nothing until the handshake is done: ``connection_made`` is its
+first call.
 
 The pool's :class:`~msgsrv.pool.Connection` code runs unchanged over a
 :class:`NonBlockingTLS` socket, which reports OpenSSL's "want read/write" as
@@ -22,6 +23,7 @@ waits for writability, which fires at once.  Plaintext connections use
 
 import logging
 import select
+import socket
 import ssl
 import threading
 
@@ -33,6 +35,24 @@ log = logging.getLogger("msgsrv.tls")
 _IN, _OUT, _QUIET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
 _WRITE_CHUNK = 64 * 1024
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+HANDSHAKE_RECORD = 0x16  # the first byte of every TLS client's first record
+
+
+def not_tls(first):
+    """Why a client whose first byte is ``first`` (an int) cannot be a TLS client, or None."""
+    if first == HANDSHAKE_RECORD:
+        return None
+    shown = " %r" % chr(first) if 0x20 <= first < 0x7f else ""
+    return "its first byte is %#04x%s, not 0x16 (a handshake record)" % (first, shown)
+
+
+def peek_first_byte(sock):
+    """The peer's first byte (an int), left in place for the TLS layer; None if none yet."""
+    try:
+        data = socket.socket.recv(sock, 1, socket.MSG_PEEK)  # under the SSLSocket's recv
+    except (BlockingIOError, InterruptedError):
+        return None
+    return data[0] if data else None
 
 
 def _harden(context):
@@ -113,6 +133,9 @@ class ServerTLS:
         """
         timeout = sock.gettimeout()
         sock.settimeout(self.handshake_timeout)
+        first = peek_first_byte(sock)
+        if first is not None and not_tls(first):
+            raise OSError("refused plaintext: %s" % not_tls(first))
         wrapped = self.context.wrap_socket(sock, server_side=True)
         wrapped.settimeout(timeout)
         return wrapped
@@ -134,6 +157,13 @@ class NonBlockingTLS:
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+    def first_byte(self):
+        """The client's first byte, peeked (OpenSSL still reads it), or None if none yet."""
+        try:
+            return peek_first_byte(self._sock)
+        except OSError:
+            return None  # the handshake reports it
 
     def do_handshake(self):
         """One handshake step; BlockingIOError until it is done."""
@@ -207,6 +237,7 @@ class TLSConnection(Connection):
 
     def __init__(self, pool, sock, address, handshake_timeout, on_failure=None):
         self._handshaking = True
+        self._first_seen = False
         self._shim = _Handshaking(self)
         self._handler = None
         super().__init__(pool, sock, address)
@@ -222,9 +253,10 @@ class TLSConnection(Connection):
     def handler(self, value):
         self._handler = value
 
-    def fail_handshake(self, reason):
-        """Abort a connection whose handshake failed; log and count it."""
-        log.info("%s: %s TLS %s", self.pool.name, format_peer(self.address), reason)
+    def fail_handshake(self, reason, detail=None):
+        """Abort a connection whose handshake failed; log (with ``detail``) and count it."""
+        log.info("%s: %s TLS %s%s", self.pool.name, format_peer(self.address), reason,
+                 "" if detail is None else ": " + detail)
         if self._on_failure is not None:
             self._on_failure(reason)
         self.abort("tls %s" % reason)
@@ -237,6 +269,8 @@ class TLSConnection(Connection):
         super()._serve(mask)
 
     def _handshake(self):
+        if not self._first_seen and self._plaintext_client():
+            return False
         try:
             self.sock.do_handshake()
         except BlockingIOError:
@@ -247,6 +281,16 @@ class TLSConnection(Connection):
         self.set_deadline(None)
         self._handshaking = False
         return True
+
+    def _plaintext_client(self):
+        """Close at once a client whose first byte cannot start a TLS handshake: OpenSSL
+        would wait for a whole record header from it until the handshake deadline."""
+        first = self.sock.first_byte()
+        self._first_seen = first is not None
+        if self._first_seen and not_tls(first):
+            self.fail_handshake("refused plaintext", not_tls(first))
+            return True
+        return False
 
     def _update_mask_locked(self):
         if self._handshaking:
