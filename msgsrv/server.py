@@ -376,6 +376,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self.stop_accepting()
         if self.pool is not None:
             self.pool.stop(timeout, notify=lambda conn: conn.handler.server_closing())
+            self.config.handler_class.release_service(self)
             return
         deadline = time.monotonic() + timeout
         with self._lock:
