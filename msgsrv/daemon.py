@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 
-from . import config as config_module, notify, privileges
+from . import __version__, config as config_module, notify, privileges
 from .errors import ConfigError
 from .pidfile import Pidfile
 from .registry import Registry
@@ -51,40 +51,67 @@ class ReopeningFileHandler(logging.FileHandler):
             old.close()
 
 
-def configure_logging(options):
-    """Send logs to ``log_file`` (or stderr) at ``log_level``; return the handler.
+def configure_logging(options, echo=False):
+    """Send logs to ``log_file`` (to standard error when it is empty, and as well with
+    ``echo``) at ``log_level``.
 
     Creates the log file's directory if needed; closes the handlers it
     replaces.  Raises OSError if the log file cannot be opened.
     """
-    handler = log_handler(options)
-    install_log_handler(handler, options["log_level"])
-    return handler
+    install_log_handlers(log_handlers(options, echo), options["log_level"])
 
 
-def log_handler(options):
-    """A new handler for ``log_file`` (or stderr); raises OSError if it cannot be opened."""
+def log_handlers(options, echo=False):
+    """New handlers for ``log_file`` and/or stderr; raises OSError if the file cannot be
+    opened."""
+    handlers = []
     if options["log_file"]:
         directory = os.path.dirname(options["log_file"])
         if directory:
             os.makedirs(directory, exist_ok=True)
-        handler = ReopeningFileHandler(options["log_file"], encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    return handler
+        handlers.append(ReopeningFileHandler(options["log_file"], encoding="utf-8"))
+    if echo or not options["log_file"]:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handlers
 
 
-def install_log_handler(handler, level):
-    """Make ``handler`` the root logger's only handler, at ``level``."""
+def install_log_handlers(handlers, level):
+    """Make ``handlers`` the root logger's only handlers, at ``level``."""
     root = logging.getLogger()
-    root.addHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
     for old in list(root.handlers):
-        if old is not handler:
+        if old not in handlers:
             root.removeHandler(old)
             if isinstance(old, logging.FileHandler):
                 old.close()
     root.setLevel(level.upper())
+
+
+def stderr_gets_logs():
+    """True when a log handler already writes to this process's standard error (the
+    terminal, pipe or file it is)."""
+    try:
+        target = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no stderr, or not a real file
+        return False
+    for handler in logging.getLogger().handlers:
+        try:
+            written = os.fstat(handler.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            continue
+        if (written.st_dev, written.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def report_fatal(message):
+    """Log a fatal start-up error, and print it on stderr unless the log goes there."""
+    log.error("%s", message)
+    if not stderr_gets_logs():
+        print("msgsrv: %s" % message, file=sys.stderr, flush=True)
 
 
 def reopen_logs():
@@ -136,10 +163,16 @@ def state_path(pidfile):
 
 
 class Daemon:
-    """Owns the running services of one config and the main signal loop."""
+    """Owns the running services of one config and the main signal loop.
 
-    def __init__(self, config):
-        self.config = config
+    ``overrides`` (``[msgsrv]`` options from the command line) apply to every
+    reloaded config too; with ``echo`` logs go to stderr as well as to the log file.
+    """
+
+    def __init__(self, config, overrides=None, echo=False):
+        self.overrides = dict(overrides or {})
+        self.echo = echo
+        self.config = config_module.with_options(config, self.overrides)
         self.registry = Registry()
         self.pidfile = Pidfile(config["pidfile"]) if config["pidfile"] else None
         self._signals = collections.deque()
@@ -157,8 +190,13 @@ class Daemon:
     # -- starting -----------------------------------------------------------
 
     def start(self):
-        """Bind and start every service; raise OSError naming the one that failed
-        (or ConfigError when a handler refuses its settings)."""
+        """Bind every service, drop privileges, then serve; raise OSError naming the
+        service that failed (ConfigError when a handler refuses its settings,
+        RuntimeError when privileges could be regained).
+
+        Nothing is announced (``listening ...``) before every listener is bound
+        and the user switched: a failed start closes what it had bound and says so.
+        """
         if self.config["thread_stack_size"]:
             threading.stack_size(max(32768, self.config["thread_stack_size"]))
         # A thread woken by I/O waits up to the switch interval for the
@@ -168,13 +206,21 @@ class Daemon:
         old, new = raise_open_files_limit()
         if new > old:
             log.info("raised the open-files limit from %d to %d", old, new)
-        for service in self.config.services:
-            try:
+        bound = []
+        try:
+            for service in self.config.services:
                 server = self._create(service, self.config)
                 self._bind(server)
-            except (OSError, ConfigError):
-                self.stop()
-                raise
+                bound.append(server)
+            self._drop_privileges()
+        except BaseException as exc:
+            if bound:
+                log.info("start-up failed (%s): closing the %d listeners bound so far (%s), "
+                         "never announced", exc, len(bound), ", ".join(s.name for s in bound))
+            for server in bound:
+                server.stop(0)
+            raise
+        for server in bound:
             self._serve(server)
 
     def _create(self, service, config):
@@ -259,11 +305,13 @@ class Daemon:
         SIGTERM arriving during the shutdown must not kill a process that
         stopped cleanly, and Python resets its own handlers while it finalizes.
         """
+        log.info("starting msgsrv %s pid=%d config=%s", __version__, os.getpid(),
+                 os.path.abspath(self.config.path))
         if self.pidfile is not None:
             try:
                 self.pidfile.acquire()
             except OSError as exc:
-                log.error("%s", exc)
+                report_fatal(exc)
                 return EXIT_FAILURE
         try:
             return self._run(restore_signals)
@@ -296,12 +344,11 @@ class Daemon:
     def _start_all(self):
         try:
             self.start()
-            self._drop_privileges()
         except ConfigError as exc:
-            log.error("%s", exc)
+            report_fatal(exc)
             return EXIT_CONFIG
         except (OSError, RuntimeError) as exc:
-            log.error("%s", exc)
+            report_fatal(exc)
             return EXIT_FAILURE
         self._write_state()
         log.info("ready pid=%d services=%d", os.getpid(), len(self.registry))
@@ -404,17 +451,17 @@ class Daemon:
         nothing, if the file is invalid, a handler refuses its settings, a
         new log file or listener cannot be opened.
         """
-        new = config_module.load(self.config.path)
+        new = config_module.with_options(config_module.load(self.config.path), self.overrides)
         plan = plan_reload(self.config, new)
-        fresh, undo, new_log = {}, [], None
+        fresh, undo, new_log = {}, [], []
         try:
-            new_log = self._new_log_handler(new)
+            new_log = self._new_log_handlers(new)
             for name in plan.kept:
                 undo.append(self.registry.get(name).reconfigure(_service(new, name), new.options))
             late = self._create_fresh(new, plan, fresh)
         except BaseException:
-            if new_log is not None:
-                new_log.close()
+            for handler in new_log:
+                handler.close()
             for server in fresh.values():
                 server.stop(0)
             for step in reversed(undo):
@@ -423,12 +470,12 @@ class Daemon:
         failed = self._commit(new, plan, fresh, late, new_log)
         return _summary(plan, failed)
 
-    def _new_log_handler(self, new):
+    def _new_log_handlers(self, new):
         old, options = self.config.options, new.options
         if (old["log_file"], old["log_level"]) == (options["log_file"], options["log_level"]):
-            return None
+            return []
         try:
-            return log_handler(options)
+            return log_handlers(options, self.echo)
         except OSError as exc:
             raise OSError("log_file %s: %s" % (options["log_file"], exc.strerror or exc)) from None
 
@@ -450,8 +497,8 @@ class Daemon:
         return late
 
     def _commit(self, new, plan, fresh, late, new_log):
-        if new_log is not None:
-            install_log_handler(new_log, new["log_level"])
+        if new_log:
+            install_log_handlers(new_log, new["log_level"])
         for key in _RESTART_KEYS:
             if self.config[key] != new[key]:
                 log.warning("reload: %s changed; it takes effect at the next start", key)

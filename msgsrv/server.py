@@ -201,10 +201,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
             if rate is None or (rate.rate, rate.penalty) != (config["rate_limit"],
                                                              config["rate_penalty"]):
                 rate = RateLimiter(config["rate_limit"], config["rate_penalty"])
-        try:
-            tls = ServerTLS.from_options(config.options, self._tls_failed)
-        except ConfigError as exc:
-            raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
+        tls = check_transport_options(config, self._tls_failed)
         return (AccessRules.from_options(config.options, global_options), rate, tls,
                 PenaltyRules.from_options(config.options))
 
@@ -438,10 +435,7 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
         self._reply_socket = ReplySocket(self)
 
     def _load_policy(self, config, global_options):
-        for key in ("tls_cert", "tls_client_ca"):
-            if config[key]:
-                raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
-                                  "not supported)" % (config.name, key))
+        check_transport_options(config)
         replies = None
         if config["reply_rate"] is not None:
             settings = (config["reply_rate"].count / config["reply_rate"].per,
@@ -526,6 +520,22 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
 
     def abort_connections(self, reason="aborted"):
         """Nothing to abort: UDP has no connections."""
+
+
+def check_transport_options(config, on_tls_failure=None):
+    """Load what the transport of the service ``config`` needs: its ServerTLS (TCP with
+    ``tls_cert``; else None).  Raises ConfigError naming the service when the TLS files
+    cannot be loaded, or TLS is asked of a UDP service."""
+    if config.transport == "udp":
+        for key in ("tls_cert", "tls_client_ca"):
+            if config[key]:
+                raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
+                                  "not supported)" % (config.name, key))
+        return None
+    try:
+        return ServerTLS.from_options(config.options, on_tls_failure)
+    except ConfigError as exc:
+        raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
 
 
 def make_server(config, bind_and_activate=True, global_options=None):

@@ -14,6 +14,7 @@ overriding ``anonymous_allowed()``.
 """
 
 import logging
+import os
 import time
 
 from .. import __version__, auth
@@ -38,6 +39,20 @@ class AuthenticatedHandler(FramedHandler):
         Setting("max_auth_failures", integer(1, 100), "3",
                 "Failed attempts before the connection is closed."),
     )
+
+    @classmethod
+    def check_service(cls, service, global_options):
+        """An existing keys file must load (modes, format); a missing one is created."""
+        path = service["keys_file"]
+        if os.path.lexists(path):
+            try:
+                auth.load_keys(path)
+            except ConfigError as exc:
+                raise ConfigError("[service:%s] keys_file: %s" % (service.name, exc)) from None
+
+    @classmethod
+    def creates(cls, service):
+        return (("keys_file", "keys file with one random key 'admin':"),)
 
     @classmethod
     def prepare_service(cls, server):

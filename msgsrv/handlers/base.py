@@ -58,11 +58,19 @@ class Handler:
 
     @classmethod
     def check_service(cls, service, global_options):
-        """Checks that depend on the process that will serve ``service`` (who it runs as).
+        """Check what ``prepare_service`` would load for ``service`` (its ServiceConfig),
+        including what depends on the process that will serve it (who it runs as),
+        changing nothing; raise ConfigError naming the service and the keys to fix.
 
-        Run by ``--check`` and by the handler's own ``prepare_service``; raise
-        ConfigError naming the service and the keys to fix.
+        ``--check`` and every start run it first (:mod:`msgsrv.preflight`); a
+        path named by :meth:`creates` may be missing then.
         """
+
+    @classmethod
+    def creates(cls, service):
+        """``(key, what)`` pairs: the settings naming paths ``prepare_service`` creates
+        when missing (``--check`` says it would, after checking that it could)."""
+        return ()
 
     @classmethod
     def release_service(cls, server):

@@ -52,32 +52,25 @@ class CommandHandler(AuthenticatedHandler):
 
     @classmethod
     def check_service(cls, service, global_options):
-        """Who commands will run as (a :class:`~msgsrv.privileges.RunAs`).
+        """Who commands will run as (returns a :class:`~msgsrv.privileges.RunAs`), the
+        keys file (see AuthenticatedHandler), then the command table: programs found
+        and executable, directories present.
 
-        Raises ConfigError naming the service and the keys to set when that
-        would be root and ``run_as_root`` is not yes, or when ``user`` /
-        ``group`` cannot be applied (see :func:`msgsrv.privileges.children_identity`).
+        Raises ConfigError naming the service and the keys to fix: also when
+        commands would run as root and ``run_as_root`` is not yes, or when
+        ``user`` / ``group`` cannot be applied (see
+        :func:`msgsrv.privileges.children_identity`).
         """
-        where = "[service:%s]" % service.name
-        try:
-            run_as = privileges.children_identity(
-                service["user"], service["group"], global_options.get("user", ""),
-                global_options.get("group", ""))
-        except ConfigError as exc:
-            raise ConfigError("%s %s" % (where, exc)) from None
-        if run_as.uid == 0 and not service["run_as_root"]:
-            raise ConfigError(
-                "%s commands would run as root (uid 0): set user = NAME in %s (an "
-                "unprivileged account such as nobody), or user in [msgsrv] to run the "
-                "whole daemon as that user, or run_as_root = yes in %s to allow root"
-                % (where, where, where))
+        run_as = _run_as(service, global_options)
+        super().check_service(service, global_options)
+        commands.CommandTable.from_options(service.options, "[service:%s]" % service.name)
         return run_as
 
     @classmethod
     def prepare_service(cls, server):
         """Check who commands run as, load the keys, then build the command table
         (ConfigError names the bad key)."""
-        run_as = cls.check_service(server.config, server.global_options)
+        run_as = _run_as(server.config, server.global_options)
         super().prepare_service(server)
         options = server.config.options
         server.run_as = run_as
@@ -209,6 +202,23 @@ def _json(value):
 
 def _dash(value):
     return "-" if value is None else value
+
+
+def _run_as(service, global_options):
+    where = "[service:%s]" % service.name
+    try:
+        run_as = privileges.children_identity(
+            service["user"], service["group"], global_options.get("user", ""),
+            global_options.get("group", ""))
+    except ConfigError as exc:
+        raise ConfigError("%s %s" % (where, exc)) from None
+    if run_as.uid == 0 and not service["run_as_root"]:
+        raise ConfigError(
+            "%s commands would run as root (uid 0): set user = NAME in %s (an "
+            "unprivileged account such as nobody), or user in [msgsrv] to run the "
+            "whole daemon as that user, or run_as_root = yes in %s to allow root"
+            % (where, where, where))
+    return run_as
 
 
 def _log_identity(server, run_as):

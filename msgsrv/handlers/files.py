@@ -109,6 +109,15 @@ def _encodable(name):
     return True
 
 
+def _open_root(name, root):
+    """The Sandbox of ``root``; ConfigError naming the service if it is not a directory."""
+    try:
+        return Sandbox(root)
+    except (OSError, ConfigError) as exc:
+        raise ConfigError("[service:%s] root %r: %s" % (
+            name, root, getattr(exc, "strerror", None) or exc)) from None
+
+
 class FileHandler(AuthenticatedHandler):
     """One connection of a file service; see the module docstring."""
 
@@ -136,16 +145,27 @@ class FileHandler(AuthenticatedHandler):
     )
 
     @classmethod
+    def check_service(cls, service, global_options):
+        """The keys file (see AuthenticatedHandler); an existing root must be a directory."""
+        super().check_service(service, global_options)
+        if os.path.lexists(service["root"]):
+            _open_root(service.name, service["root"]).close()
+
+    @classmethod
+    def creates(cls, service):
+        return super().creates(service) + (("root", "file root"),)
+
+    @classmethod
     def prepare_service(cls, server):
         """Load the keys, create the root if missing, remove partial uploads, share state."""
         super().prepare_service(server)
         options = server.config.options
         try:
             os.makedirs(options["root"], exist_ok=True)
-            server.sandbox = Sandbox(options["root"])
-        except (OSError, ConfigError) as exc:
+        except OSError as exc:
             raise ConfigError("[service:%s] root %r: %s" % (
-                server.name, options["root"], getattr(exc, "strerror", None) or exc)) from None
+                server.name, options["root"], exc.strerror or exc)) from None
+        server.sandbox = _open_root(server.name, options["root"])
         removed = cleanup_temp_files(server.sandbox)
         if removed:
             log.info("%s: removed %d partial uploads", server.name, removed)
