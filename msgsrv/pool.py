@@ -586,8 +586,13 @@ class WorkerPool:
 
     # -- public -------------------------------------------------------------
 
+    @property
+    def running(self):
+        """True from :meth:`start` until :meth:`stop` or :meth:`close`."""
+        return self._epoll is not None and not self._epoll.closed
+
     def start(self):
-        """Open the epoll set and wake pipe and start the initial workers."""
+        """Open the epoll set and wake pipe and start the initial workers (once)."""
         if self._epoll is not None:
             return
         self._epoll = select.epoll()
@@ -642,7 +647,7 @@ class WorkerPool:
         ``_ABORT_WAIT`` seconds after the abort are abandoned (logged).
         Returns how many connections had to be aborted.
         """
-        if self._stopping or self._epoll is None:
+        if self._stopping or not self.running:
             return 0
         started = time.monotonic()
         deadline = started + timeout
@@ -669,7 +674,7 @@ class WorkerPool:
 
     def close(self):
         """Release the pool's descriptors and let its threads go (no graceful stop)."""
-        if self._epoll is None:
+        if not self.running:
             return
         for conn in self.connections():
             conn.abort("closed")
@@ -874,9 +879,8 @@ class WorkerPool:
         for thread in list(self._threads):
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        epoll, self._epoll = self._epoll, None
-        if epoll is not None:
-            epoll.close()
+        if self._epoll is not None:
+            self._epoll.close()  # kept: late calls from abandoned handlers get ValueError
         for fd in (self._wake_r, self._wake_w):
             if fd is not None:
                 os.close(fd)
