@@ -37,7 +37,7 @@ import warnings
 from .errors import ServiceBusy
 from .peer import format_peer
 from .protocol import RECV_SIZE
-from .transport import Channel, PlainTransport
+from .transport import Channel, HandshakeRefused, PlainTransport
 
 log = logging.getLogger("msgsrv.pool")
 
@@ -420,6 +420,9 @@ class Connection:
     def _handshake(self):
         try:
             done = self.transport.handshake()
+        except HandshakeRefused as exc:
+            self._fail_handshake(exc.reason, exc.detail)
+            return False
         except OSError as exc:
             self._fail_handshake("handshake failed: %s" % (getattr(exc, "reason", None) or exc))
             return False
@@ -432,8 +435,9 @@ class Connection:
         if self._handshaking:
             self._fail_handshake("handshake timeout")
 
-    def _fail_handshake(self, reason):
-        log.info("%s: %s TLS %s", self.pool.name, format_peer(self.address), reason)
+    def _fail_handshake(self, reason, detail=None):
+        log.info("%s: %s TLS %s%s", self.pool.name, format_peer(self.address), reason,
+                 "" if detail is None else ": " + detail)
         self.transport.handshake_failed(reason)
         self.abort("tls %s" % reason)
 

@@ -7,9 +7,10 @@ the pool's :class:`~msgsrv.pool.Connection`: each readiness event takes one
 ``do_handshake`` step and the connection waits for reading or writing as
 OpenSSL asks.  So neither the accept thread nor a worker ever waits on a
 slow or silent client; a timer (``tls_handshake_timeout``) aborts a
-handshake that does not finish, and a plaintext client fails at its first
-bytes.  The handler sees nothing until the handshake is done:
-``connection_made`` is its first call.
+handshake that does not finish, and a plaintext client is closed as soon as
+its first byte arrives (it is not 0x16, a handshake record).  The handler
+sees nothing until the handshake is done: ``connection_made`` is its first
+call.
 
 The transport reports OpenSSL's "want read/write" as ``BlockingIOError``,
 serializes OpenSSL calls (its objects are not safe for concurrent use) and
@@ -20,15 +21,35 @@ writability, which fires at once.
 """
 
 import logging
+import socket
 import ssl
 import threading
 
 from .errors import ConfigError
+from .transport import HandshakeRefused
 
 log = logging.getLogger("msgsrv.tls")
 
 _WRITE_CHUNK = 64 * 1024
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+HANDSHAKE_RECORD = 0x16  # the first byte of every TLS client's first record
+
+
+def not_tls(first):
+    """Why a client whose first byte is ``first`` (an int) cannot be a TLS client, or None."""
+    if first == HANDSHAKE_RECORD:
+        return None
+    shown = " %r" % chr(first) if 0x20 <= first < 0x7f else ""
+    return "its first byte is %#04x%s, not 0x16 (a handshake record)" % (first, shown)
+
+
+def peek_first_byte(sock):
+    """The peer's first byte (an int), left in place for the TLS layer; None if none yet."""
+    try:
+        data = socket.socket.recv(sock, 1, socket.MSG_PEEK)  # under the SSLSocket's recv
+    except (BlockingIOError, InterruptedError):
+        return None
+    return data[0] if data else None
 
 
 def _harden(context):
@@ -106,6 +127,9 @@ class ServerTLS:
         """
         timeout = sock.gettimeout()
         sock.settimeout(self.handshake_timeout)
+        first = peek_first_byte(sock)
+        if first is not None and not_tls(first):
+            raise OSError("refused plaintext: %s" % not_tls(first))
         wrapped = self.context.wrap_socket(sock, server_side=True)
         wrapped.settimeout(timeout)
         return wrapped
@@ -132,12 +156,16 @@ class TLSTransport:
         self.wants_write = False
         self._on_failure = on_failure
         self._lock = threading.Lock()
+        self._first_seen = False
 
     def __getattr__(self, name):
         return getattr(self.sock, name)
 
     def handshake(self):
-        """One handshake step: True once done, False while waiting; OSError if it failed."""
+        """One handshake step: True once done, False while waiting; OSError if it failed
+        (``HandshakeRefused`` at once for a plaintext client)."""
+        if not self._first_seen:
+            self._refuse_plaintext()
         with self._lock:
             try:
                 self._call(self.sock.do_handshake)
@@ -145,6 +173,17 @@ class TLSTransport:
                 return False
         self.handshaking = False
         return True
+
+    def _refuse_plaintext(self):
+        """Refuse at once a client whose first byte cannot start a TLS handshake: OpenSSL
+        would wait for a whole record header from it until the handshake timeout."""
+        try:
+            first = peek_first_byte(self.sock)
+        except OSError:
+            return  # the handshake reports it
+        self._first_seen = first is not None
+        if self._first_seen and not_tls(first):
+            raise HandshakeRefused("refused plaintext", not_tls(first))
 
     def handshake_failed(self, reason):
         """Count a failed or timed-out handshake (the connection logs and aborts)."""

@@ -186,6 +186,8 @@ def receive(stream, count, write, hasher, *, progress=None, flush_fd=None):
     flusher = _Flusher(flush_fd) if flush_fd is not None else None
     try:
         done = _take_buffered(stream, count, write, hasher)
+        if done and progress is not None:
+            progress(done)  # a small file may arrive whole with its header
         while done < count:
             buffer = hasher.take()
             got = _fill(stream.sock, buffer, count - done)

@@ -9,7 +9,9 @@ interface, the same for a plain socket and for non-blocking TLS
 ``handshaking`` / ``handshake()``
     True while a handshake is under way; each ``handshake()`` call takes one
     step and returns True once it is done (False: wait for the next event);
-    OSError when it failed.  ``handshake_timeout`` bounds it.
+    OSError when it failed (:class:`HandshakeRefused` names the reason).
+    ``handshake_timeout`` bounds it; ``handshake_failed(reason)`` is told
+    of every failure (to count it).
 ``wants_write``
     The last call waits for writability rather than readability.
 ``buffers`` / ``pending()``
@@ -29,6 +31,15 @@ moves on the connection, so handlers never do their own accounting.
 
 import os
 import socket
+
+
+class HandshakeRefused(OSError):
+    """A transport refuses its peer during the handshake; ``reason`` is what it is
+    counted and closed as, ``detail`` (or None) what the log line adds."""
+
+    def __init__(self, reason, detail=None):
+        super().__init__(reason if detail is None else "%s: %s" % (reason, detail))
+        self.reason, self.detail = reason, detail
 
 
 class PlainTransport:

@@ -139,6 +139,19 @@ def test_credentials_from_arguments_file_and_environment(keys_file):
         resolve_credentials("carol", keys_file=keys_file, environ={})
 
 
+def test_credentials_errors_name_the_options_as_the_caller_spells_them(keys_file):
+    from msgsrv.client.framed import CLI_NAMES
+    with pytest.raises(ConfigError, match=r"holds several keys \(alice, bob\): choose one with "
+                                          r"key_name= \(or MSGSRV_KEY\)"):
+        resolve_credentials(keys_file=keys_file, environ={})
+    assert resolve_credentials(keys_file=keys_file, environ={"MSGSRV_KEY": "bob"})[0] == "bob"
+    with pytest.raises(ConfigError, match=r"choose one with --key \(or MSGSRV_KEY\)"):
+        resolve_credentials(keys_file=keys_file, environ={}, names=CLI_NAMES)
+    with pytest.raises(ConfigError, match=r"without a secret: give keys_file= \(or "
+                                          r"MSGSRV_KEYS_FILE, or secret=\)"):
+        resolve_credentials("alice", environ={})
+
+
 def test_client_refused_when_busy(start_service, keys_file):
     server = start_service("tests.plugins:AuthedEcho", keys_file=keys_file, max_connections=1)
     with FramedClient("127.0.0.1", server.port, "alice", SECRET):

@@ -508,6 +508,55 @@ def test_cli_chat_in_process_until_the_server_closes(chat):
     assert out.lines[-1].startswith("-- disconnected")
 
 
+def test_cli_chat_on_a_terminal_prints_above_the_line_being_typed(chat):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    server = chat()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "msgsrv.client", "chat",
+                             "127.0.0.1:%d" % server.port, "--nick", "zed"],
+                            cwd=ROOT, stdin=slave, stdout=slave, stderr=slave)
+    shown = bytearray()
+
+    def screen_until(text):
+        deadline = time.monotonic() + 10
+        while text.encode() not in shown:
+            assert time.monotonic() < deadline, "never shown: %r in %r" % (text, bytes(shown))
+            if select.select([master], [], [], 0.1)[0]:
+                shown.extend(os.read(master, 4096))
+        return shown.decode()
+
+    try:
+        with ChatClient("127.0.0.1", server.port, "alice", timeout=5) as alice:
+            screen_until("zed@lobby> ")
+            os.write(master, b"hel")
+            screen_until("zed@lobby> hel")
+            alice.say("hi zed")
+            # The typed line is cleared, the message printed, then the typed line redrawn.
+            assert "\r\x1b[K[lobby] <alice> hi zed\r\n\r\x1b[Kzed@lobby> hel" in screen_until(
+                "<alice> hi zed\r\n\r\x1b[Kzed@lobby> hel")
+            os.write(master, b"lo\r")
+            event = alice.recv(10)
+            while not isinstance(event, Message):  # zed's join came first
+                event = alice.recv(10)
+            assert event == Message("lobby", "zed", "hello")
+            os.write(master, b"/join ops\r")
+            screen_until("zed@ops> ")
+            os.write(master, b"\x04")  # Ctrl-D on an empty line
+            assert proc.wait(10) == 0
+        assert termios.tcgetattr(slave)[3] & (termios.ECHO | termios.ICANON) == (
+            termios.ECHO | termios.ICANON)  # the terminal is given back as it was
+    finally:
+        proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
 class _Lines:
     def __init__(self):
         self.lines = []

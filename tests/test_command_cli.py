@@ -187,3 +187,22 @@ def test_daemon_creates_the_keys_file_and_the_cli_runs_end_to_end(tmp_path, daem
     assert (proc.returncode, err) == (0, b"") and b"load average" in out
     assert daemon.stop() == 0
     assert "run service=command key=admin" in daemon.log
+
+
+def test_cli_names_its_own_options_for_missing_or_ambiguous_keys(command_service, keys_file,
+                                                                 start_service, capsys,
+                                                                 monkeypatch):
+    for name in ("MSGSRV_KEY", "MSGSRV_KEYS_FILE", "MSGSRV_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    server = command_service(**{"command.t": "true"})
+    out, err = cli("run", address(server), "t").communicate(timeout=20)
+    assert err.decode() == ("msgsrv.client: auth-failed: %s needs a key: give --key and "
+                            "--keys-file (or MSGSRV_KEY and MSGSRV_KEYS_FILE)\n" % address(server))
+    out, err = cli("run", "--keys-file", keys_file, address(server), "t").communicate(timeout=20)
+    assert err.decode() == ("msgsrv.client: the keys file %s holds several keys (alice, bob): "
+                            "choose one with --key (or MSGSRV_KEY)\n" % keys_file)
+    status = start_service("status")
+    assert main(["run", "--key", "bob", "--keys-file", keys_file, address(status), "t"]) == 1
+    assert capsys.readouterr().err == (
+        "msgsrv.client: %s does not authenticate clients (its hello offers no auth scheme): "
+        "is it a status service?\n" % address(status))

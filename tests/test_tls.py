@@ -1,5 +1,6 @@
 """TLS and mutual TLS over the pool and thread-per-connection, with throwaway certificates."""
 
+import logging
 import shutil
 import socket
 import ssl
@@ -119,6 +120,43 @@ def test_plaintext_client_fails_fast_and_cleanly(start_service, certs):
     assert time.monotonic() - started < 2.0
     wait_for(lambda: server.counters.snapshot().get("refused_tls") == 1)
     wait_for(lambda: server.connection_count == 0)
+
+
+@pytest.mark.parametrize("handler", ["echo", "tests.plugins:ShoutHandler"])
+def test_plaintext_is_closed_at_its_first_byte(start_service, certs, handler, caplog):
+    server = tls_service(start_service, certs, handler=handler)  # handshake timeout: 10 s
+    caplog.set_level(logging.INFO, logger="msgsrv")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as plain:
+        plain.sendall(b"hi")  # shorter than a TLS record header: OpenSSL alone would wait
+        assert recv_until_closed(plain) == b""
+    assert time.monotonic() - started < 2.0
+    wait_for(lambda: server.counters.snapshot().get("refused_tls") == 1)
+    wait_for(lambda: server.connection_count == 0)
+    refused = [r.getMessage() for r in caplog.records if "first byte" in r.getMessage()]
+    assert len(refused) == 1 and "its first byte is 0x68 'h', not 0x16" in refused[0]
+    with connect_tcp("127.0.0.1", server.port, ca_file=certs["ca.pem"]) as sock:
+        sock.sendall(b"still served\n")  # a TLS client's first byte is 0x16
+        assert sock.recv(100).lower() == b"still served\n"
+
+
+def test_file_commands_speak_tls_when_asked_and_explain_when_not(start_service, certs,
+                                                                  tmp_path, capsys):
+    from msgsrv.client.__main__ import main as client_main
+    keys = tmp_path / "keys"
+    keys.write_text("alice %s\n" % ("a" * 24))
+    keys.chmod(0o600)
+    server = tls_service(start_service, certs, handler="file", root=str(tmp_path / "root"),
+                         keys_file=str(keys))
+    address = "127.0.0.1:%d" % server.port
+    assert client_main(["ls", address, "--keys-file", str(keys), "--ca-file",
+                        certs["ca.pem"]]) == 0
+    started = time.monotonic()
+    assert client_main(["ls", address, "--keys-file", str(keys), "--hello-timeout", "0.3"]) == 1
+    assert time.monotonic() - started < 3.0
+    assert capsys.readouterr().err == (
+        "msgsrv.client: %s sent nothing within 0.3 s of connecting: it does not speak the msgsrv "
+        "frame protocol, or expects TLS, or is overloaded\n" % address)
 
 
 def test_silent_client_is_dropped_at_the_handshake_deadline(start_service, certs):

@@ -3,10 +3,12 @@
 import socket
 import ssl
 
-from ..errors import ConnectionFailed, RequestTimeout
+from ..errors import ConnectionFailed, ProtocolError, RequestTimeout
 from ..tls import client_context
+from .terminal import quote_greeting
 
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_HELLO_TIMEOUT = 3.0  # a msgsrv server greets a client as soon as it accepts it
 
 
 def parse_address(text, default_port=None):
@@ -62,6 +64,27 @@ def _handshake(context, sock, host, port):
         sock.close()
         raise ConnectionFailed("TLS handshake with %s:%d failed: %s"
                                % (host, port, getattr(exc, "reason", None) or exc)) from None
+
+
+def hello_wait(hello_timeout, timeout):
+    """Seconds to wait for a server's greeting: ``hello_timeout``, at most ``timeout``
+    (either may be None: no limit of its own)."""
+    limits = [t for t in (hello_timeout, timeout) if t is not None]
+    return min(limits) if limits else None
+
+
+def foreign_greeting(where, protocol, seen):
+    """The ProtocolError ``not-msgsrv`` for a peer at ``where`` whose first bytes
+    ``seen`` are not a greeting of ``protocol`` (a phrase: "the msgsrv frame protocol")."""
+    return ProtocolError("not-msgsrv", "%s does not speak %s (it sent %s)"
+                         % (where, protocol, quote_greeting(seen)))
+
+
+def silent_peer(where, protocol, seen, wait):
+    """The RequestTimeout for a peer that sent no (whole) greeting in ``wait`` seconds."""
+    sent = "only " + quote_greeting(seen) if seen else "nothing"
+    return RequestTimeout("%s sent %s within %.1f s of connecting: it does not speak %s, or "
+                          "expects TLS, or is overloaded" % (where, sent, wait, protocol))
 
 
 def open_udp(host, port, timeout=DEFAULT_TIMEOUT):

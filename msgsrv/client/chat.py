@@ -26,10 +26,14 @@ from ..chatproto import (Action, ChatError, Error, LineReader, LineTooLong, Mess
                          Private, check_nick, check_room, nick_key, parse_server_line, room_key)
 from ..errors import ConnectionFailed, ProtocolError, RequestTimeout, ServerError
 from ..stream import translate_errors
-from .base import DEFAULT_TIMEOUT, Client, connect_tcp
+from .base import (DEFAULT_HELLO_TIMEOUT, DEFAULT_TIMEOUT, Client, connect_tcp, foreign_greeting,
+                   hello_wait, silent_peer)
 
 MAX_SERVER_LINE = 1 << 20  # a /who of a big room is one long line
 _RECV_SIZE = 64 * 1024
+_PROTOCOL = "the msgsrv chat protocol"
+_GREETINGS = (b"* welcome ", b"! ")  # the first line is the welcome or a refusal
+_KEPT_GREETING = 160
 
 
 def _checked(check, value):
@@ -55,14 +59,17 @@ class ChatClient(Client):
     at most ``timeout`` seconds for its answer (RequestTimeout).  While
     waiting for events, a blank line (ignored by the server) is sent after
     ``keepalive`` seconds without sending, so a quiet room does not hit the
-    server's idle timeout (None: never).
+    server's idle timeout (None: never).  A server that sends no welcome
+    within ``hello_timeout`` seconds raises RequestTimeout, one whose first
+    bytes cannot start it ``ProtocolError("not-msgsrv")`` at once.
 
     Raises ConnectionFailed, RequestTimeout, ProtocolError (a line outside
-    the grammar), ServerError (``nick-taken``, ``bad-nick``...) and
+    the grammar), ServerError (``nick-taken``, ``bad-nick``, ``busy``...) and
     ValueError for arguments that cannot be sent (line breaks, bad names).
     """
 
-    def __init__(self, host, port, nick, timeout=DEFAULT_TIMEOUT, keepalive=60.0):
+    def __init__(self, host, port, nick, timeout=DEFAULT_TIMEOUT, keepalive=60.0, *,
+                 hello_timeout=DEFAULT_HELLO_TIMEOUT):
         self.nick = _checked(check_nick, nick)
         self.timeout = timeout
         self.keepalive = keepalive
@@ -73,16 +80,23 @@ class ChatClient(Client):
         self._inbox = collections.deque()   # looked at by a method, kept for recv
         self._send_lock = threading.Lock()
         self._closed_by_server = False
+        self._where = "%s:%d" % (host, port)
+        self._greeting = b""  # the first bytes, until they are known to start a greeting
         self.sock = connect_tcp(host, port, timeout)
         self._last_sent = time.monotonic()
         try:
-            self._start()
+            self._start(hello_wait(hello_timeout, timeout))
         except BaseException:
             self.close()
             raise
 
-    def _start(self):
-        welcome = self._read_event(self._deadline(self.timeout))
+    def _start(self, wait):
+        try:
+            welcome = self._read_event(self._deadline(wait))
+        except RequestTimeout:
+            raise silent_peer(self._where, _PROTOCOL, self._greeting or b"", wait) from None
+        if isinstance(welcome, Error):
+            raise ServerError(welcome.code, welcome.message)
         if not (isinstance(welcome, Notice) and welcome.kind == "welcome"):
             raise ProtocolError("bad-hello", "expected a '* welcome' line, got %r" % (welcome,))
         self.server_name = welcome.fields[0]
@@ -282,6 +296,8 @@ class ChatClient(Client):
             return
         with translate_errors("receive"):
             data = sock.recv(_RECV_SIZE)
+        if self._greeting is not None:
+            self._check_greeting(data)
         events = self._reader.feed(data) if data else self._reader.eof()
         for line in events:
             if isinstance(line, LineTooLong):
@@ -289,6 +305,15 @@ class ChatClient(Client):
             self._events.append(parse_server_line(line.text))
         if not data:
             self._closed_by_server = True
+
+    def _check_greeting(self, data):
+        """Fail at once when the first bytes cannot start a chat greeting."""
+        self._greeting += data[:_KEPT_GREETING]
+        head = self._greeting[:max(len(g) for g in _GREETINGS)]
+        if not any(g.startswith(head[:len(g)]) for g in _GREETINGS) or (not data and head):
+            raise foreign_greeting(self._where, _PROTOCOL, self._greeting)
+        if any(head.startswith(g) for g in _GREETINGS):
+            self._greeting = None
 
     def _wait_readable(self, sock, deadline):
         """Wait until ``sock`` is readable; send keepalives; raise RequestTimeout at deadline."""

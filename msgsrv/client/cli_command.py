@@ -13,7 +13,7 @@ from ..errors import ProtocolError
 from ..protocol import DEFAULT_MAX_BODY
 from .base import parse_address
 from .command import CommandClient
-from .options import add_connection_options
+from .options import add_connection_options, client_options, missing_key
 
 
 def register(subparsers):
@@ -37,7 +37,10 @@ def register(subparsers):
 
 def _client(args):
     host, port = parse_address(args.address)
-    return CommandClient(host, port, args.key, keys_file=args.keys_file, timeout=args.timeout)
+    options = client_options(args)
+    if options["key_name"] is None:
+        raise missing_key("%s:%d" % (host, port))
+    return CommandClient(host, port, **options)
 
 
 def run_command(args):

@@ -13,7 +13,7 @@ def register(subparsers):
     parser.add_argument("address", help="HOST:PORT")
     parser.add_argument("text", nargs="+")
     parser.add_argument("--udp", action="store_true", help="use UDP instead of TCP")
-    add_connection_options(parser)
+    add_connection_options(parser, hello=False)
     parser.set_defaults(func=run)
 
 

@@ -25,7 +25,8 @@ def register(subparsers):
 def run(args):
     """Print the status as a table (or JSON / Prometheus text)."""
     host, port = parse_address(args.address)
-    with StatusClient(host, port, timeout=args.timeout, **tls_options(args)) as client:
+    with StatusClient(host, port, timeout=args.timeout, hello_timeout=args.hello_timeout,
+                      **tls_options(args)) as client:
         if args.format == "prometheus":
             sys.stdout.write(client.metrics())
             return 0

@@ -29,6 +29,7 @@ from .framed import FramedClient
 
 MAX_LISTING_BODY = 4 << 20   # one page of a listing (1000 entries of long names fits)
 PART_SUFFIX = ".msgsrv-part"
+SOURCE_SUFFIX = ".json"      # beside a resumable part: the remote version it is of
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ERROR_GRACE = 0.5           # seconds to wait for the server's reason after a failed send
 
@@ -57,7 +58,12 @@ class FileClient(FramedClient):
     """A connection to a file service; see the module docstring.
 
     ``progress`` callbacks are called as ``progress(done, total)`` in bytes,
-    ``done`` counting a resumed transfer's earlier part.  Every method raises
+    ``done`` counting a resumed transfer's earlier part; ``on_resume``
+    callbacks once before the data moves, as ``on_resume(kept, discarded)``:
+    ``kept`` bytes of an earlier attempt are used (0: the transfer starts
+    from the beginning), ``discarded`` bytes of one could not be (a download
+    kept of another version of the remote file).  The other keyword
+    arguments (``tls``, ``hello_timeout``...) are FramedClient's.  Every method raises
     ServerError (``.code`` as in docs/PROTOCOL.rst: ``not-found``,
     ``exists``, ``denied``, ``quota``...), ConnectionFailed, RequestTimeout or
     ProtocolError (``bad-reply``, ``checksum-mismatch``); local file problems
@@ -65,35 +71,44 @@ class FileClient(FramedClient):
     """
 
     def __init__(self, host, port, key_name=None, secret=None, *, keys_file=None,
-                 timeout=DEFAULT_TIMEOUT):
+                 timeout=DEFAULT_TIMEOUT, **options):
         super().__init__(host, port, key_name, secret, keys_file=keys_file, timeout=timeout,
-                         max_body=MAX_LISTING_BODY)
+                         max_body=MAX_LISTING_BODY, **options)
 
     # -- transfers ------------------------------------------------------------
 
     def put(self, local, remote, overwrite=False, resume=False, *, if_sha256=None,
-            progress=None):
+            progress=None, upload_id=None, on_resume=None):
         """Upload ``local`` to ``remote``; return a :class:`Transfer` once it is stored.
 
         ``local`` is a path or a seekable binary file object (read from its
         position to its end).  An existing ``remote`` is refused (``exists``)
         unless ``overwrite``; with ``if_sha256`` it is replaced only if it
-        still has that SHA-256 (``conflict`` otherwise).  With ``resume`` the
-        local data is hashed first and names the upload, so a put of the
-        same content after an interruption sends only what the server lacks.
+        still has that SHA-256 (``conflict`` otherwise).  A put is resumable
+        when it has an ``upload_id``: the server keeps what it received of an
+        interrupted one, and a put of ``remote`` under the same id later sends
+        only the rest (:func:`upload_id_for` derives one from a local file's
+        identity; the final SHA-256 check still covers the whole file, and a
+        mismatch discards the kept part).  With ``resume`` and no
+        ``upload_id``, the local data is hashed first and names the upload, so
+        a put of the same content resumes wherever it is read from.
         Raises ValueError if the size of ``local`` cannot be known.
         """
         with _Source(local) as source:
-            digest = source.sha256() if resume else None
+            digest = source.sha256() if resume and upload_id is None else None
             header = {"type": "put", "path": remote, "size": source.size,
                       "overwrite": bool(overwrite)}
-            if resume:
-                header["upload_id"] = digest[:32]
+            if upload_id is not None or resume:
+                header["upload_id"] = upload_id if upload_id is not None else digest[:32]
             if if_sha256 is not None:
                 header["if_sha256"] = if_sha256
-            offset = self._ready_offset(self.request(header), source.size, resume)
+            offset = self._ready_offset(self.request(header), source.size, "upload_id" in header)
+            if on_resume is not None:
+                on_resume(offset, 0)
             report = _reporter(progress, offset, source.size)
             with self._in_transfer():
+                if offset and digest is None and source.fd is None:
+                    digest = source.sha256()  # a stream is hashed as it is sent: not its prefix
                 digest = self._send_body(source, offset, digest, report)
                 self.send({"type": "end", "sha256": digest})
             reply = _expect(self.recv(), "ok")
@@ -101,10 +116,10 @@ class FileClient(FramedClient):
                 raise ProtocolError("bad-reply", "the server acknowledged other content")
         return Transfer(remote, source.size, digest, offset)
 
-    def _ready_offset(self, reply, size, resume):
+    def _ready_offset(self, reply, size, resumable):
         with self._in_transfer():  # a bad reply here leaves us unsure what the server awaits
             offset = _expect(reply, "ready").header.get("offset")
-            if type(offset) is not int or not 0 <= offset <= size or (offset and not resume):
+            if type(offset) is not int or not 0 <= offset <= size or (offset and not resumable):
                 raise ProtocolError("bad-reply", "ready offset %r is not valid" % (offset,))
         return offset
 
@@ -122,21 +137,29 @@ class FileClient(FramedClient):
             transfer.send_stream(self.stream, source.file, count, hasher, progress=report)
             return digest or hasher.hexdigest()
 
-    def get(self, remote, local, resume=False, *, progress=None, max_size=None):
+    def get(self, remote, local, resume=False, *, progress=None, max_size=None, overwrite=True,
+            on_resume=None):
         """Download ``remote`` into ``local``; return a :class:`Transfer` once it is verified.
 
         ``local`` is a path (written whole: a temp file in its directory,
         renamed over it after the size and SHA-256 check) or a binary file
         object (written as bytes arrive; it holds a partial copy if the
-        download fails).  With ``resume``, a partial download kept from an
-        earlier attempt continues where it stopped.  ``max_size`` refuses a
+        download fails).  An existing ``local`` path is replaced unless
+        ``overwrite`` is false (then FileExistsError, before anything is
+        fetched and again if the file appears meanwhile).  With ``resume``, a
+        download that fails keeps its part (``.NAME.msgsrv-part``, with the
+        remote path, size and mtime it is of beside it in ``.json``), and the
+        next resumable get of the same version continues where it stopped;
+        a part of another version is discarded.  ``max_size`` refuses a
         larger file.  Raises ``ProtocolError("checksum-mismatch")`` if the
         bytes are not what the server hashed (the partial file is removed).
         """
-        with _target(local, resume) as target:
-            offset = self._resume_offset(remote, target)
+        with _target(local, resume, overwrite) as target:
+            offset = self._resume_offset(remote, target, on_resume)
             self.send({"type": "get", "path": remote, "offset": offset})
-            size = self._data_size(self.recv(), offset, max_size)
+            header = self._data_header(self.recv(), offset, max_size)
+            size = header["size"]
+            target.record(_version(remote, size, header.get("mtime")))
             report = _reporter(progress, offset, size)
             with self._in_transfer():
                 with transfer.Hasher(target.prefix(offset)) as hasher:
@@ -152,12 +175,17 @@ class FileClient(FramedClient):
             target.commit()
         return Transfer(remote, size, digest, offset)
 
-    def _resume_offset(self, remote, target):
-        if target.offset and target.offset > self.stat(remote).size:
-            target.restart()  # the remote file shrank: the kept part is of something else
+    def _resume_offset(self, remote, target, on_resume):
+        """Check a kept part against the remote file (one stat) before resuming from it."""
+        discarded = 0
+        if target.offset:
+            info = self.stat(remote)
+            discarded = target.match(_version(remote, info.size, info.mtime))
+        if on_resume is not None:
+            on_resume(target.offset, discarded)
         return target.offset
 
-    def _data_size(self, reply, offset, max_size):
+    def _data_header(self, reply, offset, max_size):
         with self._in_transfer():  # the bytes are already on their way: refusing spends the link
             header = _expect(reply, "data").header
             size = header.get("size")
@@ -167,7 +195,7 @@ class FileClient(FramedClient):
             if max_size is not None and size > max_size:
                 raise ProtocolError("too-large", "the file has %d bytes, more than max_size=%d"
                                     % (size, max_size))
-        return size
+        return header
 
     @contextlib.contextmanager
     def _in_transfer(self):
@@ -345,9 +373,9 @@ def _measure(file):
     return None, start, end - start
 
 
-def _target(local, resume):
+def _target(local, resume, overwrite):
     if isinstance(local, (str, bytes, os.PathLike)):
-        return _PathTarget(os.fsdecode(local), resume)
+        return _PathTarget(os.fsdecode(local), resume, overwrite)
     return _StreamTarget(local)
 
 
@@ -364,6 +392,9 @@ class _StreamTarget:
     def prefix(self, _offset):
         return None
 
+    def record(self, _version):
+        pass
+
     def discard(self):
         pass
 
@@ -379,6 +410,12 @@ class _StreamTarget:
         return False
 
 
+def _version(remote, size, mtime):
+    """What identifies the remote file a kept download part is of."""
+    number = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
+    return {"path": remote, "size": size, "mtime": float(mtime) if number else None}
+
+
 def part_path(dest, resume):
     """The temp file a download of ``dest`` is written to, in ``dest``'s directory.
 
@@ -391,17 +428,32 @@ def part_path(dest, resume):
     return dest.parent / (".%s%s%s" % (name, tag, PART_SUFFIX))
 
 
-class _PathTarget:
-    """A download into a temp file next to ``dest``, renamed over it once verified."""
+def upload_id_for(path):
+    """An ``upload_id`` for a put of the local file ``path``: the same until the file
+    changes (its device, inode, size or modification time), without reading it."""
+    st = os.stat(path)
+    identity = "%d:%d:%d:%d" % (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return hashlib.sha256(identity.encode("ascii")).hexdigest()[:32]
 
-    def __init__(self, dest, resume):
+
+class _PathTarget:
+    """A download into a temp file next to ``dest``, renamed over it once verified.
+
+    A resumable one has a fixed part name and, beside it (``SOURCE_SUFFIX``),
+    the remote path, size and mtime the part is of.
+    """
+
+    def __init__(self, dest, resume, overwrite=True):
         self.dest = Path(os.path.abspath(dest))
         if self.dest.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a directory", dest)
         if not self.dest.parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, "no such directory", str(self.dest.parent))
-        self.resume = resume
+        if not overwrite and os.path.lexists(self.dest):
+            raise FileExistsError(errno.EEXIST, "exists (ask to overwrite)", dest)
+        self.resume, self.overwrite = resume, overwrite
         self.temp = part_path(self.dest, resume)
+        self.source = Path(str(self.temp) + SOURCE_SUFFIX)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if resume else os.O_EXCL)
         self.fd = os.open(self.temp, flags, 0o666)
         try:
@@ -412,6 +464,31 @@ class _PathTarget:
         self.file = os.fdopen(self.fd, "r+b")
         self.done = False
         self.offset = self.file.seek(0, os.SEEK_END) if resume else 0
+
+    def match(self, version):
+        """Keep the part only if it is of ``version`` (see :func:`_version`) of the remote
+        file; return how many kept bytes were discarded."""
+        if self.offset and (self.offset > version["size"] or self._recorded() != version):
+            discarded = self.offset
+            self.restart()
+            return discarded
+        return 0
+
+    def record(self, version):
+        """Note beside a resumable part which version of the remote file it is of."""
+        if not self.resume:
+            return
+        fd = os.open(self.source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as record:
+            json.dump(version, record)
+
+    def _recorded(self):
+        try:
+            with open(self.source, encoding="utf-8") as record:
+                return json.load(record)
+        except (OSError, ValueError):
+            return None
 
     def prefix(self, offset):
         return (self.fd, 0, offset) if offset else None
@@ -427,9 +504,13 @@ class _PathTarget:
     def commit(self):
         self.file.flush()
         os.fsync(self.fd)
-        os.replace(self.temp, self.dest)
+        if self.overwrite:
+            os.replace(self.temp, self.dest)
+        else:
+            _rename_no_replace(self.temp, self.dest)
         self.done = True
         self.file.close()
+        self._forget_source()
         fsync_directory(self.dest.parent)
 
     def discard(self):
@@ -438,6 +519,12 @@ class _PathTarget:
             self.file.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temp)
+            self._forget_source()
+
+    def _forget_source(self):
+        if self.resume:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.source)
 
     def __enter__(self):
         return self
@@ -450,6 +537,21 @@ class _PathTarget:
         return False
 
 
+def _rename_no_replace(temp, dest):
+    """Rename ``temp`` to ``dest`` unless ``dest`` exists (FileExistsError), atomically
+    where the file system has hard links."""
+    try:
+        os.link(temp, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "exists (ask to overwrite)", str(dest)) from None
+        os.rename(temp, dest)
+        return
+    os.unlink(temp)
+
+
 def _lock_regular(fd, path):
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -459,4 +561,4 @@ def _lock_regular(fd, path):
         raise OSError(errno.EBUSY, "another download is writing this file", str(path)) from None
 
 
-__all__ = ["FileClient", "FileInfo", "Transfer", "part_path"]
+__all__ = ["FileClient", "FileInfo", "Transfer", "part_path", "upload_id_for"]

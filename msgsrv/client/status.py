@@ -3,28 +3,23 @@
 import json
 
 from ..errors import ProtocolError
-from ..stream import FrameStream, check_error
-from .base import DEFAULT_TIMEOUT, Client, connect_tcp
+from ..stream import check_error
+from .base import DEFAULT_TIMEOUT, Client
+from .framed import DEFAULT_HELLO_TIMEOUT, open_framed
 
 
 class StatusClient(Client):
     """A connection to a status service (no authentication).
 
-    Raises ConnectionFailed, RequestTimeout, ProtocolError, ServerError.
+    Raises ConnectionFailed, RequestTimeout, ProtocolError, ServerError;
+    ``hello_timeout`` as for :func:`msgsrv.client.framed.open_framed`.
     """
 
     def __init__(self, host, port, *, timeout=DEFAULT_TIMEOUT, tls=False, ca_file=None,
-                 client_cert=None, client_key=None):
-        self.sock = connect_tcp(host, port, timeout, tls=tls, ca_file=ca_file,
-                                client_cert=client_cert, client_key=client_key)
-        try:
-            self.stream = FrameStream(self.sock, max_body=64 << 20)
-            self.hello = check_error(self.stream.recv())
-            if self.hello.type != "hello":
-                raise ProtocolError("bad-hello", "expected a hello frame, got %r" % self.hello.type)
-        except BaseException:
-            self.close()
-            raise
+                 client_cert=None, client_key=None, hello_timeout=DEFAULT_HELLO_TIMEOUT):
+        self.sock, self.stream, self.hello = open_framed(
+            host, port, timeout, hello_timeout=hello_timeout, max_body=64 << 20, tls=tls,
+            ca_file=ca_file, client_cert=client_cert, client_key=client_key)
 
     def fetch(self, fmt="json"):
         """The status as bytes in format ``fmt`` (json or prometheus)."""
