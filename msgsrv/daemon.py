@@ -191,16 +191,16 @@ class Daemon:
             server.server_activate()
         except OSError as exc:
             server.stop(0)
-            raise OSError("[service:%s] cannot listen on %s:%d: %s"
-                          % (server.name, server.config["host"], server.config["port"],
+            raise OSError("[service:%s] cannot listen on %s: %s"
+                          % (server.name, format_peer(server.config["host"], server.config["port"]),
                              exc.strerror or exc)) from None
 
     def _serve(self, server):
         server.serve_in_thread()
         self.registry.add(server)
-        log.info("listening service=%s handler=%s transport=%s address=%s:%d",
+        log.info("listening service=%s handler=%s transport=%s address=%s",
                  server.name, server.config["handler"], server.config.transport,
-                 server.server_address[0], server.port)
+                 format_peer(server.server_address))
 
     def _drop_privileges(self):
         user, group = self.config["user"], self.config["group"]
