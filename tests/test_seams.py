@@ -180,3 +180,24 @@ def test_a_blocked_udp_plugin_does_not_delay_sigterm(tmp_path, daemon_factory):
     elapsed = time.monotonic() - started
     assert elapsed < 1 + 1 + 0.8, "stop took %.1fs with shutdown_timeout=1" % elapsed
     assert "stuck: stop: handler tests.plugins.BlockingDatagram still running" in daemon.log
+
+
+def test_the_signal_queue_is_bounded_and_drops_are_logged(tmp_path, caplog):
+    from msgsrv import config as config_module
+    from msgsrv.daemon import SIGNAL_QUEUE, Daemon
+    path = tmp_path / "server.ini"
+    path.write_text("[service:echo]\nhandler = echo\nhost = 127.0.0.1\nport = 0\n")
+    daemon = Daemon(config_module.load(str(path)))
+    for _ in range(SIGNAL_QUEUE + 20):
+        daemon._record(signal.SIGUSR1, None)
+    assert len(daemon._signals) == SIGNAL_QUEUE
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.write(write, b"s")  # as the signal's wakeup byte would
+    try:  # one pass of the main loop: dispatch what waits (the first stops it), log drops
+        daemon.handle_usr1 = daemon._stopped.set
+        daemon._loop(read)
+    finally:
+        os.close(read)
+        os.close(write)
+    assert "20 signals dropped" in caplog.text
