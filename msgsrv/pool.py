@@ -72,13 +72,14 @@ class Timer:
     connection closed or after ``cancel()``.
     """
 
-    __slots__ = ("due", "conn", "callback", "cancelled")
+    __slots__ = ("due", "conn", "callback", "cancelled", "queued")
 
     def __init__(self, due, conn, callback):
         self.due = due
         self.conn = conn
         self.callback = callback
         self.cancelled = False
+        self.queued = False  # in the pool's heap (changed under its lock)
 
     def __lt__(self, other):
         return self.due < other.due
@@ -100,7 +101,7 @@ class Timer:
         if not self.cancelled:
             self.cancelled = True
             self.callback = None  # the handler need not outlive its connection
-            self.conn.pool.timer_cancelled()
+            self.conn.pool.timer_cancelled(self)
 
 
 class Connection:
@@ -695,14 +696,19 @@ class WorkerPool:
         """Add a :class:`Timer` to the heap the sweep runs."""
         with self._timers_lock:
             if self._cancelled > _COMPACT_AT and self._cancelled * 2 > len(self._timers):
-                self._timers = [t for t in self._timers if not t.cancelled]
+                for dropped in self._timers:
+                    dropped.queued = not dropped.cancelled
+                self._timers = [t for t in self._timers if t.queued]
                 heapq.heapify(self._timers)
                 self._cancelled = 0
+            timer.queued = True
             heapq.heappush(self._timers, timer)
 
-    def timer_cancelled(self):
-        """A scheduled timer was cancelled (counted so the heap is compacted now and then)."""
-        self._cancelled += 1
+    def timer_cancelled(self, timer):
+        """``timer`` was cancelled (counted while in the heap, which is compacted now and then)."""
+        with self._timers_lock:
+            if timer.queued:
+                self._cancelled += 1
 
     def defer_close(self, conn):
         """Called with ``conn``'s lock held: finishing runs handler code, so a worker does it."""
@@ -910,6 +916,7 @@ class WorkerPool:
             timers = self._timers
             while timers and timers[0].due <= now:
                 timer = heapq.heappop(timers)
+                timer.queued = False
                 if timer.cancelled:
                     self._cancelled -= 1
                 else:

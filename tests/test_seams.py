@@ -11,7 +11,9 @@ import pytest
 
 from msgsrv.handlers.base import Handler
 from msgsrv.peer import format_peer
+from msgsrv.pool import Connection, WorkerPool
 from msgsrv.server import PooledTCPService, TCPService, ThreadedTCPService, make_server
+from msgsrv.transport import PlainTransport
 from tests.conftest import connect, service_config, wait_for
 from tests.test_chat import Peer
 
@@ -201,3 +203,23 @@ def test_the_signal_queue_is_bounded_and_drops_are_logged(tmp_path, caplog):
         os.close(read)
         os.close(write)
     assert "20 signals dropped" in caplog.text
+
+
+def test_cancelled_timers_are_counted_out_and_compacted():
+    pool = WorkerPool("timers", None, workers=0)
+    pool.start()
+    try:
+        ours, peer = socket.socketpair()
+        conn = Connection(pool, PlainTransport(ours), ("127.0.0.1", 0))
+        timers = [conn.call_later(60, lambda: None) for _ in range(3000)]
+        for timer in timers[:2500]:
+            timer.cancel()
+        assert pool.timer_count == 500
+        conn.call_later(60, lambda: None)  # over half cancelled: the heap is compacted
+        assert pool.timer_count == 501 and len(pool._timers) == 501
+        conn.cancel_timers()
+        assert pool.timer_count == 0
+        peer.close()
+        ours.close()
+    finally:
+        pool.close()
