@@ -240,7 +240,7 @@ class Daemon:
         """Stop ``server`` in a thread (its connections get shutdown_timeout); with
         ``close_now`` its listener is closed before this returns."""
         if close_now:
-            server.stop_accepting()
+            server.stop_accepting(self.config["shutdown_timeout"])
         thread = threading.Thread(target=self._drain_run, args=(server,),
                                   name="%s-stop" % server.name, daemon=True)
         with self._drains_lock:
