@@ -18,7 +18,8 @@ from .errors import ProtocolError
 CODES = {
     "bad-request": "a request field is missing or malformed",
     "unknown-operation": "the request type names no operation",
-    "bad-path": "the path is malformed, leads outside the root, or names the wrong kind of file",
+    "bad-path": "the path is malformed, leads outside the root, meets a symlink, or names "
+                "the wrong kind of file",
     "not-found": "nothing exists at the path (or its directory)",
     "exists": "the destination exists and overwriting was not asked for",
     "not-empty": "a directory to delete is not empty",

@@ -68,20 +68,21 @@ class DigestCache:
 
 
 class QuotaLedger:
-    """Bytes stored under ``root`` against ``limit`` (0: no quota, nothing counted).
+    """Bytes stored under a sandbox's root against ``limit`` (0: no quota, nothing counted).
 
     The usage is the sum of the sizes of the regular files under the root
-    (temp files excluded), counted once when the ledger is made, then kept up
+    (temp files excluded; walked with ``Sandbox.walk``, so nothing outside
+    the root is counted), counted once when the ledger is made, then kept up
     to date by the service's own puts, deletes and renames; uploads in
     progress hold a reservation.  Changes made to the root by other programs
     are seen at the next start or reload.
     """
 
-    def __init__(self, root, limit):
+    def __init__(self, sandbox, limit):
         self.limit = limit
         self._lock = threading.Lock()
         self._reserved = 0
-        self.used = _usage(root) if limit else 0
+        self.used = _usage(sandbox) if limit else 0
 
     @contextlib.contextmanager
     def reserve(self, count):
@@ -116,17 +117,9 @@ class QuotaLedger:
             return max(0, self.limit - self.used - self._reserved)
 
 
-def _usage(root):
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(os.fspath(root)):
-        for name in filenames:
-            if is_temp_name(name):
-                continue
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-    return total
+def _usage(sandbox):
+    return sum(st.st_size for _dir_fd, name, st in sandbox.walk()
+               if stat.S_ISREG(st.st_mode) and not is_temp_name(name))
 
 
 __all__ = ["content_key", "DigestCache", "QuotaLedger"]

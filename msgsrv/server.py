@@ -346,8 +346,9 @@ class PooledTCPService(TCPService):
     pooled = True
 
     def __init__(self, config, bind_and_activate=True, global_options=None):
-        # The pool holds no descriptor until server_activate starts it, so a
-        # failed bind (or a refusing prepare_service) leaks nothing.
+        # The pool holds no descriptor until server_activate starts it, and a
+        # failed bind calls server_close: nothing is left open.
+        self._released = False
         self.pool = WorkerPool(config.name, self._make_handler,
                                workers=config["workers"], max_threads=config["max_threads"],
                                max_pending_output=config["max_pending_output"],
@@ -371,9 +372,16 @@ class PooledTCPService(TCPService):
         self.pool.start()
 
     def server_close(self):
-        """Close the listener and release the pool (its connections aborted if any are left)."""
+        """Close the listener, release the pool (its connections aborted if any are left)
+        and what the handler's prepare_service holds (``release_service``)."""
         super().server_close()
         self.pool.close()
+        self._release_service()
+
+    def _release_service(self):
+        if not self._released:
+            self._released = True
+            self.config.handler_class.release_service(self)
 
     def _close_listener(self):
         socketserver.TCPServer.server_close(self)
@@ -400,6 +408,7 @@ class PooledTCPService(TCPService):
         """Stop accepting, let running handlers finish within ``timeout``, close the rest."""
         self.stop_accepting()
         self.pool.stop(timeout, notify=lambda conn: conn.handler.server_closing())
+        self._release_service()
 
     def abort_connections(self, reason="aborted"):
         """Close every open connection now, dropping queued output (quick stop)."""

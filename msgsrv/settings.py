@@ -81,6 +81,14 @@ def size(low=0, high=None):
     return parse
 
 
+def octal_mode(text):
+    """Parser for permission bits in octal (``0640``, ``750``): 000..777, no set-id or sticky."""
+    value = text.strip()
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError("must be an octal mode 000..777 such as 0640")
+    return int(value, 8)
+
+
 def boolean(text):
     """Parser for yes/no, true/false, on/off, 1/0."""
     lowered = text.strip().lower()

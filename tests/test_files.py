@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import stat
 import threading
 
 import pytest
@@ -18,7 +19,7 @@ from msgsrv.fileproto import LIST_PAGE
 from msgsrv.handlers import files as files_handler
 from msgsrv.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
 from msgsrv.stream import FrameStream
-from tests.conftest import connect, recv_until_closed, wait_for
+from tests.conftest import connect, recv_until_closed, service_config, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -213,6 +214,87 @@ def test_deleting_a_symlink_removes_the_link_not_its_target(server, tree, tmp_pa
     assert (tmp_path / "data-private" / "secret").exists()
 
 
+def test_symlinks_inside_the_root_are_never_followed(server, tree):
+    os.symlink("a", tree / "inner")
+    os.symlink("a/f", tree / "inner-file")
+    with client(server) as c:
+        for path in ("inner/f", "inner-file", "inner"):
+            for attempt in (lambda: c.get(path, io.BytesIO()), lambda: c.stat(path),
+                            lambda: c.put(io.BytesIO(b"x"), path, overwrite=True),
+                            lambda: c.list(path)):
+                with pytest.raises(ServerError) as info:
+                    attempt()
+                assert info.value.code == "bad-path" and "symbolic link" in info.value.message
+        with pytest.raises(ServerError) as info:
+            c.mkdir("inner/d")
+        assert info.value.code == "bad-path"
+        c.rename("inner-file", "moved-link")
+        c.delete("moved-link")
+    assert os.readlink(tree / "inner") == "a" and not os.path.lexists(tree / "moved-link")
+    assert (tree / "a" / "f").read_bytes() == b"inside" and os.listdir(tree / "a") == ["f"]
+
+
+def test_refused_paths_are_logged_with_key_and_peer(server, tree, caplog):
+    import logging
+    with caplog.at_level(logging.WARNING, "msgsrv.files"), client(server, "bob") as c:
+        port = c.sock.getsockname()[1]
+        for attempt in (lambda: c.get("p/secret", io.BytesIO()), lambda: c.delete("../x")):
+            with pytest.raises(ServerError):
+                attempt()
+        c.stat("a")
+    lines = [r.getMessage() for r in caplog.records if "bad-path" in r.getMessage()]
+    assert len(lines) == 2, lines
+    for line, operation in zip(lines, ("get", "delete")):
+        assert "key 'bob'" in line and "127.0.0.1:%d" % port in line and operation in line
+
+
+@pytest.mark.parametrize("options,file_mode,dir_mode", [
+    ({}, 0o640, 0o750), ({"file_mode": "0604", "dir_mode": "711"}, 0o604, 0o711)])
+def test_created_files_and_directories_get_the_modes_whatever_the_umask(serve, root, options,
+                                                                         file_mode, dir_mode):
+    server = serve(**options)
+    old = os.umask(0)
+    try:
+        with client(server) as c:
+            c.put(io.BytesIO(b"x"), "f")
+            c.put(io.BytesIO(b"y"), "r", resume=True)
+            c.mkdir("d")
+            c.mkdir("p/q/r", parents=True)
+    finally:
+        os.umask(old)
+    modes = {path: stat.S_IMODE(os.stat(root / path).st_mode)
+             for path in ("f", "r", "d", "p", "p/q", "p/q/r")}
+    assert modes == {"f": file_mode, "r": file_mode, "d": dir_mode, "p": dir_mode,
+                     "p/q": dir_mode, "p/q/r": dir_mode}
+
+
+def test_mode_settings_are_checked(serve):
+    for bad in ("0999", "rw-r-----", "4755", "0o640", ""):
+        with pytest.raises(ConfigError, match="octal mode"):
+            serve(file_mode=bad)
+
+
+def test_a_reload_to_another_root_reopens_it_and_closes_the_old_one(serve, root, keys_file,
+                                                                     tmp_path):
+    server = serve()
+    old = server.sandbox
+    old_fd, held = old.fileno(), os.fstat(old.fileno())
+    other = tmp_path / "other"
+    undo = server.reconfigure(service_config("file", keys_file=keys_file, auth_timeout=5,
+                                             root=str(other)))
+    del undo
+    assert server.sandbox is not old and server.sandbox.root == other
+    del old  # the last reference: the old root's descriptor closes with it
+    try:
+        still = os.fstat(old_fd)
+    except OSError:
+        still = None
+    assert still is None or not os.path.samestat(still, held)  # closed (or the number reused)
+    with client(server) as c:
+        c.put(io.BytesIO(b"x"), "f")
+    assert (other / "f").read_bytes() == b"x" and not (root / "f").exists()
+
+
 # -- atomicity and resume -----------------------------------------------------------
 
 def test_put_interrupted_mid_stream_leaves_the_old_version(server, root):
@@ -393,7 +475,7 @@ def test_quota_counts_existing_files_at_start(serve, root):
 def test_disk_full_is_refused_before_data(server, monkeypatch):
     class Tiny:
         f_bavail, f_frsize = 10, 1
-    monkeypatch.setattr(files_handler.os, "statvfs", lambda path: Tiny)
+    monkeypatch.setattr(files_handler.os, "fstatvfs", lambda fd: Tiny)
     assert refused_before_data(server, {"type": "put", "path": "x", "size": 11}) == "disk-full"
 
 

@@ -79,7 +79,9 @@ def test_max_threads_bounds_plain_socketserver_handlers(start_service):
 # -- descriptors ----------------------------------------------------------------
 
 
-def test_a_failed_bind_or_a_closed_service_leaks_no_descriptor():
+def test_a_failed_bind_or_a_closed_service_leaks_no_descriptor(tmp_path):
+    files = {"root": str(tmp_path / "root"), "keys_file": str(tmp_path / "keys")}
+    make_server(service_config("file", **files)).server_close()  # creates the keys file
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -94,6 +96,8 @@ def test_a_failed_bind_or_a_closed_service_leaks_no_descriptor():
         for _ in range(20):
             with pytest.raises(OSError):
                 TCPService(config)
+            with pytest.raises(OSError):  # its prepare_service opened the root: released
+                TCPService(service_config("file", port=port, **files))
         assert _open_fds() == before
         for _ in range(5):
             server = make_server(service_config("echo"))

@@ -13,7 +13,7 @@ from msgsrv.errors import ConnectionFailed, ProtocolError
 from msgsrv.fileproto import CODES, CONFIGURABLE, OPERATIONS, check_request, parse_operations
 from msgsrv.fileroot import DigestCache, QuotaLedger, content_key
 from msgsrv.protocol import encode
-from msgsrv.sandbox import TEMP_PREFIX
+from msgsrv.sandbox import TEMP_PREFIX, Sandbox
 from msgsrv.stream import FrameStream
 from tests.conftest import ROOT, wait_for
 from tests.test_stream import pair  # noqa: F401  (a fixture)
@@ -261,7 +261,7 @@ def test_quota_ledger(tmp_path):
     (tmp_path / "d" / "f").write_bytes(b"x" * 100)
     (tmp_path / (TEMP_PREFIX + "t")).write_bytes(b"x" * 1000)
     os.symlink("d/f", tmp_path / "link")
-    ledger = QuotaLedger(tmp_path, 250)
+    ledger = QuotaLedger(Sandbox(tmp_path), 250)
     assert ledger.used == 100 and ledger.available == 150
     with ledger.reserve(100):
         assert ledger.available == 50
@@ -270,6 +270,6 @@ def test_quota_ledger(tmp_path):
         assert info.value.code == "quota"
     ledger.changed(-500)
     assert ledger.used == 0
-    unlimited = QuotaLedger(tmp_path, 0)
+    unlimited = QuotaLedger(Sandbox(tmp_path), 0)
     with unlimited.reserve(1 << 60):
         assert unlimited.available is None

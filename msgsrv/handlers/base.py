@@ -66,6 +66,10 @@ class Handler:
         """
 
     @classmethod
+    def release_service(cls, server):
+        """Called once when the service has stopped: release what prepare_service holds open."""
+
+    @classmethod
     def refuse(cls, sock, code, reason):
         """Tell a refused client why, if the protocol has a way (best effort, never blocks)."""
 

@@ -5,12 +5,15 @@ before anything runs: the operation must be enabled (``operations``), the key
 allowed (``read_keys`` / ``write_keys``; ``anonymous = read`` lets clients
 that skip authentication read), the arguments well-formed.  Then one
 ``_op_NAME`` method runs.  Every client path goes through the service's
-:class:`~msgsrv.sandbox.Sandbox`; uploads go through an ``AtomicWriter``, so
-the destination holds the old file or the whole verified new one, never a
-mix.  Transfers block inside ``self.transfer()``, admitted by the service's
-TransferGate and held to ``min_transfer_rate``; a get of a small file is
-queued whole instead, holding no thread.  The wire format is in
-docs/PROTOCOL.rst ("File service").
+:class:`~msgsrv.sandbox.Sandbox`, which walks it from the root's descriptor
+and hands back a :class:`~msgsrv.sandbox.Location`; every operation acts on
+it with ``dir_fd=`` and never by a path string, so nothing outside the root
+is touched even while the tree changes.  Uploads go through an
+``AtomicWriter``, so the destination holds the old file or the whole
+verified new one, never a mix.  Transfers block inside ``self.transfer()``,
+admitted by the service's TransferGate and held to ``min_transfer_rate``; a
+get of a small file is queued whole instead, holding no thread.  The wire
+format is in docs/PROTOCOL.rst ("File service").
 """
 
 import contextlib
@@ -29,9 +32,8 @@ from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
 from ..fileroot import DigestCache, QuotaLedger, content_key
 from ..peer import format_peer
 from ..protocol import encode
-from ..sandbox import (AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, fsync_directory,
-                       is_temp_name, resumable_temp_path)
-from ..settings import Setting, choice, seconds, size, text, word_list
+from ..sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
+from ..settings import Setting, choice, octal_mode, seconds, size, text, word_list
 from .authed import AuthenticatedHandler
 
 log = logging.getLogger("msgsrv.files")
@@ -85,18 +87,6 @@ def _os_errors(path):
         raise ProtocolError(code, "%s: %s" % (_shown(path or ""), reason)) from None
 
 
-def _open_regular(real, path):
-    """Open ``real`` for reading if it is a regular file (never a FIFO, device, or new symlink)."""
-    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PathRefused("%s is not a regular file" % _shown(path))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _kind(mode):
     for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "link")):
         if test(mode):
@@ -139,6 +129,10 @@ class FileHandler(AuthenticatedHandler):
         Setting("temp_max_age", seconds(60), "86400",
                 "Seconds an interrupted resumable upload is kept for its client "
                 "(all partial uploads are removed at start)."),
+        Setting("file_mode", octal_mode, "0640",
+                "Permission bits of uploaded files (octal; the daemon's umask is ignored)."),
+        Setting("dir_mode", octal_mode, "0750",
+                "Permission bits of directories clients create (octal; the umask is ignored)."),
     )
 
     @classmethod
@@ -152,14 +146,19 @@ class FileHandler(AuthenticatedHandler):
         except (OSError, ConfigError) as exc:
             raise ConfigError("[service:%s] root %r: %s" % (
                 server.name, options["root"], getattr(exc, "strerror", None) or exc)) from None
-        removed = cleanup_temp_files(server.sandbox.root)
+        removed = cleanup_temp_files(server.sandbox)
         if removed:
             log.info("%s: removed %d partial uploads", server.name, removed)
         server.digests = DigestCache()
-        server.quota = QuotaLedger(server.sandbox.root, options["quota"])
+        server.quota = QuotaLedger(server.sandbox, options["quota"])
         server.commit_lock = threading.Lock()
         server.last_cleanup = time.monotonic()
         _warn_unknown_keys(server)
+
+    @classmethod
+    def release_service(cls, server):
+        """Close the root's descriptor (a request still running is refused ``busy``)."""
+        server.sandbox.close()
 
     def anonymous_allowed(self):
         return self.options["anonymous"] == "read"
@@ -177,6 +176,10 @@ class FileHandler(AuthenticatedHandler):
         try:
             with _os_errors(args.get("path")):
                 reply = getattr(self, "_op_" + operation.name)(**args)
+        except ProtocolError as exc:
+            if exc.code == "bad-path":
+                self._audit_refusal(operation, exc)
+            raise
         except _Desync as exc:
             log.warning("%s: %s transfer aborted (%s): %s", self.server.name,
                         format_peer(self.conn.address), exc.code, exc.message)
@@ -185,6 +188,11 @@ class FileHandler(AuthenticatedHandler):
             return
         if reply is not None:
             self.reply(*reply)
+
+    def _audit_refusal(self, operation, exc):
+        """One log line per refused path: the trail of traversal attempts, by key and peer."""
+        log.warning("%s: bad-path refused to key %r from %s (%s): %s", self.server.name,
+                    self.identity, format_peer(self.conn.address), operation.name, exc.message)
 
     def _authorize(self, operation):
         if operation.access == "any":
@@ -216,8 +224,7 @@ class FileHandler(AuthenticatedHandler):
                  "limits": limits},)
 
     def _op_get(self, path, offset):
-        real = self.sandbox.resolve(path, must_exist=True)
-        with _open_regular(real, path) as file:
+        with self.sandbox.locate(path) as where, where.open_file() as file:
             st = os.fstat(file.fileno())
             if offset > st.st_size:
                 raise ProtocolError("bad-request", "'offset' %d is past the end of %s (%d bytes)"
@@ -270,38 +277,35 @@ class FileHandler(AuthenticatedHandler):
         return digest
 
     def _op_put(self, path, size, overwrite, upload_id, if_sha256):
-        dest = self.sandbox.resolve(path)
         if size > self.options["max_file_size"]:
             raise ProtocolError("too-large", "%d bytes exceed max_file_size (%d bytes)"
                                 % (size, self.options["max_file_size"]))
-        with self.transfer(_UPLOAD_BUFFERS) as stream:
+        with self.sandbox.locate(path) as dest, self.transfer(_UPLOAD_BUFFERS) as stream:
             self._clean_if_due()
-            old = self._check_destination(dest, path, overwrite, if_sha256)
+            old = self._check_destination(dest, overwrite, if_sha256)
             with self.server.quota.reserve(size - old), \
                     self._writer(dest, upload_id, size) as writer:
                 self._check_disk(dest, size - writer.offset)
                 stream.send({"type": "ready", "offset": writer.offset})
                 digest = self._receive(stream, writer, size)
-                self._commit(writer, path, overwrite, if_sha256, digest)
+                self._commit(writer, dest, overwrite, if_sha256, digest)
         self.server.counters.incr("files_received")
         log.info("%s: %s put %s (%d bytes from %d, sha256 %s)", self.server.name, self.identity,
                  _shown(path), size, writer.offset, digest)
         return ({"type": "ok", "path": path, "size": size, "sha256": digest},)
 
-    def _check_destination(self, dest, path, overwrite, if_sha256):
+    def _check_destination(self, dest, overwrite, if_sha256):
         """Return the size of the file the upload would replace (0: none), or refuse the put."""
-        self.sandbox.check_directory(dest.parent)
-        try:
-            st = os.stat(dest)
-        except FileNotFoundError:
+        path = dest.path
+        st = dest.lstat()
+        if st is None:
             if if_sha256 is not None:
                 raise ProtocolError("conflict", "%s does not exist (if_sha256 expects it)"
-                                    % _shown(path)) from None
+                                    % _shown(path))
             return 0
-        if not stat.S_ISREG(st.st_mode):
-            raise PathRefused("%s exists and is not a regular file" % _shown(path))
+        dest.check_regular(st)
         if if_sha256 is not None:
-            with _open_regular(dest, path) as file:
+            with dest.open_file() as file:
                 current = self.server.digests.digest_of(file.fileno())
             if current != if_sha256:
                 raise ProtocolError("conflict", "%s has SHA-256 %s, not the expected %s"
@@ -311,17 +315,18 @@ class FileHandler(AuthenticatedHandler):
         return st.st_size
 
     def _writer(self, dest, upload_id, size):
+        mode = self.options["file_mode"]
         if upload_id is None:
-            return AtomicWriter(dest)
-        temp = resumable_temp_path(dest, "%s:%s" % (self.identity, upload_id))
-        writer = AtomicWriter.resume(temp, dest)
+            return AtomicWriter(dest, mode=mode)
+        upload = "%s:%s" % (self.identity, upload_id)
+        writer = AtomicWriter.resume(dest, upload, mode=mode)
         if writer.offset > size:  # left by an upload of other content under the same id
             writer.discard()
-            writer = AtomicWriter.resume(temp, dest)
+            writer = AtomicWriter.resume(dest, upload, mode=mode)
         return writer
 
     def _check_disk(self, dest, count):
-        st = os.statvfs(dest.parent)
+        st = os.fstatvfs(dest.dir_fd)
         free = st.f_bavail * st.f_frsize
         if free < count:
             raise ProtocolError("disk-full", "the upload needs %d bytes, the server has %d free"
@@ -357,28 +362,19 @@ class FileHandler(AuthenticatedHandler):
     @contextlib.contextmanager
     def _prefix(self, writer):
         """``(fd, 0, offset)`` to hash what a resumed upload already holds, or None."""
-        if not writer.offset:
-            yield None
-            return
-        fd = os.open(writer.temp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            held, opened = os.fstat(writer.file.fileno()), os.fstat(fd)
-            if (held.st_dev, held.st_ino) != (opened.st_dev, opened.st_ino):
-                raise ProtocolError("busy", "the upload was replaced on another connection")
-            yield (fd, 0, writer.offset)
-        finally:
-            os.close(fd)
+        # The writer's own descriptor (readable, the lock held): read with pread, never reopened.
+        yield (writer.file.fileno(), 0, writer.offset) if writer.offset else None
 
-    def _commit(self, writer, path, overwrite, if_sha256, digest):
+    def _commit(self, writer, dest, overwrite, if_sha256, digest):
         writer.file.flush()
         os.fsync(writer.file.fileno())  # the slow part, outside the lock
         inode = os.fstat(writer.file.fileno()).st_ino
         with self.server.commit_lock:
             # Checked again: another upload may have landed while this one streamed.
-            old = self._check_destination(writer.dest_path, path, overwrite, if_sha256)
+            old = self._check_destination(dest, overwrite, if_sha256)
             writer.commit()
-        st = os.stat(writer.dest_path)
-        if st.st_ino == inode:
+        st = dest.lstat()
+        if st is not None and st.st_ino == inode:
             self.server.digests.put(st, digest)
         self.server.quota.changed(writer.size - old)
 
@@ -388,30 +384,31 @@ class FileHandler(AuthenticatedHandler):
         if now - self.server.last_cleanup < min(age / 4, 3600):
             return
         self.server.last_cleanup = now
-        removed = cleanup_temp_files(self.sandbox.root, age)
+        removed = cleanup_temp_files(self.sandbox, age)
         if removed:
             log.info("%s: removed %d abandoned uploads", self.server.name, removed)
 
     def _op_list(self, path, after):
-        real = self.sandbox.resolve(path, must_exist=True, allow_root=True)
-        self.sandbox.check_directory(real)
-        names = sorted(name for name in os.listdir(real)
-                       if not is_temp_name(name) and _encodable(name)
-                       and (after is None or name > after))
-        entries = []
-        for name in names[:LIST_PAGE]:
-            with contextlib.suppress(FileNotFoundError):  # removed while we list
-                entries.append(dict(_describe(os.lstat(real / name)), name=name))
+        with self.sandbox.locate(path, allow_root=True) as where, \
+                where.open_directory() as listed:
+            names = sorted(name for name in os.listdir(listed.dir_fd)
+                           if not is_temp_name(name) and _encodable(name)
+                           and (after is None or name > after))
+            entries = []
+            for name in names[:LIST_PAGE]:
+                with contextlib.suppress(FileNotFoundError):  # removed while we list
+                    st = os.stat(name, dir_fd=listed.dir_fd, follow_symlinks=False)
+                    entries.append(dict(_describe(st), name=name))
         body = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return ({"type": "listing", "path": path, "count": len(entries),
                  "more": len(names) > LIST_PAGE}, body)
 
     def _op_stat(self, path, sha256):
-        real = self.sandbox.resolve(path, must_exist=True, allow_root=True)
-        reply = dict(_describe(os.stat(real)), type="stat", path=path)
-        if sha256:
-            with _open_regular(real, path) as file:
-                reply["sha256"] = self._digest(file)
+        with self.sandbox.locate(path, allow_root=True) as where:
+            reply = dict(_describe(where.stat()), type="stat", path=path)
+            if sha256:
+                with where.open_file() as file:
+                    reply["sha256"] = self._digest(file)
         return (reply,)
 
     def _digest(self, file):
@@ -423,40 +420,44 @@ class FileHandler(AuthenticatedHandler):
             return self.server.digests.digest_of(file.fileno())
 
     def _op_delete(self, path):
-        entry = self.sandbox.resolve_entry(path)
-        with self.server.commit_lock:
-            st = os.lstat(entry)
-            try:
-                (os.rmdir if stat.S_ISDIR(st.st_mode) else os.unlink)(entry)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise ProtocolError("not-empty", "%s is a directory that is not empty"
-                                        % _shown(path)) from None
-                raise
-        fsync_directory(entry.parent)
+        with self.sandbox.locate(path) as where:
+            with self.server.commit_lock:
+                st = where.lstat()
+                if st is None:
+                    raise ProtocolError("not-found", "%s does not exist" % _shown(path))
+                try:
+                    remove = os.rmdir if stat.S_ISDIR(st.st_mode) else os.unlink
+                    remove(where.name, dir_fd=where.dir_fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise ProtocolError("not-empty", "%s is a directory that is not empty"
+                                            % _shown(path)) from None
+                    raise
+            where.fsync()
         if stat.S_ISREG(st.st_mode):
             self.server.quota.changed(-st.st_size)
         log.info("%s: %s deleted %s", self.server.name, self.identity, _shown(path))
         return ({"type": "ok", "path": path},)
 
     def _op_mkdir(self, path, parents):
-        real = self.sandbox.resolve(path)
-        (os.makedirs if parents else os.mkdir)(real)
-        fsync_directory(real.parent)
+        mode = self.options["dir_mode"]
+        with self.sandbox.locate(path, parents_mode=mode if parents else None) as where:
+            where.mkdir(mode)
+            where.fsync()
         return ({"type": "ok", "path": path},)
 
     def _op_rename(self, path, to, overwrite):
-        source, dest = self.sandbox.resolve_entry(path), self.sandbox.resolve_entry(to)
-        with self.server.commit_lock:
-            moved, replaced = _lstat_or_none(source), _lstat_or_none(dest)
-            if moved is None:
-                raise ProtocolError("not-found", "%s does not exist" % _shown(path))
-            if replaced is not None and not overwrite and not os.path.samestat(moved, replaced):
-                raise ProtocolError("exists", "%s exists (ask to overwrite)" % _shown(to))
-            with _os_errors(to):
-                os.rename(source, dest)
-        for directory in {source.parent, dest.parent}:
-            fsync_directory(directory)
+        with self.sandbox.locate(path) as source, self.sandbox.locate(to) as dest:
+            with self.server.commit_lock:
+                moved, replaced = source.lstat(), dest.lstat()
+                if moved is None:
+                    raise ProtocolError("not-found", "%s does not exist" % _shown(path))
+                if replaced is not None and not overwrite and not os.path.samestat(moved, replaced):
+                    raise ProtocolError("exists", "%s exists (ask to overwrite)" % _shown(to))
+                _rename(source, dest)
+            source.fsync()
+            if not os.path.samestat(os.fstat(source.dir_fd), os.fstat(dest.dir_fd)):
+                dest.fsync()
         if replaced is not None and stat.S_ISREG(replaced.st_mode) \
                 and not os.path.samestat(moved, replaced):
             self.server.quota.changed(-replaced.st_size)
@@ -465,11 +466,16 @@ class FileHandler(AuthenticatedHandler):
         return ({"type": "ok", "path": path, "to": to},)
 
 
-def _lstat_or_none(path):
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
+def _rename(source, dest):
+    """Rename ``source`` to ``dest`` (two Locations), both relative to their directories."""
+    with _os_errors(dest.path):
+        try:
+            os.rename(source.name, dest.name, src_dir_fd=source.dir_fd, dst_dir_fd=dest.dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # the kernel's answer to moving a directory into itself
+                raise PathRefused("cannot move %s into itself (%s)"
+                                  % (_shown(source.path), _shown(dest.path))) from None
+            raise
 
 
 def _warn_unknown_keys(server):
