@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from . import __version__, config as config_module, preflight
-from .errors import CheckFailed, ConfigError
+from .errors import ConfigError
 from .manpages import Manual, epilog
 from .pidfile import running_pid
 from .settings import LOG_LEVELS

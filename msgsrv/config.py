@@ -15,6 +15,7 @@ from typing import Any, Mapping, Tuple
 
 from . import handlers
 from .errors import ConfigError
+from .peer import format_peer
 from .settings import GLOBAL_SETTINGS, SERVICE_SETTINGS, Setting
 
 #: Where the commands look for the configuration when no --config is given:
@@ -235,9 +236,9 @@ def _check_duplicates(path, services):
             continue
         key = (service.transport, service["host"], service["port"])
         if key in seen:
-            raise ConfigError("%s: [%s%s] %s %s:%d is already used by [%s%s]"
-                              % (path, SERVICE_PREFIX, service.name, key[0], key[1], key[2],
-                                 SERVICE_PREFIX, seen[key]))
+            raise ConfigError("%s: [%s%s] %s %s is already used by [%s%s]"
+                              % (path, SERVICE_PREFIX, service.name, key[0],
+                                 format_peer(key[1], key[2]), SERVICE_PREFIX, seen[key]))
         seen[key] = service.name
 
 

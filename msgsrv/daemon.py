@@ -25,19 +25,22 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 
 from . import __version__, config as config_module, notify, privileges
 from .errors import ConfigError
 from .pidfile import Pidfile
 from .registry import Registry
 from .server import make_server
-from .status import format_address
+from .peer import format_peer
 
 log = logging.getLogger("msgsrv")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 SWITCH_INTERVAL = 0.001  # seconds
+STOP_MARGIN = 1.0  # seconds a stop may take beyond shutdown_timeout before services are abandoned
+SIGNAL_QUEUE = 5  # signals waiting for the main loop; more are dropped (as gunicorn does)
 _RESTART_KEYS = ("pidfile", "user", "group", "thread_stack_size")
 
 
@@ -175,7 +178,8 @@ class Daemon:
         self.config = config_module.with_options(config, self.overrides)
         self.registry = Registry()
         self.pidfile = Pidfile(config["pidfile"]) if config["pidfile"] else None
-        self._signals = collections.deque()
+        self._signals = collections.deque()  # at most SIGNAL_QUEUE (gunicorn's bound)
+        self._signals_dropped = 0
         self._stopper = None
         self._stopped = threading.Event()
         self._wake_w = None
@@ -233,16 +237,16 @@ class Daemon:
             server.server_activate()
         except OSError as exc:
             server.stop(0)
-            raise OSError("[service:%s] cannot listen on %s:%d: %s"
-                          % (server.name, server.config["host"], server.config["port"],
+            raise OSError("[service:%s] cannot listen on %s: %s"
+                          % (server.name, format_peer(server.config["host"], server.config["port"]),
                              exc.strerror or exc)) from None
 
     def _serve(self, server):
         server.serve_in_thread()
         self.registry.add(server)
-        log.info("listening service=%s handler=%s transport=%s address=%s:%d",
+        log.info("listening service=%s handler=%s transport=%s address=%s",
                  server.name, server.config["handler"], server.config.transport,
-                 server.server_address[0], server.port)
+                 format_peer(server.server_address))
 
     def _drop_privileges(self):
         user, group = self.config["user"], self.config["group"]
@@ -262,17 +266,27 @@ class Daemon:
         wait for services still draining after a reload."""
         for server in self.registry.clear():
             self._drain(server)
-        timeout = self.config["shutdown_timeout"]
+        deadline = time.monotonic() + self.config["shutdown_timeout"] + STOP_MARGIN
         with self._drains_lock:
             drains = list(self._drains)
         for _, thread in drains:
-            thread.join(timeout + 5.0)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._abandon_stuck(drains)
+
+    def _abandon_stuck(self, drains):
+        """Log and forget the services whose stop outlived the deadline (never waited again)."""
+        stuck = [server for server, thread in drains if thread.is_alive()]
+        for server in stuck:
+            log.error("%s: not stopped within shutdown_timeout + %gs (handler %s): abandoned",
+                      server.name, STOP_MARGIN, server.config["handler"])
+        with self._drains_lock:
+            self._drains = [d for d in self._drains if d[0] not in stuck]
 
     def _drain(self, server, close_now=False):
         """Stop ``server`` in a thread (its connections get shutdown_timeout); with
         ``close_now`` its listener is closed before this returns."""
         if close_now:
-            server.stop_accepting()
+            server.stop_accepting(self.config["shutdown_timeout"])
         thread = threading.Thread(target=self._drain_run, args=(server,),
                                   name="%s-stop" % server.name, daemon=True)
         with self._drains_lock:
@@ -361,6 +375,10 @@ class Daemon:
             _drain_pipe(wake_r)
             while self._signals:
                 self._dispatch(self._signals.popleft())
+            if self._signals_dropped:
+                dropped, self._signals_dropped = self._signals_dropped, 0
+                log.warning("%d signals dropped: more than %d were waiting", dropped,
+                            SIGNAL_QUEUE)
 
     def _install_signals(self, wake_w):
         previous = {"wakeup": signal.set_wakeup_fd(wake_w)}
@@ -378,7 +396,11 @@ class Daemon:
         return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]
 
     def _record(self, signum, frame):
-        self._signals.append(signum)
+        # Only record (no logging in a signal handler); a flood beyond the queue is dropped.
+        if len(self._signals) < SIGNAL_QUEUE:
+            self._signals.append(signum)
+        else:
+            self._signals_dropped += 1
 
     def _dispatch(self, signum):
         name = signal.Signals(signum).name.lower()
@@ -537,7 +559,7 @@ class Daemon:
         if self.pidfile is None or not self.pidfile.held:
             return
         lines = ["%s %s %s %s\n" % (server.name, server.config.transport,
-                                    format_address(*server.server_address[:2]),
+                                    format_peer(server.server_address),
                                     server.config["handler"])
                  for server in self.registry.servers()]
         path = state_path(self.pidfile.path)

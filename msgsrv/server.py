@@ -23,7 +23,8 @@ from .access import AccessRules, PenaltyBox, PenaltyRules, RateLimiter, penalty_
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .errors import ConfigError
 from .handlers.base import Handler
-from .pool import WorkerPool, format_peer
+from .peer import format_peer
+from .pool import WorkerPool
 from .tls import ServerTLS
 from .transfer_limits import TransferGate
 
@@ -142,12 +143,24 @@ class _ServiceMixin:
         self._thread.start()
         return self._thread
 
-    def stop_accepting(self):
-        """Stop serve_forever (never call from its own thread) and close the listener."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
+    def stop_accepting(self, timeout=None):
+        """Stop serve_forever (never call from its own thread) and close the listener.
+
+        With ``timeout``, gives up waiting for the serving thread after that
+        many seconds (a UDP handler that never returns) and returns False.
+        """
+        thread, self._thread = self._thread, None
+        stopped = True
+        if thread is not None:
+            # shutdown() waits for serve_forever without a timeout: wait here instead.
+            threading.Thread(target=self.shutdown, name="%s-shutdown" % self.name,
+                             daemon=True).start()
+            thread.join(timeout)
+            stopped = not thread.is_alive()
+        self._close_listener()
+        return stopped
+
+    def _close_listener(self):
         self.server_close()
 
     def handle_error(self, request, client_address):
@@ -162,37 +175,38 @@ class _ServiceMixin:
             log.exception("%s: handler error for %s", self.name, format_peer(client_address))
 
 
-class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """A TCP service: limits, admission checks, pool or thread per connection."""
+class TCPService(_ServiceMixin, socketserver.TCPServer):
+    """A TCP service: limits and admission checks, then the hand-off of its kind.
+
+    ``TCPService(config, ...)`` builds the kind the handler needs, chosen
+    once: :class:`PooledTCPService` for msgsrv handlers
+    (:class:`~msgsrv.handlers.base.Handler`), :class:`ThreadedTCPService`
+    (a thread per connection) for plain ``socketserver`` handlers.
+    """
 
     allow_reuse_address = True
-    daemon_threads = True
-    block_on_close = False
+    pooled = False
+
+    def __new__(cls, config, *args, **kwargs):
+        if cls is TCPService:
+            pooled = issubclass(config.handler_class, Handler)
+            cls = PooledTCPService if pooled else ThreadedTCPService
+        return super().__new__(cls)
 
     def __init__(self, config, bind_and_activate=True, global_options=None):
         self._init_service(config, global_options)
         self.request_queue_size = config["backlog"]
-        self.pooled = issubclass(config.handler_class, Handler)
         self.admission_checks = [self._check_access, self._check_penalty, self._check_rate,
                                  self._check_limits]
         self._lock = threading.Condition()
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
-        self.rate = self.tls = self.pool = None
+        self.rate = self.tls = None
         self.penalties = PenaltyBox()  # outlives reloads; the rules come with each reload
         self.transfers = TransferGate(*_transfer_limits(config))
         self._apply_policy(self._load_policy(config, self.global_options))
         self._prepare()
-        if self.pooled:
-            self.pool = WorkerPool(config.name, self._make_handler,
-                                   workers=config["workers"], max_threads=config["max_threads"],
-                                   max_pending_output=config["max_pending_output"],
-                                   idle_timeout=config["idle_timeout"], on_close=self._pooled_closed)
         super().__init__(config.address, config.handler_class, bind_and_activate)
-
-    def _prepare(self):
-        if self.pooled:
-            self.config.handler_class.prepare_service(self)
 
     def _load_policy(self, config, global_options):
         rate = None
@@ -210,21 +224,9 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
 
     def _tune(self, config):
         self.transfers.tune(*_transfer_limits(config))
-        if self.pool is not None:
-            self.pool.max_threads = max(config["max_threads"], self.pool.workers)
-            self.pool.max_pending_output = config["max_pending_output"]
-            self.pool.idle_timeout = config["idle_timeout"]
 
     def _tls_failed(self, reason):
         self.counters.incr("refused_tls")
-
-    def _make_handler(self, conn):
-        return self.RequestHandlerClass(conn, self)
-
-    def server_activate(self):
-        super().server_activate()
-        if self.pool is not None:
-            self.pool.start()
 
     # -- admission ----------------------------------------------------------
 
@@ -245,9 +247,12 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self.counters.incr("refused_" + refusal.counter)
         log.log(refusal.level, "%s: refused %s: %s", self.name, format_peer(client_address),
                 refusal.reason)
-        if self.pooled and refusal.code and self.tls is None:
-            self.RequestHandlerClass.refuse(request, refusal.code, refusal.reason)
+        if refusal.code and self.tls is None:
+            self._tell_refused(request, refusal)
         return False
+
+    def _tell_refused(self, request, refusal):
+        """Tell a refused client why, where the handler's protocol has a way."""
 
     def _check_access(self, ip):
         reason = self.access.refusal(ip) if self.access else None
@@ -323,24 +328,119 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         with self._lock:
             return len(self._admitted)
 
-    # -- serving ------------------------------------------------------------
+    def shutdown_request(self, request):
+        """Close a thread-mode connection (or a refused one) and account for it."""
+        entry = self._release(request)
+        if entry is not None:
+            access_log.info("close service=%s peer=%s duration=%.3f in=- out=- outcome=closed",
+                            self.name, format_peer(entry[0]), time.monotonic() - entry[1])
+        super().shutdown_request(request)
+
+
+class PooledTCPService(TCPService):
+    """A TCP service whose msgsrv handler is served by a :class:`~msgsrv.pool.WorkerPool`."""
+
+    pooled = True
+
+    def __init__(self, config, bind_and_activate=True, global_options=None):
+        # The pool holds no descriptor until server_activate starts it, and a
+        # failed bind calls server_close: nothing is left open.
+        self._released = False
+        self.pool = WorkerPool(config.name, self._make_handler,
+                               workers=config["workers"], max_threads=config["max_threads"],
+                               max_pending_output=config["max_pending_output"],
+                               idle_timeout=config["idle_timeout"], on_close=self._pooled_closed)
+        super().__init__(config, bind_and_activate, global_options)
+
+    def _prepare(self):
+        self.config.handler_class.prepare_service(self)
+
+    def _tune(self, config):
+        super()._tune(config)
+        self.pool.max_threads = max(config["max_threads"], self.pool.workers)
+        self.pool.max_pending_output = config["max_pending_output"]
+        self.pool.idle_timeout = config["idle_timeout"]
+
+    def _make_handler(self, conn):
+        return self.RequestHandlerClass(conn, self)
+
+    def server_activate(self):
+        super().server_activate()
+        self.pool.start()
+
+    def server_close(self):
+        """Close the listener, release the pool (its connections aborted if any are left)
+        and what the handler's prepare_service holds (``release_service``)."""
+        super().server_close()
+        self.pool.close()
+        self._release_service()
+
+    def _release_service(self):
+        if not self._released:
+            self._released = True
+            self.config.handler_class.release_service(self)
+
+    def _close_listener(self):
+        socketserver.TCPServer.server_close(self)
+
+    def _tell_refused(self, request, refusal):
+        self.RequestHandlerClass.refuse(request, refusal.code, refusal.reason)
 
     def process_request(self, request, client_address):
-        """Hand an admitted connection to the pool, or to a thread of its own."""
-        if self.pooled:
-            tls = self.tls
-            if tls is None:
-                self.pool.add(request, client_address)
-            else:
-                wrapped = tls.wrap(request)
-                self._rekey(request, wrapped)
-                self.pool.add(wrapped, client_address, tls.connection)
-            return
+        """Hand an admitted connection to the pool (its TLS handshake runs there)."""
+        transport = None
+        if self.tls is not None:
+            transport = self.tls.wrap(request)
+            self._rekey(request, transport.sock)
+        self.pool.add(request, client_address, transport)
+
+    def _pooled_closed(self, conn):
+        self._release(conn.sock)
+        self.counters.update({"bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out})
+        access_log.info("close service=%s peer=%s duration=%.3f in=%d out=%d outcome=%s",
+                        self.name, format_peer(conn.address), time.monotonic() - conn.opened,
+                        conn.bytes_in, conn.bytes_out, (conn.reason or "closed").replace(" ", "-"))
+
+    def stop(self, timeout):
+        """Stop accepting, let running handlers finish within ``timeout``, close the rest."""
+        self.stop_accepting()
+        self.pool.stop(timeout, notify=lambda conn: conn.handler.server_closing())
+        self._release_service()
+
+    def abort_connections(self, reason="aborted"):
+        """Close every open connection now, dropping queued output (quick stop)."""
+        for conn in self.pool.connections():
+            conn.abort(reason)
+
+
+class ThreadedTCPService(socketserver.ThreadingMixIn, TCPService):
+    """A TCP service running a plain ``socketserver`` handler, one thread per connection.
+
+    ``max_threads`` bounds those threads: a connection over it is refused
+    (``refused_busy``), like one over ``max_connections``.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, config, bind_and_activate=True, global_options=None):
+        super().__init__(config, bind_and_activate, global_options)
+        self.admission_checks.append(self._check_threads)
+
+    def _check_threads(self, ip):
+        if len(self._admitted) >= self.config["max_threads"]:
+            return Refusal("busy", None, "all %d threads serve connections (max_threads=%d)"
+                           % (len(self._admitted), self.config["max_threads"]),
+                           logging.WARNING)
+        return None
+
+    def process_request(self, request, client_address):
+        """Start the connection's own thread."""
         request.settimeout(self.config["idle_timeout"] or None)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
-        """Thread mode: the TLS handshake (if any) runs here, in the connection's own thread."""
+        """The TLS handshake (if any) runs here, in the connection's own thread."""
         tls = self.tls
         if tls is not None:
             try:
@@ -355,29 +455,9 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
             request = wrapped
         super().process_request_thread(request, client_address)
 
-    def shutdown_request(self, request):
-        """Close a thread-mode connection (or a refused one) and account for it."""
-        entry = self._release(request)
-        if entry is not None:
-            access_log.info("close service=%s peer=%s duration=%.3f in=- out=- outcome=closed",
-                            self.name, format_peer(entry[0]), time.monotonic() - entry[1])
-        super().shutdown_request(request)
-
-    def _pooled_closed(self, conn):
-        self._release(conn.sock)
-        self.counters.incr("bytes_in", conn.bytes_in)
-        self.counters.incr("bytes_out", conn.bytes_out)
-        access_log.info("close service=%s peer=%s duration=%.3f in=%d out=%d outcome=%s",
-                        self.name, format_peer(conn.address), time.monotonic() - conn.opened,
-                        conn.bytes_in, conn.bytes_out, (conn.reason or "closed").replace(" ", "-"))
-
     def stop(self, timeout):
         """Stop accepting, let running handlers finish within ``timeout``, close the rest."""
         self.stop_accepting()
-        if self.pool is not None:
-            self.pool.stop(timeout, notify=lambda conn: conn.handler.server_closing())
-            self.config.handler_class.release_service(self)
-            return
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._admitted and time.monotonic() < deadline:
@@ -385,11 +465,7 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self.abort_connections("shutdown timeout")
 
     def abort_connections(self, reason="aborted"):
-        """Close every open connection now, dropping queued output (quick stop)."""
-        if self.pool is not None:
-            for conn in self.pool.connections():
-                conn.abort(reason)
-            return
+        """Shut every open connection's socket down now (quick stop)."""
         with self._lock:
             leftovers = list(self._admitted)
         for request in leftovers:
@@ -429,6 +505,7 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
         self.replies = None
         self.drops = DropLog()
         self._listeners, self._listeners_of = None, ()  # () is never a registry's answer
+        self._running = None  # (sender, monotonic start) of the handler running now
         self._apply_policy(self._load_policy(config, self.global_options))
         self._tune(config)
         super().__init__(config.address, config.handler_class, bind_and_activate)
@@ -514,9 +591,25 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
             log.warning("%s: dropped %d more (refused_%s) in the last %.0fs", self.name,
                         count, counter, seconds)
 
+    def finish_request(self, request, client_address):
+        """Run the handler inline, noting what runs (a stop names a handler that never returns)."""
+        self._running = (client_address, time.monotonic())
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            self._running = None
+
     def stop(self, timeout):
-        """Stop serving (datagram handlers are inline: nothing else to wait for)."""
-        self.stop_accepting()
+        """Stop serving within ``timeout``: a handler still running then is abandoned
+        (logged with the service, the handler and the datagram's sender)."""
+        if self.stop_accepting(timeout):
+            return
+        running = self._running
+        peer, since = running if running is not None else ("?", time.monotonic())
+        log.error("%s: stop: handler %s.%s still running after %gs (datagram from %s, "
+                  "%.1fs ago): abandoned", self.name, self.RequestHandlerClass.__module__,
+                  self.RequestHandlerClass.__qualname__, timeout, format_peer(peer),
+                  time.monotonic() - since)
 
     def abort_connections(self, reason="aborted"):
         """Nothing to abort: UDP has no connections."""

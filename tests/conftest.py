@@ -110,7 +110,7 @@ class DaemonProcess:
             if " listening service=" in line:
                 fields = dict(part.split("=", 1) for part in line.split()[4:] if "=" in part)
                 host, _, port = fields["address"].rpartition(":")
-                self.listeners[fields["service"]] = (host, int(port))
+                self.listeners[fields["service"]] = (host.strip("[]"), int(port))
 
     def wait_listening(self, count, timeout=10.0):
         """Wait until ``count`` listeners are logged; return the dict name -> (host, port)."""

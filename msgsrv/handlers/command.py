@@ -13,11 +13,10 @@ in one warning line.
 import json
 import logging
 import threading
-import time
 
 from .. import commands, privileges, runner
 from ..errors import ConfigError, ProtocolError, ServiceBusy
-from ..pool import format_peer
+from ..peer import format_peer
 from ..protocol import encode
 from .authed import AuthenticatedHandler
 
@@ -158,8 +157,6 @@ class CommandHandler(AuthenticatedHandler):
         return self.decoder.buffered < self.options["max_header"] + self.options["max_body"]
 
     def _finish(self, plan, run, outcome):
-        self.conn.bytes_out += run.bytes_sent
-        self.conn.last_active = time.monotonic()
         self._count(outcome)
         self._audit(plan, outcome)
         if outcome.ended_by:

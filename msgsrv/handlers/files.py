@@ -30,7 +30,7 @@ from .. import transfer
 from ..errors import ConfigError, ProtocolError
 from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
 from ..fileroot import DigestCache, QuotaLedger, content_key
-from ..pool import format_peer
+from ..peer import format_peer
 from ..protocol import encode
 from ..sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
 from ..settings import Setting, choice, octal_mode, seconds, size, text, word_list
@@ -234,12 +234,6 @@ class FileHandler(AuthenticatedHandler):
             return True
         return operation.name in self.options["operations"] and self._may(operation.access)
 
-    def _transferred(self, received=0, sent=0):
-        # Blocking transfers bypass the pool's accounting; keep the access log and idle timer right.
-        self.conn.bytes_in += received
-        self.conn.bytes_out += sent
-        self.conn.last_active = time.monotonic()
-
     # -- operations -------------------------------------------------------------
 
     def _op_help(self):
@@ -264,7 +258,6 @@ class FileHandler(AuthenticatedHandler):
                     stream.send(header)
                     digest = self._send(stream, file, st, offset)
                     stream.send({"type": "end", "sha256": digest})
-                self._transferred(sent=st.st_size - offset)
         self.server.counters.incr("files_sent")
         log.info("%s: %s got %s (%d bytes from %d)", self.server.name, self.identity,
                  _shown(path), st.st_size, offset)
@@ -316,7 +309,6 @@ class FileHandler(AuthenticatedHandler):
                 stream.send({"type": "ready", "offset": writer.offset})
                 digest = self._receive(stream, writer, size)
                 self._commit(writer, dest, overwrite, if_sha256, digest)
-        self._transferred(received=size - writer.offset)
         self.server.counters.incr("files_received")
         log.info("%s: %s put %s (%d bytes from %d, sha256 %s)", self.server.name, self.identity,
                  _shown(path), size, writer.offset, digest)
