@@ -7,15 +7,21 @@ naming the file, the section, the key, the rule and the value.
 """
 
 import configparser
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Tuple
 
 from . import handlers
 from .errors import ConfigError
+from .peer import format_peer
 from .settings import GLOBAL_SETTINGS, SERVICE_SETTINGS, Setting
 
+#: Where the commands look for the configuration when no --config is given:
+#: ``$MSGSRV_CONFIG`` if set, else the first of these files that exists.
+CONFIG_ENV = "MSGSRV_CONFIG"
+DEFAULT_PATHS = ("/etc/msgsrv/server.ini", "conf/server.ini")
 GLOBAL_SECTION = "msgsrv"
 SERVICE_PREFIX = "service:"
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -56,9 +62,45 @@ class Config:
         return self.options[key]
 
 
+def find(environ=None):
+    """The configuration file to use when none is given, and why: ``(path, reason)``.
+
+    ``$MSGSRV_CONFIG`` when set (even if that file is missing: reading it then
+    says so), else the first of :data:`DEFAULT_PATHS` that exists.  Raises
+    ConfigError saying where it looked when there is none.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_ENV):
+        return environ[CONFIG_ENV], "from $%s" % CONFIG_ENV
+    for path in DEFAULT_PATHS:
+        if os.path.isfile(path):
+            return path, "the first found of %s" % ", ".join(DEFAULT_PATHS)
+    raise ConfigError("no configuration file: give --config FILE or set $%s (looked for %s; "
+                      "relative to the working directory %s)"
+                      % (CONFIG_ENV, ", ".join(DEFAULT_PATHS), os.getcwd()))
+
+
 def load(path):
     """Read and validate the INI file at ``path``; raise ConfigError if invalid."""
     return from_parser(read(path), path)
+
+
+def load_global(path):
+    """A Config with only the validated ``[msgsrv]`` options of ``path`` and no services
+    (a broken service section does not keep the control commands from a daemon)."""
+    parser = read(path)
+    raw = dict(parser.items(GLOBAL_SECTION)) if parser.has_section(GLOBAL_SECTION) else {}
+    options = parse_section("%s: [%s]" % (path, GLOBAL_SECTION), GLOBAL_SETTINGS,
+                            {k: v for k, v in raw.items() if k in _GLOBAL_NAMES})
+    return Config(path, MappingProxyType(options), ())
+
+
+def with_options(config, overrides):
+    """``config`` with some ``[msgsrv]`` options replaced (command-line overrides,
+    already validated)."""
+    if not overrides:
+        return config
+    return replace(config, options=MappingProxyType(dict(config.options, **overrides)))
 
 
 def read(path):
@@ -70,7 +112,9 @@ def read(path):
         with open(path, encoding="utf-8") as stream:
             parser.read_file(stream)
     except OSError as exc:
-        raise ConfigError("%s: cannot read (%s)" % (path, exc.strerror or exc)) from None
+        where = "" if os.path.isabs(path) else "; relative to the working directory %s" % (
+            os.getcwd())
+        raise ConfigError("%s: cannot read (%s%s)" % (path, exc.strerror or exc, where)) from None
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError("%s: not a valid INI file (%s)"
                           % (path, str(exc).splitlines()[0])) from None
@@ -192,23 +236,10 @@ def _check_duplicates(path, services):
             continue
         key = (service.transport, service["host"], service["port"])
         if key in seen:
-            raise ConfigError("%s: [%s%s] %s %s:%d is already used by [%s%s]"
-                              % (path, SERVICE_PREFIX, service.name, key[0], key[1], key[2],
-                                 SERVICE_PREFIX, seen[key]))
+            raise ConfigError("%s: [%s%s] %s %s is already used by [%s%s]"
+                              % (path, SERVICE_PREFIX, service.name, key[0],
+                                 format_peer(key[1], key[2]), SERVICE_PREFIX, seen[key]))
         seen[key] = service.name
-
-
-def check_runtime(config):
-    """Run every handler's ``check_service`` (what depends on who runs the daemon, such
-    as the command service's root rule); raise ConfigError prefixed with the file."""
-    for service in config.services:
-        check = getattr(service.handler_class, "check_service", None)
-        if check is None:
-            continue
-        try:
-            check(service, config.options)
-        except ConfigError as exc:
-            raise ConfigError("%s: %s" % (config.path, exc)) from None
 
 
 def format_effective(config):

@@ -25,19 +25,22 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 
-from . import config as config_module, notify, privileges
+from . import __version__, config as config_module, notify, privileges
 from .errors import ConfigError
 from .pidfile import Pidfile
 from .registry import Registry
 from .server import make_server
-from .status import format_address
+from .peer import format_peer
 
 log = logging.getLogger("msgsrv")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 SWITCH_INTERVAL = 0.001  # seconds
+STOP_MARGIN = 1.0  # seconds a stop may take beyond shutdown_timeout before services are abandoned
+SIGNAL_QUEUE = 5  # signals waiting for the main loop; more are dropped (as gunicorn does)
 _RESTART_KEYS = ("pidfile", "user", "group", "thread_stack_size")
 
 
@@ -51,40 +54,67 @@ class ReopeningFileHandler(logging.FileHandler):
             old.close()
 
 
-def configure_logging(options):
-    """Send logs to ``log_file`` (or stderr) at ``log_level``; return the handler.
+def configure_logging(options, echo=False):
+    """Send logs to ``log_file`` (to standard error when it is empty, and as well with
+    ``echo``) at ``log_level``.
 
     Creates the log file's directory if needed; closes the handlers it
     replaces.  Raises OSError if the log file cannot be opened.
     """
-    handler = log_handler(options)
-    install_log_handler(handler, options["log_level"])
-    return handler
+    install_log_handlers(log_handlers(options, echo), options["log_level"])
 
 
-def log_handler(options):
-    """A new handler for ``log_file`` (or stderr); raises OSError if it cannot be opened."""
+def log_handlers(options, echo=False):
+    """New handlers for ``log_file`` and/or stderr; raises OSError if the file cannot be
+    opened."""
+    handlers = []
     if options["log_file"]:
         directory = os.path.dirname(options["log_file"])
         if directory:
             os.makedirs(directory, exist_ok=True)
-        handler = ReopeningFileHandler(options["log_file"], encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    return handler
+        handlers.append(ReopeningFileHandler(options["log_file"], encoding="utf-8"))
+    if echo or not options["log_file"]:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handlers
 
 
-def install_log_handler(handler, level):
-    """Make ``handler`` the root logger's only handler, at ``level``."""
+def install_log_handlers(handlers, level):
+    """Make ``handlers`` the root logger's only handlers, at ``level``."""
     root = logging.getLogger()
-    root.addHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
     for old in list(root.handlers):
-        if old is not handler:
+        if old not in handlers:
             root.removeHandler(old)
             if isinstance(old, logging.FileHandler):
                 old.close()
     root.setLevel(level.upper())
+
+
+def stderr_gets_logs():
+    """True when a log handler already writes to this process's standard error (the
+    terminal, pipe or file it is)."""
+    try:
+        target = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no stderr, or not a real file
+        return False
+    for handler in logging.getLogger().handlers:
+        try:
+            written = os.fstat(handler.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            continue
+        if (written.st_dev, written.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def report_fatal(message):
+    """Log a fatal start-up error, and print it on stderr unless the log goes there."""
+    log.error("%s", message)
+    if not stderr_gets_logs():
+        print("msgsrv: %s" % message, file=sys.stderr, flush=True)
 
 
 def reopen_logs():
@@ -136,13 +166,20 @@ def state_path(pidfile):
 
 
 class Daemon:
-    """Owns the running services of one config and the main signal loop."""
+    """Owns the running services of one config and the main signal loop.
 
-    def __init__(self, config):
-        self.config = config
+    ``overrides`` (``[msgsrv]`` options from the command line) apply to every
+    reloaded config too; with ``echo`` logs go to stderr as well as to the log file.
+    """
+
+    def __init__(self, config, overrides=None, echo=False):
+        self.overrides = dict(overrides or {})
+        self.echo = echo
+        self.config = config_module.with_options(config, self.overrides)
         self.registry = Registry()
         self.pidfile = Pidfile(config["pidfile"]) if config["pidfile"] else None
-        self._signals = collections.deque()
+        self._signals = collections.deque()  # at most SIGNAL_QUEUE (gunicorn's bound)
+        self._signals_dropped = 0
         self._stopper = None
         self._stopped = threading.Event()
         self._wake_w = None
@@ -157,8 +194,13 @@ class Daemon:
     # -- starting -----------------------------------------------------------
 
     def start(self):
-        """Bind and start every service; raise OSError naming the one that failed
-        (or ConfigError when a handler refuses its settings)."""
+        """Bind every service, drop privileges, then serve; raise OSError naming the
+        service that failed (ConfigError when a handler refuses its settings,
+        RuntimeError when privileges could be regained).
+
+        Nothing is announced (``listening ...``) before every listener is bound
+        and the user switched: a failed start closes what it had bound and says so.
+        """
         if self.config["thread_stack_size"]:
             threading.stack_size(max(32768, self.config["thread_stack_size"]))
         # A thread woken by I/O waits up to the switch interval for the
@@ -168,13 +210,21 @@ class Daemon:
         old, new = raise_open_files_limit()
         if new > old:
             log.info("raised the open-files limit from %d to %d", old, new)
-        for service in self.config.services:
-            try:
+        bound = []
+        try:
+            for service in self.config.services:
                 server = self._create(service, self.config)
                 self._bind(server)
-            except (OSError, ConfigError):
-                self.stop()
-                raise
+                bound.append(server)
+            self._drop_privileges()
+        except BaseException as exc:
+            if bound:
+                log.info("start-up failed (%s): closing the %d listeners bound so far (%s), "
+                         "never announced", exc, len(bound), ", ".join(s.name for s in bound))
+            for server in bound:
+                server.stop(0)
+            raise
+        for server in bound:
             self._serve(server)
 
     def _create(self, service, config):
@@ -187,16 +237,16 @@ class Daemon:
             server.server_activate()
         except OSError as exc:
             server.stop(0)
-            raise OSError("[service:%s] cannot listen on %s:%d: %s"
-                          % (server.name, server.config["host"], server.config["port"],
+            raise OSError("[service:%s] cannot listen on %s: %s"
+                          % (server.name, format_peer(server.config["host"], server.config["port"]),
                              exc.strerror or exc)) from None
 
     def _serve(self, server):
         server.serve_in_thread()
         self.registry.add(server)
-        log.info("listening service=%s handler=%s transport=%s address=%s:%d",
+        log.info("listening service=%s handler=%s transport=%s address=%s",
                  server.name, server.config["handler"], server.config.transport,
-                 server.server_address[0], server.port)
+                 format_peer(server.server_address))
 
     def _drop_privileges(self):
         user, group = self.config["user"], self.config["group"]
@@ -216,17 +266,27 @@ class Daemon:
         wait for services still draining after a reload."""
         for server in self.registry.clear():
             self._drain(server)
-        timeout = self.config["shutdown_timeout"]
+        deadline = time.monotonic() + self.config["shutdown_timeout"] + STOP_MARGIN
         with self._drains_lock:
             drains = list(self._drains)
         for _, thread in drains:
-            thread.join(timeout + 5.0)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._abandon_stuck(drains)
+
+    def _abandon_stuck(self, drains):
+        """Log and forget the services whose stop outlived the deadline (never waited again)."""
+        stuck = [server for server, thread in drains if thread.is_alive()]
+        for server in stuck:
+            log.error("%s: not stopped within shutdown_timeout + %gs (handler %s): abandoned",
+                      server.name, STOP_MARGIN, server.config["handler"])
+        with self._drains_lock:
+            self._drains = [d for d in self._drains if d[0] not in stuck]
 
     def _drain(self, server, close_now=False):
         """Stop ``server`` in a thread (its connections get shutdown_timeout); with
         ``close_now`` its listener is closed before this returns."""
         if close_now:
-            server.stop_accepting()
+            server.stop_accepting(self.config["shutdown_timeout"])
         thread = threading.Thread(target=self._drain_run, args=(server,),
                                   name="%s-stop" % server.name, daemon=True)
         with self._drains_lock:
@@ -259,11 +319,13 @@ class Daemon:
         SIGTERM arriving during the shutdown must not kill a process that
         stopped cleanly, and Python resets its own handlers while it finalizes.
         """
+        log.info("starting msgsrv %s pid=%d config=%s", __version__, os.getpid(),
+                 os.path.abspath(self.config.path))
         if self.pidfile is not None:
             try:
                 self.pidfile.acquire()
             except OSError as exc:
-                log.error("%s", exc)
+                report_fatal(exc)
                 return EXIT_FAILURE
         try:
             return self._run(restore_signals)
@@ -296,12 +358,11 @@ class Daemon:
     def _start_all(self):
         try:
             self.start()
-            self._drop_privileges()
         except ConfigError as exc:
-            log.error("%s", exc)
+            report_fatal(exc)
             return EXIT_CONFIG
         except (OSError, RuntimeError) as exc:
-            log.error("%s", exc)
+            report_fatal(exc)
             return EXIT_FAILURE
         self._write_state()
         log.info("ready pid=%d services=%d", os.getpid(), len(self.registry))
@@ -314,6 +375,10 @@ class Daemon:
             _drain_pipe(wake_r)
             while self._signals:
                 self._dispatch(self._signals.popleft())
+            if self._signals_dropped:
+                dropped, self._signals_dropped = self._signals_dropped, 0
+                log.warning("%d signals dropped: more than %d were waiting", dropped,
+                            SIGNAL_QUEUE)
 
     def _install_signals(self, wake_w):
         previous = {"wakeup": signal.set_wakeup_fd(wake_w)}
@@ -331,7 +396,11 @@ class Daemon:
         return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]
 
     def _record(self, signum, frame):
-        self._signals.append(signum)
+        # Only record (no logging in a signal handler); a flood beyond the queue is dropped.
+        if len(self._signals) < SIGNAL_QUEUE:
+            self._signals.append(signum)
+        else:
+            self._signals_dropped += 1
 
     def _dispatch(self, signum):
         name = signal.Signals(signum).name.lower()
@@ -407,18 +476,18 @@ class Daemon:
         invalid, a service refuses its settings (naming the key), a new log
         file or listener cannot be opened.
         """
-        new = config_module.load(self.config.path)
+        new = config_module.with_options(config_module.load(self.config.path), self.overrides)
         plan = plan_reload(self.config, new)
-        fresh, new_log = {}, None
+        fresh, new_log = {}, []
         try:
-            new_log = self._new_log_handler(new)
+            new_log = self._new_log_handlers(new)
             appliers = [self.registry.get(name).prepare_reconfigure(_service(new, name),
                                                                     new.options)
                         for name in plan.kept]
             late = self._create_fresh(new, plan, fresh)
         except BaseException:
-            if new_log is not None:
-                new_log.close()
+            for handler in new_log:
+                handler.close()
             for server in fresh.values():
                 server.stop(0)
             raise
@@ -427,12 +496,12 @@ class Daemon:
         failed = self._commit(new, plan, fresh, late, new_log)
         return _summary(plan, failed)
 
-    def _new_log_handler(self, new):
+    def _new_log_handlers(self, new):
         old, options = self.config.options, new.options
         if (old["log_file"], old["log_level"]) == (options["log_file"], options["log_level"]):
-            return None
+            return []
         try:
-            return log_handler(options)
+            return log_handlers(options, self.echo)
         except OSError as exc:
             raise OSError("log_file %s: %s" % (options["log_file"], exc.strerror or exc)) from None
 
@@ -454,8 +523,8 @@ class Daemon:
         return late
 
     def _commit(self, new, plan, fresh, late, new_log):
-        if new_log is not None:
-            install_log_handler(new_log, new["log_level"])
+        if new_log:
+            install_log_handlers(new_log, new["log_level"])
         for key in _RESTART_KEYS:
             if self.config[key] != new[key]:
                 log.warning("reload: %s changed; it takes effect at the next start", key)
@@ -494,7 +563,7 @@ class Daemon:
         if self.pidfile is None or not self.pidfile.held:
             return
         lines = ["%s %s %s %s\n" % (server.name, server.config.transport,
-                                    format_address(*server.server_address[:2]),
+                                    format_peer(server.server_address),
                                     server.config["handler"])
                  for server in self.registry.servers()]
         path = state_path(self.pidfile.path)

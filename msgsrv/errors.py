@@ -17,6 +17,14 @@ class ConfigError(MsgsrvError, ValueError):
     code = "config"
 
 
+class CheckFailed(ConfigError):
+    """Start-up checks failed; ``problems`` lists every one (one line each)."""
+
+    def __init__(self, problems):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
 class ProtocolError(MsgsrvError, ValueError):
     """The peer sent bytes that break the wire protocol."""
 
@@ -80,6 +88,6 @@ class AlreadyRunning(MsgsrvError, OSError):
 
 
 __all__ = [
-    "MsgsrvError", "ConfigError", "ProtocolError", "ServerError", "AuthError",
+    "MsgsrvError", "ConfigError", "CheckFailed", "ProtocolError", "ServerError", "AuthError",
     "ServiceBusy", "ConnectionFailed", "RequestTimeout", "TooSlow", "AlreadyRunning",
 ]

@@ -30,6 +30,14 @@ def _group_id(name):
         raise ConfigError("group %r does not exist" % name) from None
 
 
+def lookup(user, group=""):
+    """The ``(uid, gid)`` that :func:`drop` would switch to; raises ConfigError for an
+    unknown user or group (nothing is changed)."""
+    account = _user(user) if user else None
+    gid = _group_id(group) if group else (account.pw_gid if account else os.getgid())
+    return (account.pw_uid if account else os.getuid()), gid
+
+
 def drop(user, group=""):
     """Switch this process to ``user`` (and ``group``, default the user's primary group).
 

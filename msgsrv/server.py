@@ -25,7 +25,8 @@ from .access import AccessRules, PenaltyRules, RateLimiter, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .errors import ConfigError
 from .handlers.base import Handler
-from .pool import WorkerPool, format_peer
+from .peer import format_peer
+from .pool import WorkerPool
 from .service import create_service
 from .tls import ServerTLS
 
@@ -138,12 +139,24 @@ class _ServiceMixin:
         self._thread.start()
         return self._thread
 
-    def stop_accepting(self):
-        """Stop serve_forever (never call from its own thread) and close the listener."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
+    def stop_accepting(self, timeout=None):
+        """Stop serve_forever (never call from its own thread) and close the listener.
+
+        With ``timeout``, gives up waiting for the serving thread after that
+        many seconds (a UDP handler that never returns) and returns False.
+        """
+        thread, self._thread = self._thread, None
+        stopped = True
+        if thread is not None:
+            # shutdown() waits for serve_forever without a timeout: wait here instead.
+            threading.Thread(target=self.shutdown, name="%s-shutdown" % self.name,
+                             daemon=True).start()
+            thread.join(timeout)
+            stopped = not thread.is_alive()
+        self._close_listener()
+        return stopped
+
+    def _close_listener(self):
         self.server_close()
 
     def handle_error(self, request, client_address):
@@ -158,35 +171,47 @@ class _ServiceMixin:
             log.exception("%s: handler error for %s", self.name, format_peer(client_address))
 
 
-class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """A TCP service: limits, admission checks, pool or thread per connection."""
+class TCPService(_ServiceMixin, socketserver.TCPServer):
+    """A TCP service: limits and admission checks, then the hand-off of its kind.
+
+    ``TCPService(config, ...)`` builds the kind the handler needs, chosen
+    once: :class:`PooledTCPService` for msgsrv handlers
+    (:class:`~msgsrv.handlers.base.Handler`), :class:`ThreadedTCPService`
+    (a thread per connection) for plain ``socketserver`` handlers.
+    """
 
     allow_reuse_address = True
-    daemon_threads = True
-    block_on_close = False
+    pooled = False
+
+    def __new__(cls, config, *args, **kwargs):
+        if cls is TCPService:
+            pooled = issubclass(config.handler_class, Handler)
+            cls = PooledTCPService if pooled else ThreadedTCPService
+        return super().__new__(cls)
 
     def __init__(self, config, bind_and_activate=True, global_options=None):
         self._init_service(config, global_options)
         self.request_queue_size = config["backlog"]
-        self.pooled = issubclass(config.handler_class, Handler)
         self.admission_checks = [self._check_access, self._check_penalty, self._check_rate,
                                  self._check_limits]
         self._lock = threading.Condition()
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
-        self.rate = self.tls = self.pool = None
+        self.rate = self.tls = None
         self._apply_policy(self._load_policy(config, self.global_options))
+        # Created before the bind: a failed bind calls server_close, which releases it.
+        self._released = False
         self.service = create_service(config, self.global_options, self)
         self.penalties, self.transfers = self.service.penalties, self.service.transfers
-        if self.pooled:
-            self.pool = WorkerPool(config.name, self._make_handler,
-                                   workers=config["workers"], max_threads=config["max_threads"],
-                                   max_pending_output=config["max_pending_output"],
-                                   idle_timeout=config["idle_timeout"], on_close=self._pooled_closed)
         super().__init__(config.address, config.handler_class, bind_and_activate)
 
     def _prepare_service(self, config, global_options):
         return self.service.prepare_reconfigure(config, global_options)
+
+    def _release_service(self):
+        if not self._released:
+            self._released = True
+            self.service.close()
 
     def _load_policy(self, config, global_options):
         rate = None
@@ -195,32 +220,15 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
             if rate is None or (rate.rate, rate.penalty) != (config["rate_limit"],
                                                              config["rate_penalty"]):
                 rate = RateLimiter(config["rate_limit"], config["rate_penalty"])
-        try:
-            tls = ServerTLS.from_options(config.options, self._tls_failed)
-        except ConfigError as exc:
-            raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
+        tls = check_transport_options(config, self._tls_failed)
         return (AccessRules.from_options(config.options, global_options), rate, tls,
                 PenaltyRules.from_options(config.options))
 
     def _apply_policy(self, policy):
         self.access, self.rate, self.tls, self.penalty_rules = policy
 
-    def _tune(self, config):
-        if self.pool is not None:
-            self.pool.max_threads = max(config["max_threads"], self.pool.workers)
-            self.pool.max_pending_output = config["max_pending_output"]
-            self.pool.idle_timeout = config["idle_timeout"]
-
     def _tls_failed(self, reason):
         self.counters.incr("refused_tls")
-
-    def _make_handler(self, conn):
-        return self.RequestHandlerClass(conn, self)
-
-    def server_activate(self):
-        super().server_activate()
-        if self.pool is not None:
-            self.pool.start()
 
     # -- admission ----------------------------------------------------------
 
@@ -241,9 +249,12 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         self.counters.incr("refused_" + refusal.counter)
         log.log(refusal.level, "%s: refused %s: %s", self.name, format_peer(client_address),
                 refusal.reason)
-        if self.pooled and refusal.code and self.tls is None:
-            self.RequestHandlerClass.refuse(request, refusal.code, refusal.reason)
+        if refusal.code and self.tls is None:
+            self._tell_refused(request, refusal)
         return False
+
+    def _tell_refused(self, request, refusal):
+        """Tell a refused client why, where the handler's protocol has a way."""
 
     def _check_access(self, ip):
         reason = self.access.refusal(ip) if self.access else None
@@ -319,24 +330,109 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
         with self._lock:
             return len(self._admitted)
 
-    # -- serving ------------------------------------------------------------
+    def shutdown_request(self, request):
+        """Close a thread-mode connection (or a refused one) and account for it."""
+        entry = self._release(request)
+        if entry is not None:
+            access_log.info("close service=%s peer=%s duration=%.3f in=- out=- outcome=closed",
+                            self.name, format_peer(entry[0]), time.monotonic() - entry[1])
+        super().shutdown_request(request)
+
+
+class PooledTCPService(TCPService):
+    """A TCP service whose msgsrv handler is served by a :class:`~msgsrv.pool.WorkerPool`."""
+
+    pooled = True
+
+    def __init__(self, config, bind_and_activate=True, global_options=None):
+        # The pool holds no descriptor until server_activate starts it, and a
+        # failed bind calls server_close: nothing is left open.
+        self.pool = WorkerPool(config.name, self._make_handler,
+                               workers=config["workers"], max_threads=config["max_threads"],
+                               max_pending_output=config["max_pending_output"],
+                               idle_timeout=config["idle_timeout"], on_close=self._pooled_closed)
+        super().__init__(config, bind_and_activate, global_options)
+
+    def _tune(self, config):
+        self.pool.max_threads = max(config["max_threads"], self.pool.workers)
+        self.pool.max_pending_output = config["max_pending_output"]
+        self.pool.idle_timeout = config["idle_timeout"]
+
+    def _make_handler(self, conn):
+        return self.RequestHandlerClass(conn, self)
+
+    def server_activate(self):
+        super().server_activate()
+        self.pool.start()
+
+    def server_close(self):
+        """Close the listener, release the pool (its connections aborted if any are left)
+        and what the service object holds (``Service.close``)."""
+        super().server_close()
+        self.pool.close()
+        self._release_service()
+
+    def _close_listener(self):
+        socketserver.TCPServer.server_close(self)
+
+    def _tell_refused(self, request, refusal):
+        self.RequestHandlerClass.refuse(request, refusal.code, refusal.reason)
 
     def process_request(self, request, client_address):
-        """Hand an admitted connection to the pool, or to a thread of its own."""
-        if self.pooled:
-            tls = self.tls
-            if tls is None:
-                self.pool.add(request, client_address)
-            else:
-                wrapped = tls.wrap(request)
-                self._rekey(request, wrapped)
-                self.pool.add(wrapped, client_address, tls.connection)
-            return
+        """Hand an admitted connection to the pool (its TLS handshake runs there)."""
+        transport = None
+        if self.tls is not None:
+            transport = self.tls.wrap(request)
+            self._rekey(request, transport.sock)
+        self.pool.add(request, client_address, transport)
+
+    def _pooled_closed(self, conn):
+        self._release(conn.sock)
+        self.counters.update({"bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out})
+        access_log.info("close service=%s peer=%s duration=%.3f in=%d out=%d outcome=%s",
+                        self.name, format_peer(conn.address), time.monotonic() - conn.opened,
+                        conn.bytes_in, conn.bytes_out, (conn.reason or "closed").replace(" ", "-"))
+
+    def stop(self, timeout):
+        """Stop accepting, let running handlers finish within ``timeout``, close the rest."""
+        self.stop_accepting()
+        self.pool.stop(timeout, notify=lambda conn: conn.handler.server_closing())
+        self._release_service()
+
+    def abort_connections(self, reason="aborted"):
+        """Close every open connection now, dropping queued output (quick stop)."""
+        for conn in self.pool.connections():
+            conn.abort(reason)
+
+
+class ThreadedTCPService(socketserver.ThreadingMixIn, TCPService):
+    """A TCP service running a plain ``socketserver`` handler, one thread per connection.
+
+    ``max_threads`` bounds those threads: a connection over it is refused
+    (``refused_busy``), like one over ``max_connections``.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, config, bind_and_activate=True, global_options=None):
+        super().__init__(config, bind_and_activate, global_options)
+        self.admission_checks.append(self._check_threads)
+
+    def _check_threads(self, ip):
+        if len(self._admitted) >= self.config["max_threads"]:
+            return Refusal("busy", None, "all %d threads serve connections (max_threads=%d)"
+                           % (len(self._admitted), self.config["max_threads"]),
+                           logging.WARNING)
+        return None
+
+    def process_request(self, request, client_address):
+        """Start the connection's own thread."""
         request.settimeout(self.config["idle_timeout"] or None)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
-        """Thread mode: the TLS handshake (if any) runs here, in the connection's own thread."""
+        """The TLS handshake (if any) runs here, in the connection's own thread."""
         tls = self.tls
         if tls is not None:
             try:
@@ -351,42 +447,18 @@ class TCPService(_ServiceMixin, socketserver.ThreadingMixIn, socketserver.TCPSer
             request = wrapped
         super().process_request_thread(request, client_address)
 
-    def shutdown_request(self, request):
-        """Close a thread-mode connection (or a refused one) and account for it."""
-        entry = self._release(request)
-        if entry is not None:
-            access_log.info("close service=%s peer=%s duration=%.3f in=- out=- outcome=closed",
-                            self.name, format_peer(entry[0]), time.monotonic() - entry[1])
-        super().shutdown_request(request)
-
-    def _pooled_closed(self, conn):
-        self._release(conn.sock)
-        self.counters.incr("bytes_in", conn.bytes_in)
-        self.counters.incr("bytes_out", conn.bytes_out)
-        access_log.info("close service=%s peer=%s duration=%.3f in=%d out=%d outcome=%s",
-                        self.name, format_peer(conn.address), time.monotonic() - conn.opened,
-                        conn.bytes_in, conn.bytes_out, (conn.reason or "closed").replace(" ", "-"))
-
     def stop(self, timeout):
         """Stop accepting, let running handlers finish within ``timeout``, close the rest."""
         self.stop_accepting()
-        if self.pool is not None:
-            self.pool.stop(timeout, notify=lambda conn: conn.handler.server_closing())
-            self.service.close()
-            return
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._admitted and time.monotonic() < deadline:
                 self._lock.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         self.abort_connections("shutdown timeout")
-        self.service.close()
+        self._release_service()
 
     def abort_connections(self, reason="aborted"):
-        """Close every open connection now, dropping queued output (quick stop)."""
-        if self.pool is not None:
-            for conn in self.pool.connections():
-                conn.abort(reason)
-            return
+        """Shut every open connection's socket down now (quick stop)."""
         with self._lock:
             leftovers = list(self._admitted)
         for request in leftovers:
@@ -426,16 +498,14 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
         self.replies = None
         self.drops = DropLog()
         self._listeners, self._listeners_of = None, ()  # () is never a registry's answer
+        self._running = None  # (sender, monotonic start) of the handler running now
         self._apply_policy(self._load_policy(config, self.global_options))
         self._tune(config)
         super().__init__(config.address, config.handler_class, bind_and_activate)
         self._reply_socket = ReplySocket(self)
 
     def _load_policy(self, config, global_options):
-        for key in ("tls_cert", "tls_client_ca"):
-            if config[key]:
-                raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
-                                  "not supported)" % (config.name, key))
+        check_transport_options(config)
         replies = None
         if config["reply_rate"] is not None:
             settings = (config["reply_rate"].count / config["reply_rate"].per,
@@ -514,12 +584,44 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
             log.warning("%s: dropped %d more (refused_%s) in the last %.0fs", self.name,
                         count, counter, seconds)
 
+    def finish_request(self, request, client_address):
+        """Run the handler inline, noting what runs (a stop names a handler that never returns)."""
+        self._running = (client_address, time.monotonic())
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            self._running = None
+
     def stop(self, timeout):
-        """Stop serving (datagram handlers are inline: nothing else to wait for)."""
-        self.stop_accepting()
+        """Stop serving within ``timeout``: a handler still running then is abandoned
+        (logged with the service, the handler and the datagram's sender)."""
+        if self.stop_accepting(timeout):
+            return
+        running = self._running
+        peer, since = running if running is not None else ("?", time.monotonic())
+        log.error("%s: stop: handler %s.%s still running after %gs (datagram from %s, "
+                  "%.1fs ago): abandoned", self.name, self.RequestHandlerClass.__module__,
+                  self.RequestHandlerClass.__qualname__, timeout, format_peer(peer),
+                  time.monotonic() - since)
 
     def abort_connections(self, reason="aborted"):
         """Nothing to abort: UDP has no connections."""
+
+
+def check_transport_options(config, on_tls_failure=None):
+    """Load what the transport of the service ``config`` needs: its ServerTLS (TCP with
+    ``tls_cert``; else None).  Raises ConfigError naming the service when the TLS files
+    cannot be loaded, or TLS is asked of a UDP service."""
+    if config.transport == "udp":
+        for key in ("tls_cert", "tls_client_ca"):
+            if config[key]:
+                raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
+                                  "not supported)" % (config.name, key))
+        return None
+    try:
+        return ServerTLS.from_options(config.options, on_tls_failure)
+    except ConfigError as exc:
+        raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
 
 
 def make_server(config, bind_and_activate=True, global_options=None):

@@ -235,7 +235,9 @@ SERVICE_SETTINGS = (
             "TCP: threads that serve ready connections (more are started while "
             "handlers block, up to max_threads)."),
     Setting("max_threads", integer(1, 10000), "64",
-            "TCP: most threads one service uses, including blocked handlers."),
+            "TCP: most threads one service uses, including blocked handlers. A plain "
+            "socketserver handler has one thread per connection: connections over "
+            "max_threads are refused (refused_busy)."),
     Setting("max_pending_output", size(1024, 1 << 30), "1M",
             "TCP: bytes queued for a slow reader before reading from it pauses."),
     Setting("max_transfers", integer(1, 100000), "32",

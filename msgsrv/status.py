@@ -17,6 +17,7 @@ import os
 import time
 
 from . import __version__
+from .peer import format_peer
 
 #: Refusal reasons always reported (others appear when counted).
 REFUSAL_REASONS = ("busy", "access", "rate", "auth_penalty", "tls")
@@ -24,9 +25,6 @@ _STANDARD = ("connections_total", "bytes_in", "bytes_out", "errors")
 FORMATS = ("json", "prometheus")
 
 
-def format_address(host, port):
-    """``host:port``, with brackets around an IPv6 host."""
-    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
 def servers_of(server):
@@ -50,7 +48,7 @@ def service_status(server, now):
             extra[name] = value
     entry = {"name": server.name, "handler": server.config["handler"],
              "transport": server.config.transport,
-             "address": format_address(*server.server_address[:2]),
+             "address": format_peer(server.server_address),
              "tls": getattr(server, "tls", None) is not None,
              "uptime": round(now - server.started, 3),
              "connections": getattr(server, "connection_count", None)}

@@ -12,9 +12,9 @@ import socket
 
 from .errors import (AuthError, ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout,
                      ServerError)
-from .protocol import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA, FrameDecoder, encode
+from .protocol import (DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA, RECV_SIZE, FrameDecoder,
+                       encode)
 
-RECV_SIZE = 64 * 1024  # recv() buffers over 128K are mmap-allocated per call
 RAW_CHUNK = 1024 * 1024  # read_raw reuses one buffer, so it can be large
 
 
@@ -22,7 +22,8 @@ RAW_CHUNK = 1024 * 1024  # read_raw reuses one buffer, so it can be large
 def translate_errors(what="connection"):
     """Turn socket timeouts and resets into RequestTimeout / ConnectionFailed.
 
-    msgsrv's own errors (a paced socket's ``TooSlow``...) pass unchanged.
+    msgsrv's own errors (a paced socket's ``TooSlow``, a RequestTimeout, which on
+    Python 3.9 is an OSError but not a socket.timeout...) pass unchanged.
     """
     try:
         yield

@@ -28,6 +28,7 @@ import threading
 import time
 
 from .errors import RequestTimeout, ServiceBusy, TooSlow
+from .transport import is_plain_socket
 
 STEP = 0.5                 # longest single wait on the peer: how often a stuck call is checked
 SEND_CHUNK = 64 * 1024     # bytes per send() call: a TLS record group, accounted exactly
@@ -127,7 +128,7 @@ class PacedSocket:
         """
         if count is None:
             count = max(0, os.fstat(file.fileno()).st_size - offset)
-        if type(self._sock) is not socket.socket:
+        if not is_plain_socket(self._sock):
             return self._send_copy(file.fileno(), offset, count)
         return self._send_zero_copy(file.fileno(), offset, count)
 
@@ -144,13 +145,16 @@ class PacedSocket:
 
     def _send_zero_copy(self, fd, offset, count):
         out = self._sock.fileno()  # non-blocking underneath: the socket has a timeout
+        # A connection's Channel counts what it sends; a bare socket is sent on directly.
+        send_once = getattr(self._sock, "sendfile_once", None) or (
+            lambda fd, at, size: os.sendfile(out, fd, at, size))
         poller = select.poll()
         poller.register(out, select.POLLOUT)
         sent = 0
         while sent < count:
             started = time.monotonic()
             try:
-                got = os.sendfile(out, fd, offset + sent, count - sent)
+                got = send_once(fd, offset + sent, count - sent)
             except BlockingIOError:
                 poller.poll(self._step * 1000)
                 self.watch.step(time.monotonic() - started, 0, False)

@@ -84,6 +84,13 @@ def recv_until_closed(sock, limit=1 << 24):
     return bytes(data)
 
 
+def run_msgsrv(*args, cwd=ROOT, env=None, timeout=30):
+    """``python -m msgsrv ARGS`` to completion (this tree's msgsrv, whatever the cwd)."""
+    return subprocess.run([sys.executable, "-m", "msgsrv"] + list(args), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+
+
 class DaemonProcess:
     """``python -m msgsrv`` in a subprocess, with its listeners parsed from the log."""
 
@@ -103,7 +110,7 @@ class DaemonProcess:
             if " listening service=" in line:
                 fields = dict(part.split("=", 1) for part in line.split()[4:] if "=" in part)
                 host, _, port = fields["address"].rpartition(":")
-                self.listeners[fields["service"]] = (host, int(port))
+                self.listeners[fields["service"]] = (host.strip("[]"), int(port))
 
     def wait_listening(self, count, timeout=10.0):
         """Wait until ``count`` listeners are logged; return the dict name -> (host, port)."""

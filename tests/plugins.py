@@ -1,6 +1,7 @@
 """Handlers used by the tests as user plugins (imported by package.module:Class)."""
 
 import socketserver
+import threading
 
 from msgsrv.handlers.authed import AuthenticatedHandler
 from msgsrv.handlers.base import FramedHandler, Handler
@@ -75,3 +76,33 @@ class ShadowingHandler(Handler):
 
     def data_received(self, data):
         self.conn.send(data)
+
+
+class BlockingDatagram(socketserver.BaseRequestHandler):
+    """A UDP plugin that answers ``blocking`` and then never returns (a stuck handler)."""
+
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(b"blocking", self.client_address)
+        threading.Event().wait()
+
+
+class HoldHandler(socketserver.BaseRequestHandler):
+    """A plain TCP handler that says ``held`` and holds its thread until the peer closes."""
+
+    def handle(self):
+        self.request.sendall(b"held\n")
+        while self.request.recv(100):
+            pass
+
+
+class BlockingSender(Handler):
+    """On ``send N``: sends N bytes from a blocking section, then reports the connection's
+    ``bytes_out`` in a line of its own (``out=...``)."""
+
+    def data_received(self, data):
+        count = int(data.split()[1])
+        before = self.conn.bytes_out
+        with self.conn.blocking(5) as sock:
+            sock.sendall(b"x" * count)
+        self.conn.send(b"\nout=%d\n" % (self.conn.bytes_out - before))

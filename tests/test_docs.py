@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from msgsrv import config, settings_doc
+from msgsrv import config, manpages, settings_doc
 from msgsrv.protocol import CODES
 from tests.conftest import ROOT, connect, service_config
 
@@ -49,8 +49,14 @@ def test_example_config_shows_every_key_with_its_declared_default():
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = read("README.rst")
-    command = re.search(r"^    (python -m pip install .*)$", readme, re.M).group(1)
+    command = re.search(r"^    (python scripts/test-all.*)$", readme, re.M).group(1)
     assert command in read(".ci/run").splitlines()
+
+
+def test_manual_pages_are_generated_from_the_parsers():
+    for manual in manpages.manuals():
+        assert read("man/" + manual.filename) == manpages.render(manual), (
+            "man/%s is stale: run python -m msgsrv.manpages man/" % manual.filename)
 
 
 def test_readme_plugin_example_runs(tmp_path, monkeypatch, start_service):
@@ -73,3 +79,24 @@ def test_protocol_doc_lists_every_frame_error_code():
     protocol = read("docs/PROTOCOL.rst")
     for code in CODES:
         assert "``%s``" % code in protocol, code
+
+
+def test_manpages_command_writes_then_checks(tmp_path, capsys):
+    assert manpages.main([str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "msgsrv-client.1", "msgsrv.8", "msgsrvctl.8"]
+    assert manpages.main(["--check", str(tmp_path)]) == 0
+    (tmp_path / "msgsrv.8").write_text("old\n")
+    assert manpages.main(["--check", str(tmp_path)]) == 1
+    assert "msgsrv.8 is out of date: run python -m msgsrv.manpages" in capsys.readouterr().err
+    assert (tmp_path / "msgsrv.8").read_text() == "old\n"
+
+
+def test_readme_msgsrvctl_exit_status_table_matches_the_command():
+    from msgsrv import ctl
+    readme = read("README.rst")
+    table = readme[readme.index("Its exit status is that of an LSB init script:"):]
+    table = table[:table.index("``--help`` prints the usage")]
+    rows = {int(line.split()[0]) for line in table.splitlines() if re.match(r"\d\s", line)}
+    assert rows == set(range(8))
+    assert {int(code) for code, _ in ctl.EXIT_STATUS} == rows

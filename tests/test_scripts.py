@@ -1,4 +1,5 @@
-"""scripts/msgsrvctl, start.sh and stop.sh driven for real, with temp configs and var dirs."""
+"""scripts/msgsrvctl (msgsrv.ctl), start.sh and stop.sh driven for real, with temp configs and
+var dirs: the actions and their LSB init-script exit codes."""
 
 import os
 import signal
@@ -19,7 +20,7 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 def run(script, *args, env=None, timeout=60):
     return subprocess.run([os.path.join(SCRIPTS, script)] + list(args), capture_output=True,
                           text=True, timeout=timeout,
-                          env=dict(os.environ, MSGSRV_PYTHON=sys.executable, **(env or {})))
+                          env=dict(os.environ, **dict({"MSGSRV_PYTHON": sys.executable}, **(env or {}))))
 
 
 class Setup:
@@ -75,8 +76,8 @@ def test_start_status_reload_stop_cycle(setup):
         assert client.echo(b"scripted") == b"scripted"
 
     result = setup.ctl("start")
-    assert result.returncode == 1
-    assert "already running (pid %d)" % pid in result.stderr
+    assert result.returncode == 0  # LSB: starting a running service succeeds
+    assert "already running (pid %d); not starting another" % pid in result.stdout
     assert read_pid(str(setup.pidfile)) == pid
 
     result = setup.ctl("status")
@@ -110,6 +111,10 @@ def test_start_status_reload_stop_cycle(setup):
     assert result.returncode == 3
     assert setup.ctl("stop").returncode == 0  # stopping a stopped daemon is fine
     assert setup.ctl("reload").returncode == 7
+    assert setup.ctl("force-reload").returncode == 7
+    result = setup.ctl("try-restart")
+    assert result.returncode == 0 and "not running; not starting it" in result.stdout
+    assert setup.ctl("status").returncode == 3
     assert "stopped" in setup.log.read_text()
 
 
@@ -122,7 +127,7 @@ def test_stale_pidfile_never_blocks_a_start(setup):
     setup.pidfile.parent.mkdir(parents=True)
     setup.pidfile.write_text("%d\n" % os.getpid())  # a live process that is not msgsrv
     result = setup.ctl("status")
-    assert result.returncode == 3 and "stale pidfile" in result.stdout
+    assert result.returncode == 1 and "stale pidfile" in result.stdout  # LSB: dead, pidfile left
     result = setup.ctl("restart")
     assert result.returncode == 0, result.stderr
     assert read_pid(str(setup.pidfile)) not in (None, os.getpid())
@@ -133,21 +138,46 @@ def test_failed_start_shows_the_log(setup):
     setup.write("[service:echo]\nhandler = echo\nport = 1\nhost = 203.0.113.9\n")
     result = setup.ctl("start")
     assert result.returncode == 1
-    assert "msgsrv failed to start; last lines of" in result.stderr
+    assert "msgsrv failed to start (exit 1); last lines of" in result.stderr
     assert "[service:echo] cannot listen on 203.0.113.9:1" in result.stderr
     setup.write("[service:echo]\nhandler = nope\n")
     result = setup.ctl("start")
-    assert result.returncode == 2 and "handler must be one of" in result.stderr
+    assert result.returncode == 6 and "handler must be one of" in result.stderr  # not configured
+    setup.write("[service:run]\nhandler = command\nkeys_file = %s\nuser = nobody\n"
+                "command.x = /no/such/prog\n" % (setup.var / "keys"))
+    result = setup.ctl("start")
+    assert result.returncode == 6
+    assert "[service:run] command.x: program '/no/such/prog' is not an executable file" \
+        in result.stderr
+    assert not (setup.var / "keys").exists()  # the check creates nothing
+    assert setup.ctl("status").returncode == 3
 
 
-def test_usage_and_missing_pidfile(tmp_path):
+def test_usage_help_and_missing_pidfile(tmp_path):
     assert run("msgsrvctl").returncode == 2
     assert run("msgsrvctl", "start", "stop").returncode == 2
     assert "usage: msgsrvctl" in run("msgsrvctl", "frobnicate").stderr
+    result = run("msgsrvctl", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: msgsrvctl")
+    assert "exit status:" in result.stdout and "  7  reload, force-reload: the daemon is not running." in result.stdout
     config = tmp_path / "plain.ini"
     config.write_text("[service:echo]\nhandler = echo\n")
-    result = run("msgsrvctl", "status", "--config=%s" % config)
-    assert result.returncode == 2 and "set pidfile in [msgsrv]" in result.stderr
+    for action, code in (("start", 6), ("stop", 6), ("status", 4)):  # 4: status unknown
+        result = run("msgsrvctl", action, "--config=%s" % config)
+        assert result.returncode == code and "set pidfile in [msgsrv]" in result.stderr
+    result = run("msgsrvctl", "status", env={"MSGSRV_PYTHON": "/no/such/python"})
+    assert result.returncode == 5 and "interpreter /no/such/python not found" in result.stderr
+
+
+def test_start_waits_for_ready_whatever_the_log_level(setup):
+    setup.write(SERVICES, extra_global="log_level = error\n")
+    result = setup.ctl("start", env={"MSGSRV_START_TIMEOUT": "20"})
+    assert result.returncode == 0, result.stderr
+    assert "msgsrv started (pid %d)" % read_pid(str(setup.pidfile)) in result.stdout
+    with EchoClient(*setup.address("echo")) as client:
+        assert client.echo(b"quiet") == b"quiet"
+    assert "ready" not in setup.log.read_text()  # nothing at info level was logged
+    assert setup.ctl("stop").returncode == 0
 
 
 STUBBORN = """
@@ -177,4 +207,4 @@ def test_stop_kills_only_after_the_deadline_and_says_so(setup):
         if stubborn.poll() is None:
             stubborn.kill()
             stubborn.wait()
-    wait_for(lambda: setup.ctl("status").returncode == 3)
+    wait_for(lambda: setup.ctl("status").returncode == 1)  # killed: its pidfile is left

@@ -138,7 +138,8 @@ def test_rendering_without_sockets():
     assert "up 1d02h" in table and "  u: access=2 too_large=1 datagrams=4" in table
     assert "msgsrv_connections{" not in status.to_prometheus(document)
     assert [status.format_duration(s) for s in (5, 65, 3700)] == ["5s", "1m05s", "1h01m"]
-    assert status.format_address("::1", 7) == "[::1]:7"
+    assert status.format_peer(("::1", 7, 0, 0)) == "[::1]:7"
+    assert status.format_peer(("127.0.0.1", 7)) == "127.0.0.1:7"
     assert 'name="a\\"b"' in status.to_prometheus(dict(document, services=[
         dict(document["services"][0], counters={'a"b': 1})]))
 

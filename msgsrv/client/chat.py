@@ -25,12 +25,12 @@ import time
 from ..chatproto import (Action, ChatError, Error, LineReader, LineTooLong, Message, Notice,
                          Private, check_nick, check_room, nick_key, parse_server_line, room_key)
 from ..errors import ConnectionFailed, ProtocolError, RequestTimeout, ServerError
+from ..protocol import RECV_SIZE
 from ..stream import translate_errors
 from .base import (DEFAULT_HELLO_TIMEOUT, DEFAULT_TIMEOUT, Client, connect_tcp, foreign_greeting,
                    hello_wait, silent_peer)
 
 MAX_SERVER_LINE = 1 << 20  # a /who of a big room is one long line
-_RECV_SIZE = 64 * 1024
 _PROTOCOL = "the msgsrv chat protocol"
 _GREETINGS = (b"* welcome ", b"! ")  # the first line is the welcome or a refusal
 _KEPT_GREETING = 160
@@ -295,7 +295,7 @@ class ChatClient(Client):
         if not self._wait_readable(sock, deadline):
             return
         with translate_errors("receive"):
-            data = sock.recv(_RECV_SIZE)
+            data = sock.recv(RECV_SIZE)
         if self._greeting is not None:
             self._check_greeting(data)
         events = self._reader.feed(data) if data else self._reader.eof()

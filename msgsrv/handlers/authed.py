@@ -14,12 +14,12 @@ overriding ``anonymous_allowed()``.
 """
 
 import logging
-import time
+import os
 
 from .. import __version__, auth
 from ..access import penalty_message
 from ..errors import ConfigError
-from ..pool import format_peer
+from ..peer import format_peer
 from ..service import Service, chain
 from ..settings import Setting, integer, seconds, text
 from .base import FramedHandler
@@ -76,6 +76,20 @@ class AuthenticatedHandler(FramedHandler):
                 "Failed attempts before the connection is closed."),
     )
 
+    @classmethod
+    def check_service(cls, service, global_options):
+        """An existing keys file must load (modes, format); a missing one is created."""
+        path = service["keys_file"]
+        if os.path.lexists(path):
+            try:
+                auth.load_keys(path)
+            except ConfigError as exc:
+                raise ConfigError("[service:%s] keys_file: %s" % (service.name, exc)) from None
+
+    @classmethod
+    def creates(cls, service):
+        return (("keys_file", "keys file with one random key 'admin':"),)
+
     def anonymous_allowed(self):
         """True if requests without authentication are served (identity None)."""
         return False
@@ -90,8 +104,9 @@ class AuthenticatedHandler(FramedHandler):
             extra={"service": self.server.name, "version": __version__,
                    "anonymous": self.anonymous_allowed()})
         self.reply(self.handshake.hello())
-        self._auth_deadline = time.monotonic() + self.options["auth_timeout"]
-        self.conn.set_deadline(self.options["auth_timeout"])
+        # Failing must not buy a client more time: one timer for the whole handshake.
+        self._auth_timer = self.conn.call_later(self.options["auth_timeout"],
+                                                self._auth_timed_out)
 
     def message_received(self, message):
         if self.authenticated:
@@ -108,7 +123,7 @@ class AuthenticatedHandler(FramedHandler):
     def _accept(self, identity):
         self.authenticated = True
         self.identity = identity
-        self.conn.set_deadline(None)
+        self._auth_timer.cancel()
 
     def _attempt(self, message):
         left = self.server.auth_penalty_left(self.conn.address)
@@ -128,7 +143,7 @@ class AuthenticatedHandler(FramedHandler):
         self.server.auth_failed(self.conn.address)
         self._pending_failure = result
         self.hold()
-        self.conn.set_deadline(auth.FAILURE_DELAY)
+        self.conn.call_later(auth.FAILURE_DELAY, self._answer_failure)
 
     def _penalised(self, left):
         # Not checked: a connection opened before the penalty gets no more guesses.
@@ -138,27 +153,21 @@ class AuthenticatedHandler(FramedHandler):
         self.reply_error("busy", penalty_message(left))
         self.conn.close("auth penalty")
 
-    def timed_out(self, reason):
-        if reason == "deadline" and self._pending_failure is not None:
-            result, self._pending_failure = self._pending_failure, None
-            self.reply(result.reply)
-            if result.outcome == auth.HandshakeResult.CLOSED:
-                self.conn.close("authentication failed")
-                return
-            # Failing must not buy a client more time: what is left of auth_timeout.
-            left = self._auth_deadline - time.monotonic()
-            if left <= 0:
-                self._auth_timed_out()
-                return
-            self.conn.set_deadline(left)
+    def _answer_failure(self):
+        """The failed-attempt delay is over: answer it, then read on (or close)."""
+        result, self._pending_failure = self._pending_failure, None
+        if result is None or self.conn.closing:
+            return
+        self.reply(result.reply)
+        if result.outcome == auth.HandshakeResult.CLOSED:
+            self.conn.close("authentication failed")
+            return
+        if self._auth_timer.active:
             self.release()
-            return
-        if reason == "deadline" and not self.authenticated:
-            self._auth_timed_out()
-            return
-        super().timed_out(reason)
 
     def _auth_timed_out(self):
+        if self._pending_failure is not None:
+            self._pending_failure = None  # its answer would come after the timeout's
         self.reply_error("timeout", "authentication took too long")
         log.info("%s: %s did not authenticate in time", self.server.name,
                  format_peer(self.conn.address))

@@ -1,7 +1,8 @@
 """The handler contracts.
 
 :class:`Handler` (TCP, served by the worker pool) is called per event:
-``connection_made``, ``data_received``, ``eof_received``, ``timed_out``,
+``connection_made``, ``data_received``, ``eof_received``, ``timed_out``
+(idle), the callbacks of its own timers (``self.conn.call_later``),
 ``connection_lost``.  Calls for one connection never overlap.  A call may
 block inside ``self.conn.blocking(timeout)`` and then owns the connection
 until it returns; otherwise it must return promptly.  ``blocking`` raises
@@ -20,7 +21,7 @@ import logging
 import socketserver
 
 from ..errors import ConnectionFailed, ProtocolError, RequestTimeout, ServiceBusy, TooSlow
-from ..pool import format_peer
+from ..peer import format_peer
 from ..protocol import NEED_DATA, FrameDecoder, encode, error_header
 from ..settings import Setting, seconds, size
 from ..stream import FrameStream
@@ -65,11 +66,19 @@ class Handler:
 
     @classmethod
     def check_service(cls, service, global_options):
-        """Checks that depend on the process that will serve ``service`` (who it runs as).
+        """Check what the service object would load for ``service`` (its ServiceConfig),
+        including what depends on the process that will serve it (who it runs as),
+        changing nothing; raise ConfigError naming the service and the keys to fix.
 
-        Run by ``--check`` and by the handler's service object; raise
-        ConfigError naming the service and the keys to fix.
+        ``--check`` and every start run it first (:mod:`msgsrv.preflight`); a
+        path named by :meth:`creates` may be missing then.
         """
+
+    @classmethod
+    def creates(cls, service):
+        """``(key, what)`` pairs: the settings naming paths the service object creates
+        when missing (``--check`` says it would, after checking that it could)."""
+        return ()
 
     @classmethod
     def release_service(cls, server):
@@ -91,7 +100,8 @@ class Handler:
         return False
 
     def timed_out(self, reason):
-        """The idle timeout or a deadline set with ``conn.set_deadline`` expired."""
+        """The idle timeout expired (``reason`` "idle timeout"; "deadline" for the
+        deprecated ``conn.set_deadline``).  Timers of your own: ``conn.call_later``."""
         log.info("%s: %s %s, closing", self.server.name, format_peer(self.conn.address), reason)
         self.conn.abort(reason)
 
@@ -133,7 +143,7 @@ class FramedHandler(Handler):
     def connection_made(self):
         self.decoder = FrameDecoder(self.options["max_header"], self.options["max_body"])
         self._held = False
-        self._frame_timer = False
+        self._frame_timer = None
 
     @classmethod
     def refuse(cls, sock, code, reason):
@@ -163,23 +173,20 @@ class FramedHandler(Handler):
         # An absolute deadline for a begun frame: trickling a byte at a time
         # must not keep a connection (or a client's slot) forever.
         if self.decoder.partial:
-            if not self._frame_timer and self.conn.deadline is None:
-                self._frame_timer = True
-                self.conn.set_deadline(self.options["frame_timeout"])
-        elif self._frame_timer:
-            self._frame_timer = False
-            self.conn.set_deadline(None)
+            if self._frame_timer is None:
+                self._frame_timer = self.conn.call_later(self.options["frame_timeout"],
+                                                         self._frame_timed_out)
+        elif self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
 
-    def timed_out(self, reason):
-        if reason == "deadline" and self._frame_timer:
-            self._frame_timer = False
-            log.info("%s: %s frame not completed within %gs, closing", self.server.name,
-                     format_peer(self.conn.address), self.options["frame_timeout"])
-            self.reply_error("timeout", "frame not completed within %g seconds"
-                             % self.options["frame_timeout"])
-            self.conn.close("frame timeout")
-            return
-        super().timed_out(reason)
+    def _frame_timed_out(self):
+        self._frame_timer = None
+        log.info("%s: %s frame not completed within %gs, closing", self.server.name,
+                 format_peer(self.conn.address), self.options["frame_timeout"])
+        self.reply_error("timeout", "frame not completed within %g seconds"
+                         % self.options["frame_timeout"])
+        self.conn.close("frame timeout")
 
     def hold(self):
         """Stop taking messages (buffered ones wait too) until release()."""

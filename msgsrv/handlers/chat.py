@@ -26,7 +26,7 @@ import time
 from ..chatproto import (ChatError, LineReader, LineTooLong, TokenBucket, check_nick,
                          format_error, format_help, format_notice, parse_line)
 from ..chatroom import LOBBY, ChatState, Member, deliver
-from ..pool import format_peer
+from ..peer import format_peer
 from ..service import Service, chain
 from ..settings import Setting, integer, size
 from .base import Handler
@@ -130,6 +130,7 @@ class ChatHandler(Handler):
         self._paused = False
         self._warned_at = None
         self._quitting = False
+        self._flood_timer = None
 
     # -- pool events ----------------------------------------------------------
 
@@ -152,10 +153,6 @@ class ChatHandler(Handler):
         return False
 
     def timed_out(self, reason):
-        if reason == "deadline":
-            if not self.conn.closing:
-                self._pump()
-            return
         if self.conn.closing:
             self.conn.abort(reason)
             return
@@ -207,7 +204,9 @@ class ChatHandler(Handler):
         if not self._paused:
             self._paused = True
             self.conn.pause_reading()
-        self.conn.set_deadline(wait)
+        if self._flood_timer is not None:
+            self._flood_timer.cancel()
+        self._flood_timer = self.conn.call_later(wait, self._flood_delay_over)
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= FLOOD_WARNING_INTERVAL:
             self._warned_at = now
@@ -217,12 +216,17 @@ class ChatHandler(Handler):
             self._reply(format_error("flood", "more than %d lines per second: your lines "
                                               "are delayed" % self.options["line_rate"]))
 
+    def _flood_delay_over(self):
+        self._flood_timer = None
+        if not self.conn.closing:
+            self._pump()
+
     def _after_pump(self):
         if self._quitting:
             self.conn.close("quit")
             return
         if self._pos < len(self._raw):
-            return  # delayed: the deadline resumes
+            return  # delayed: the flood timer resumes
         self._raw, self._pos = b"", 0
         if self._paused:
             self._paused = False

@@ -13,11 +13,10 @@ in one warning line.
 import json
 import logging
 import threading
-import time
 
 from .. import commands, privileges, runner
 from ..errors import ConfigError, ProtocolError, ServiceBusy
-from ..pool import format_peer
+from ..peer import format_peer
 from ..protocol import encode
 from .authed import AuthedService, AuthenticatedHandler
 
@@ -78,7 +77,7 @@ class CommandService(AuthedService):
         self.run_slots = RunSlots(config["max_concurrent"])
 
     def _load(self, config, global_options, keys):
-        run_as = CommandHandler.check_service(config, global_options)
+        run_as = _run_as(config, global_options)
         table = commands.CommandTable.from_options(config.options, "[service:%s]" % config.name)
         _log_setup(config, run_as, table, keys)
         return run_as, table
@@ -100,25 +99,18 @@ class CommandHandler(AuthenticatedHandler):
 
     @classmethod
     def check_service(cls, service, global_options):
-        """Who commands will run as (a :class:`~msgsrv.privileges.RunAs`).
+        """Who commands will run as (returns a :class:`~msgsrv.privileges.RunAs`), the
+        keys file (see AuthenticatedHandler), then the command table: programs found
+        and executable, directories present.
 
-        Raises ConfigError naming the service and the keys to set when that
-        would be root and ``run_as_root`` is not yes, or when ``user`` /
-        ``group`` cannot be applied (see :func:`msgsrv.privileges.children_identity`).
+        Raises ConfigError naming the service and the keys to fix: also when
+        commands would run as root and ``run_as_root`` is not yes, or when
+        ``user`` / ``group`` cannot be applied (see
+        :func:`msgsrv.privileges.children_identity`).
         """
-        where = "[service:%s]" % service.name
-        try:
-            run_as = privileges.children_identity(
-                service["user"], service["group"], global_options.get("user", ""),
-                global_options.get("group", ""))
-        except ConfigError as exc:
-            raise ConfigError("%s %s" % (where, exc)) from None
-        if run_as.uid == 0 and not service["run_as_root"]:
-            raise ConfigError(
-                "%s commands would run as root (uid 0): set user = NAME in %s (an "
-                "unprivileged account such as nobody), or user in [msgsrv] to run the "
-                "whole daemon as that user, or run_as_root = yes in %s to allow root"
-                % (where, where, where))
+        run_as = _run_as(service, global_options)
+        super().check_service(service, global_options)
+        commands.CommandTable.from_options(service.options, "[service:%s]" % service.name)
         return run_as
 
     def request_received(self, message):
@@ -194,8 +186,6 @@ class CommandHandler(AuthenticatedHandler):
         return self.decoder.buffered < self.options["max_header"] + self.options["max_body"]
 
     def _finish(self, plan, run, outcome):
-        self.conn.bytes_out += run.bytes_sent
-        self.conn.last_active = time.monotonic()
         self._count(outcome)
         self._audit(plan, outcome)
         if outcome.ended_by:
@@ -238,6 +228,23 @@ def _json(value):
 
 def _dash(value):
     return "-" if value is None else value
+
+
+def _run_as(service, global_options):
+    where = "[service:%s]" % service.name
+    try:
+        run_as = privileges.children_identity(
+            service["user"], service["group"], global_options.get("user", ""),
+            global_options.get("group", ""))
+    except ConfigError as exc:
+        raise ConfigError("%s %s" % (where, exc)) from None
+    if run_as.uid == 0 and not service["run_as_root"]:
+        raise ConfigError(
+            "%s commands would run as root (uid 0): set user = NAME in %s (an "
+            "unprivileged account such as nobody), or user in [msgsrv] to run the "
+            "whole daemon as that user, or run_as_root = yes in %s to allow root"
+            % (where, where, where))
+    return run_as
 
 
 def _log_setup(config, run_as, table, keys):

@@ -30,7 +30,7 @@ from .. import transfer
 from ..errors import ConfigError, ProtocolError
 from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
 from ..fileroot import DigestCache, QuotaLedger, content_key
-from ..pool import format_peer
+from ..peer import format_peer
 from ..protocol import encode
 from ..sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
 from ..settings import Setting, choice, octal_mode, seconds, size, text, word_list
@@ -109,6 +109,15 @@ def _encodable(name):
     return True
 
 
+def _open_root(name, root):
+    """The Sandbox of ``root``; ConfigError naming the service if it is not a directory."""
+    try:
+        return Sandbox(root)
+    except (OSError, ConfigError) as exc:
+        raise ConfigError("[service:%s] root %r: %s" % (
+            name, root, getattr(exc, "strerror", None) or exc)) from None
+
+
 class FileService(AuthedService):
     """A file service's shared state: the root's descriptor (``sandbox``), the
     checksum cache, the quota ledger and the commit lock.
@@ -120,22 +129,21 @@ class FileService(AuthedService):
 
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
-        self.sandbox = self._open_root(config)
+        self.sandbox = self._prepare_root(config)
         self.quota = QuotaLedger(self.sandbox, config["quota"])
         self.digests = DigestCache()
         self.commit_lock = threading.Lock()
         self.last_cleanup = time.monotonic()
         _warn_unknown_keys(config, self.keys)
 
-    def _open_root(self, config):
+    def _prepare_root(self, config):
         """Create the root if missing, open it, remove partial uploads left in it."""
         root = config["root"]
         try:
             os.makedirs(root, exist_ok=True)
-            sandbox = Sandbox(root)
-        except (OSError, ConfigError) as exc:
-            raise ConfigError("%s root %r: %s" % (
-                self.where, root, getattr(exc, "strerror", None) or exc)) from None
+        except OSError as exc:
+            raise ConfigError("%s root %r: %s" % (self.where, root, exc.strerror or exc)) from None
+        sandbox = _open_root(self.name, root)
         removed = cleanup_temp_files(sandbox)
         if removed:
             log.info("%s: removed %d partial uploads", self.name, removed)
@@ -146,7 +154,7 @@ class FileService(AuthedService):
         limit = config["quota"]
         sandbox, quota = self.sandbox, self.quota
         if config["root"] != self.config["root"]:
-            sandbox = self._open_root(config)
+            sandbox = self._prepare_root(config)
             quota = QuotaLedger(sandbox, limit)
         elif limit and not quota.limit:
             quota = QuotaLedger(sandbox, limit)  # usage was not counted without a quota
@@ -188,6 +196,17 @@ class FileHandler(AuthenticatedHandler):
         Setting("dir_mode", octal_mode, "0750",
                 "Permission bits of directories clients create (octal; the umask is ignored)."),
     )
+
+    @classmethod
+    def check_service(cls, service, global_options):
+        """The keys file (see AuthenticatedHandler); an existing root must be a directory."""
+        super().check_service(service, global_options)
+        if os.path.lexists(service["root"]):
+            _open_root(service.name, service["root"]).close()
+
+    @classmethod
+    def creates(cls, service):
+        return super().creates(service) + (("root", "file root"),)
 
     def anonymous_allowed(self):
         return self.options["anonymous"] == "read"
@@ -243,12 +262,6 @@ class FileHandler(AuthenticatedHandler):
             return True
         return operation.name in self.options["operations"] and self._may(operation.access)
 
-    def _transferred(self, received=0, sent=0):
-        # Blocking transfers bypass the pool's accounting; keep the access log and idle timer right.
-        self.conn.bytes_in += received
-        self.conn.bytes_out += sent
-        self.conn.last_active = time.monotonic()
-
     # -- operations -------------------------------------------------------------
 
     def _op_help(self):
@@ -273,7 +286,6 @@ class FileHandler(AuthenticatedHandler):
                     stream.send(header)
                     digest = self._send(stream, file, st, offset)
                     stream.send({"type": "end", "sha256": digest})
-                self._transferred(sent=st.st_size - offset)
         self.server.counters.incr("files_sent")
         log.info("%s: %s got %s (%d bytes from %d)", self.server.name, self.identity,
                  _shown(path), st.st_size, offset)
@@ -325,7 +337,6 @@ class FileHandler(AuthenticatedHandler):
                 stream.send({"type": "ready", "offset": writer.offset})
                 digest = self._receive(stream, writer, size)
                 self._commit(writer, dest, overwrite, if_sha256, digest)
-        self._transferred(received=size - writer.offset)
         self.server.counters.incr("files_received")
         log.info("%s: %s put %s (%d bytes from %d, sha256 %s)", self.server.name, self.identity,
                  _shown(path), size, writer.offset, digest)

@@ -13,7 +13,7 @@ class Crash(RuntimeError):
 
 class CrashOnRequest(Handler):
     """Echo; ``crash:data`` raises in data_received, ``crash:eof`` at EOF,
-    ``crash:timeout`` in timed_out (after a 0.1 s deadline), ``crash:lost`` in
+    ``crash:timeout`` in a timer's callback (after 0.1 s), ``crash:lost`` in
     connection_lost."""
 
     def connection_made(self):
@@ -26,7 +26,7 @@ class CrashOnRequest(Handler):
         if b"data" in self.armed:
             raise Crash("data_received crashed on request")
         if b"timeout" in self.armed:
-            self.conn.set_deadline(0.1)
+            self.conn.call_later(0.1, self.timer_fired)
         self.conn.send(data)
 
     def eof_received(self):
@@ -34,10 +34,8 @@ class CrashOnRequest(Handler):
             raise Crash("eof_received crashed on request")
         return False
 
-    def timed_out(self, reason):
-        if b"timeout" in self.armed:
-            raise Crash("timed_out crashed on request")
-        super().timed_out(reason)
+    def timer_fired(self):
+        raise Crash("timer callback crashed on request")
 
     def connection_lost(self):
         if b"lost" in self.armed:

@@ -262,7 +262,7 @@ def test_resets_at_every_phase_release_every_counter(start_service, tmp_path, se
     def leftovers():
         state = {"admitted": server.connection_count, "per_ip": dict(server._per_ip),
                  "pool connections": len(server.pool.connections()),
-                 "deadlines": len(server.pool._deadlines),
+                 "timers": server.pool.timer_count,
                  "transfers": server.transfers.active, "buffers": server.transfers.reserved,
                  "threads": server.pool.thread_count - server.config["workers"]}
         busy = {name: value for name, value in state.items() if value}

@@ -68,7 +68,7 @@ def crash_in_plain_handler(address):
 CRASHES = [
     ("crash", crash_in_data, "handler error", b""),
     ("crash", crash_at_eof, "handler error", b"crash:eof"),
-    ("crash", crash_in_timeout, "error in timed_out", b"crash:timeout"),
+    ("crash", crash_in_timeout, "timer error", b"crash:timeout"),
     ("crash", crash_in_connection_lost, "error in connection_lost", b"crash:lost"),
     ("crash-connect", crash_on_connect, "handler error", b""),
     ("crash-framed", crash_in_message, "handler error", "internal"),
