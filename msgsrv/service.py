@@ -107,8 +107,9 @@ class _Staged:
 
 
 class LegacyService(Service):
-    """The service of a handler that still loads its state with ``prepare_service(server)``
-    onto the server (deprecated): run on start and, staged, on each reload."""
+    """Runs a handler's deprecated ``prepare_service(server)`` (state loaded onto the
+    server) on start and, staged, on each reload; mixed into the handler's service
+    class (see :func:`create_service`)."""
 
     def __init__(self, config, global_options, server, handler_class):
         super().__init__(config, global_options)
@@ -130,6 +131,7 @@ class LegacyService(Service):
         return apply
 
     def close(self):
+        super().close()
         self._handler_class.release_service(self._server)
 
 
@@ -151,13 +153,15 @@ def create_service(config, global_options, server):
     Raises ConfigError when the service refuses its options.
     """
     handler_class = config.handler_class
-    service_class = getattr(handler_class, "service_class", None)
-    if service_class is None and _is_legacy(handler_class):
-        if handler_class not in _warned:
-            _warned.add(handler_class)
-            log.warning("%s: %s.prepare_service(server) is deprecated (DeprecationWarning): "
-                        "name a service class instead (service_class, docs/PLUGINS.rst); "
-                        "it will be removed in the next release", config.name,
-                        handler_class.__qualname__)
-        return LegacyService(config, global_options, server, handler_class)
-    return (service_class or Service)(config, global_options)
+    service_class = getattr(handler_class, "service_class", None) or Service
+    if not _is_legacy(handler_class):
+        return service_class(config, global_options)
+    if handler_class not in _warned:
+        _warned.add(handler_class)
+        log.warning("%s: %s.prepare_service(server) is deprecated (DeprecationWarning): "
+                    "name a service class instead (service_class, docs/PLUGINS.rst); "
+                    "it will be removed in the next release", config.name,
+                    handler_class.__qualname__)
+    if not issubclass(service_class, LegacyService):
+        service_class = type("Legacy" + service_class.__name__, (LegacyService, service_class), {})
+    return service_class(config, global_options, server, handler_class)

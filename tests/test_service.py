@@ -11,6 +11,7 @@ import pytest
 from msgsrv import service as service_module
 from msgsrv.chatroom import ChatState, Member
 from msgsrv.errors import ConfigError
+from msgsrv.handlers.authed import AuthenticatedHandler
 from msgsrv.handlers.base import Handler
 from msgsrv.handlers.command import RunSlots
 from tests.conftest import ROOT, service_config, wait_for
@@ -148,3 +149,22 @@ def test_a_file_reload_keeps_the_root_and_caches_unless_root_changes(start_servi
     assert service.quota is not kept[3] and service.quota.limit == 1 << 20  # usage counted now
     server.reconfigure(service_config("file", **dict(options, root=str(tmp_path / "other"))))
     assert service.sandbox is not kept[0] and service.digests is kept[1]
+
+
+class LegacyAuthed(AuthenticatedHandler):
+    """A previous release's subclass of a built-in handler with its own prepare_service."""
+
+    @classmethod
+    def prepare_service(cls, server):
+        server.motd = "hello from %s" % server.name
+
+    def request_received(self, message):
+        self.reply({"type": "motd", "text": self.server.motd})
+
+
+def test_a_legacy_subclass_of_a_builtin_handler_keeps_both(start_service, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("alice %s\n" % ("a" * 20))
+    keys.chmod(0o600)
+    server = start_service("tests.test_service:LegacyAuthed", keys_file=str(keys))
+    assert server.motd == "hello from svc" and set(server.service.keys) == {"alice"}

@@ -126,6 +126,13 @@ def test_a_reload_keeps_the_chat_sessions_nicks_and_rooms(hostile_daemon):
             assert _said(bob, "after").nick == "alice"
             bob.say("hello alice")
             assert _said(alice, "hello alice").nick == "bob"
+            renamed = render_config(["echo", "chat"], keys_file, overrides={
+                "chat": {"server_name": "renamed", "history": "5", "max_joined": "3"}})
+            _reload(daemon, renamed, "reload: accepted (")  # the chat section changed too
+            with pytest.raises(ServerError, match="nick-taken"):
+                ChatClient(*chat, "bob", timeout=10)
+            alice.say("still here")
+            assert _said(bob, "still here").nick == "alice"
 
 
 def test_a_command_running_across_a_reload_reports_its_exit(hostile_daemon):
