@@ -164,8 +164,8 @@ class TLSTransport:
     def handshake(self):
         """One handshake step: True once done, False while waiting; OSError if it failed
         (``HandshakeRefused`` at once for a plaintext client)."""
-        if not self._first_seen:
-            self._refuse_plaintext()
+        if not self._first_seen and not self._client_spoke():
+            return False  # nothing from the client yet, so nothing for OpenSSL to read either
         with self._lock:
             try:
                 self._call(self.sock.do_handshake)
@@ -174,16 +174,25 @@ class TLSTransport:
         self.handshaking = False
         return True
 
-    def _refuse_plaintext(self):
-        """Refuse at once a client whose first byte cannot start a TLS handshake: OpenSSL
-        would wait for a whole record header from it until the handshake timeout."""
+    def _client_spoke(self):
+        """Whether the client sent its first byte (or closed); refuse at once one whose
+        first byte cannot start a TLS handshake: OpenSSL would wait for a whole record
+        header from it until the handshake timeout.
+
+        Only the very first byte can be judged: once OpenSSL has read the client's hello,
+        the next bytes waiting are a later record (0x14, 0x17...).  So the handshake
+        starts only after a byte was seen here, and this is never asked again.
+        """
         try:
-            first = peek_first_byte(self.sock)
+            data = socket.socket.recv(self.sock, 1, socket.MSG_PEEK)  # under the SSLSocket
+        except (BlockingIOError, InterruptedError):
+            return False
         except OSError:
-            return  # the handshake reports it
-        self._first_seen = first is not None
-        if self._first_seen and not_tls(first):
-            raise HandshakeRefused("refused plaintext", not_tls(first))
+            data = b""  # the handshake reports it
+        self._first_seen = True
+        if data and not_tls(data[0]):
+            raise HandshakeRefused("refused plaintext", not_tls(data[0]))
+        return True
 
     def handshake_failed(self, reason):
         """Count a failed or timed-out handshake (the connection logs and aborts)."""

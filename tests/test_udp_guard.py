@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -158,19 +159,23 @@ def udp_socket(port=0):
 def test_spoofed_loop_between_two_independent_echo_services_dies_out(start_service):
     a = start_service("echo", name="a", transport="udp")
     b = start_service("echo", name="b", transport="udp")
+    started = time.monotonic()
     spoof((LOCAL, a.port), (LOCAL, b.port), b"ping-pong")
     # One datagram is in flight at a time: once a reply is dropped the loop is over.
     wait_for(lambda: counter(a, "refused_reply_rate") + counter(b, "refused_reply_rate"),
              message="one side to drop a reply")
+    took = time.monotonic() - started
     exchanged = counter(a, "datagrams") + counter(b, "datagrams")
-    burst = b.config["reply_burst"]
-    assert burst < exchanged <= 2 * burst + 20  # the buckets refill a little meanwhile
+    burst, rate = b.config["reply_burst"], b.config["reply_rate"]
+    refilled = 2 * rate.count / rate.per * took  # both buckets refill while it runs
+    assert burst < exchanged <= 2 * burst + refilled + 2, (exchanged, took)
     assert counter(a, "replies") + counter(b, "replies") == exchanged - 1
 
 
 def test_loop_with_a_reflector_that_never_stops_dies_out(start_service):
     """Without raw sockets: the test's own socket answers everything the service sends."""
-    server = start_service("echo", transport="udp", reply_burst=50)
+    # A rate that refills nothing meanwhile, so exactly the burst is answered.
+    server = start_service("echo", transport="udp", reply_burst=50, reply_rate="1/m")
     reflected = []
     with udp_socket() as reflector:
         reflector.settimeout(0.5)

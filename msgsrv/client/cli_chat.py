@@ -8,6 +8,7 @@ far); otherwise (a pipe) lines are read and printed as they are.  End with
 ``/quit`` or end of input (Ctrl-D).
 """
 
+import contextlib
 import os
 import select
 import shutil
@@ -71,20 +72,24 @@ def run(args, stdin_fd=None, out=None):
     interactive = os.isatty(stdin_fd) and getattr(out, "isatty", bool)()
     screen = _Screen(out, client) if interactive else _Lines(out)
     show = _Printer(client, screen)
-    show.start()
-    try:
+    with contextlib.ExitStack() as terminal:
         if interactive:
-            screen.say("-- connected to %s:%d as %s; /help lists the commands, /quit or Ctrl-D "
-                       "leaves" % (host, port, client.nick))
-            with cbreak(stdin_fd):
+            # Before anything is shown: what is typed once the prompt appears must reach
+            # the editor, not the terminal's own line discipline.
+            terminal.enter_context(cbreak(stdin_fd))
+        show.start()
+        try:
+            if interactive:
+                screen.say("-- connected to %s:%d as %s; /help lists the commands, /quit or "
+                           "Ctrl-D leaves" % (host, port, client.nick))
                 quit_sent = _edit_input(client, stdin_fd, show, screen)
-        else:
-            quit_sent = _forward_input(client, stdin_fd, show)
-        show.join(args.timeout if quit_sent else 0)
-    finally:
-        client.close()
-        show.join(args.timeout)
-        screen.close()
+            else:
+                quit_sent = _forward_input(client, stdin_fd, show)
+            show.join(args.timeout if quit_sent else 0)
+        finally:
+            client.close()
+            show.join(args.timeout)
+            screen.close()
     return 0 if quit_sent else 1
 
 

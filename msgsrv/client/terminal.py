@@ -210,7 +210,7 @@ def cbreak(fd):
     mode = termios.tcgetattr(fd)
     mode[3] &= ~(termios.ECHO | termios.ICANON)
     mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
-    termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
+    termios.tcsetattr(fd, termios.TCSADRAIN, mode)  # keep what was typed ahead
     try:
         yield
     finally:
