@@ -16,6 +16,7 @@ import logging
 
 from .access import PenaltyBox
 from .errors import ConfigError
+from .handlers.base import Handler
 from .transfer_limits import TransferGate
 
 log = logging.getLogger("msgsrv.service")
@@ -139,7 +140,6 @@ _warned = set()
 
 
 def _is_legacy(handler_class):
-    from .handlers.base import Handler
     if not issubclass(handler_class, Handler):
         return False
     return (handler_class.prepare_service.__func__ is not Handler.prepare_service.__func__
