@@ -121,6 +121,8 @@ def _open_root(name, root):
 class FileHandler(AuthenticatedHandler):
     """One connection of a file service; see the module docstring."""
 
+    body_types = ()
+
     settings = AuthenticatedHandler.settings + (
         Setting("root", text, "var/files",
                 "Directory served (created if missing); no path leads outside it."),
