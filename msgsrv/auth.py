@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from msgsrv.errors import AuthError, ConfigError, ProtocolError, ServerError
+from msgsrv.protocol import shown
 
 SCHEME = "hmac-sha256"
 FAILURE_DELAY = 0.5
@@ -260,16 +261,11 @@ def _hello_nonce(hello):
         raise ProtocolError("bad-hello", "expected a hello header")
     if hello.get("auth") != SCHEME:
         raise ProtocolError("bad-hello", "server offers auth scheme %s, we speak %s"
-                            % (_brief(hello.get("auth")), SCHEME))
+                            % (shown(hello.get("auth")), SCHEME))
     nonce = hello.get("nonce")
     if not isinstance(nonce, str) or not _HEX64_RE.fullmatch(nonce):
         raise ProtocolError("bad-hello", "hello nonce must be 64 lowercase hex digits")
     return nonce
-
-
-def _brief(value, limit=40):
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _new_nonce():

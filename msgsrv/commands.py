@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, FrozenSet, Mapping, Optional, Tuple
 
 from .errors import ConfigError, ProtocolError
+from .protocol import shown
 from .settings import Setting, boolean, integer, seconds, size, text, word_list
 
 COMMAND_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
@@ -396,7 +397,7 @@ class CommandTable:
 
     def plan(self, header, identity, stdin_size=0):
         """Check a run request header; return a Plan or raise ProtocolError (see CODES)."""
-        if "argv" in header:
+        if header.get("argv") is not None:  # null means absent, as for every optional field
             return self._plan_any(header["argv"], identity, stdin_size)
         name = header.get("command")
         if not isinstance(name, str):
@@ -407,7 +408,8 @@ class CommandTable:
             raise ProtocolError("unknown-command", "no command named %s" % brief(name))
         if not command.allows(identity):
             raise ProtocolError("denied", "key %s may not run %s" % (identity, name))
-        argv = command.argv(check_args(header.get("args", [])))
+        args = header.get("args")
+        argv = command.argv(check_args([] if args is None else args))
         _check_stdin(stdin_size, command.limits)
         return Plan(name, argv, command.limits)
 
@@ -453,9 +455,8 @@ def _check_stdin(stdin_size, limits):
 
 
 def brief(value, limit=64):
-    """``repr(value)`` cut to ``limit`` characters, for messages and logs."""
-    shown = repr(value)
-    return shown if len(shown) <= limit else shown[:limit] + "..."
+    """``value`` as messages and logs show it (see :func:`msgsrv.protocol.shown`)."""
+    return shown(value, limit)
 
 
 def resolve_program(program, path):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
 from .errors import ProtocolError
+from .protocol import shown
 
 #: code -> meaning, for every error the file service sends.
 CODES = {
@@ -155,12 +156,12 @@ def check_request(header):
     operation = OPERATIONS.get(header.get("type"))
     if operation is None:
         raise ProtocolError("unknown-operation", "no operation %s (try help)"
-                            % _brief(header.get("type")))
+                            % shown(header.get("type")))
     return operation, {arg.name: _checked(arg, header) for arg in operation.args}
 
 
 def _checked(arg, header):
-    if arg.name not in header:
+    if header.get(arg.name) is None:  # absent or null: the default
         if arg.default is REQUIRED:
             raise ProtocolError("bad-request", "'%s' is required" % arg.name)
         return arg.default
@@ -168,12 +169,7 @@ def _checked(arg, header):
         return arg.check(header[arg.name])
     except ValueError as exc:
         raise ProtocolError("bad-request", "'%s' %s (got %s)"
-                            % (arg.name, exc, _brief(header[arg.name]))) from None
-
-
-def _brief(value, limit=40):
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+                            % (arg.name, exc, shown(header[arg.name]))) from None
 
 
 def parse_operations(text):

@@ -39,6 +39,18 @@ class _NeedData:
 NEED_DATA = _NeedData()
 
 
+def shown(value, limit=40):
+    """A header value as error texts and logs show it: JSON (``true``, ``null``, ``5``),
+    a string in single quotes, control characters escaped, cut to about ``limit``."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        text = json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, str):
+        text = "'%s'" % text[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Message(NamedTuple):
     """One decoded frame: the header dict and the body bytes."""
 

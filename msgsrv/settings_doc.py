@@ -1,11 +1,15 @@
 """Render the declared settings as documentation, so docs cannot drift.
 
-``python -m msgsrv.settings_doc README.rst`` rewrites every block between
+``python -m msgsrv.settings_doc [FILE...]`` rewrites every block between
 ``.. BEGIN settings:GROUP`` and ``.. END settings:GROUP`` with the table for
-that group; a test fails when the file is out of date.  Groups: ``global``,
+that group, in the files named or, with none, in README.rst and every
+docs/*.rst of the source tree that has such blocks; a test fails when a file
+is out of date.  Groups: ``global``,
 ``service``, ``framed`` and one per built-in handler name (``echo``, ...).
 """
 
+import glob
+import os
 import re
 import sys
 
@@ -63,9 +67,22 @@ def update(text):
     return _BLOCK.sub(replace, text)
 
 
+def documents(root=None):
+    """The source tree's README.rst and docs/*.rst files that hold settings blocks."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [os.path.join(root, "README.rst")] + sorted(glob.glob(os.path.join(root, "docs", "*.rst")))
+    found = []
+    for path in paths:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as stream:
+                if _BLOCK.search(stream.read()):
+                    found.append(path)
+    return found
+
+
 def main(argv=None):
-    """Rewrite the settings blocks of each named file in place."""
-    for path in (argv if argv is not None else sys.argv[1:]):
+    """Rewrite the settings blocks of each named file (default: documents()) in place."""
+    for path in (argv if argv is not None else sys.argv[1:]) or documents():
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
         with open(path, "w", encoding="utf-8") as stream:

@@ -1,5 +1,6 @@
 """Documentation that must not drift: settings tables, example config, CI command, plugin example."""
 
+import os
 import re
 import sys
 import textwrap
@@ -18,17 +19,37 @@ def read(name):
         return stream.read()
 
 
-def test_readme_settings_tables_are_generated_from_declarations():
-    readme = read("README.rst")
-    assert settings_doc.update(readme) == readme, (
-        "README settings tables are stale: run python -m msgsrv.settings_doc README.rst")
+def test_settings_tables_are_generated_from_declarations():
+    documents = settings_doc.documents(ROOT)
+    assert {os.path.basename(path) for path in documents} >= {
+        "CONFIGURATION.rst", "CHAT.rst", "COMMANDS.rst", "FILES.rst", "OPERATING.rst"}
+    for path in documents:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+        assert settings_doc.update(text) == text, (
+            "%s settings tables are stale: run python -m msgsrv.settings_doc" % path)
 
 
-def test_every_settings_group_has_a_block_in_the_readme():
-    readme = read("README.rst")
+def test_every_settings_group_has_a_block_in_the_docs():
+    text = "".join(read(os.path.relpath(path, ROOT)) for path in settings_doc.documents(ROOT))
     for group, declared in settings_doc.groups().items():
         if declared:
-            assert ".. BEGIN settings:%s\n" % group in readme, group
+            assert ".. BEGIN settings:%s\n" % group in text, group
+
+
+def test_settings_doc_without_arguments_rewrites_every_document(monkeypatch):
+    written = []
+    monkeypatch.setattr(settings_doc, "documents", lambda root=None: written.append(root) or [])
+    assert settings_doc.main([]) == 0
+    assert written == [None]
+
+
+def test_readme_is_the_front_door():
+    readme = read("README.rst")
+    assert len(readme.splitlines()) < 300
+    assert "    python -m msgsrv --config conf/server.ini\n" in readme
+    for target in re.findall(r"<(docs/[A-Z]+\.rst)>`_", readme):
+        assert os.path.exists(os.path.join(ROOT, target)), target
 
 
 def test_example_config_shows_every_key_with_its_declared_default():
@@ -59,8 +80,9 @@ def test_manual_pages_are_generated_from_the_parsers():
             "man/%s is stale: run python -m msgsrv.manpages man/" % manual.filename)
 
 
-def test_readme_plugin_example_runs(tmp_path, monkeypatch, start_service):
-    block = re.search(r"A complete example.*?::\n\n(.*?)\n\S", read("README.rst"), re.S).group(1)
+def test_plugin_example_runs(tmp_path, monkeypatch, start_service):
+    block = re.search(r"A complete example.*?::\n\n(.*?)(?:\n\S|$)", read("docs/PLUGINS.rst"),
+                      re.S).group(1)
     (tmp_path / "upper.py").write_text(textwrap.dedent(block))
     monkeypatch.syspath_prepend(str(tmp_path))
     server = start_service("upper:UpperHandler")
@@ -92,9 +114,9 @@ def test_manpages_command_writes_then_checks(tmp_path, capsys):
     assert (tmp_path / "msgsrv.8").read_text() == "old\n"
 
 
-def test_readme_msgsrvctl_exit_status_table_matches_the_command():
+def test_msgsrvctl_exit_status_table_matches_the_command():
     from msgsrv import ctl
-    readme = read("README.rst")
+    readme = read("docs/OPERATING.rst")
     table = readme[readme.index("Its exit status is that of an LSB init script:"):]
     table = table[:table.index("``--help`` prints the usage")]
     rows = {int(line.split()[0]) for line in table.splitlines() if re.match(r"\d\s", line)}

@@ -22,7 +22,7 @@ import socketserver
 
 from ..errors import ConnectionFailed, ProtocolError, RequestTimeout, ServiceBusy, TooSlow
 from ..peer import format_peer
-from ..protocol import NEED_DATA, FrameDecoder, encode, error_header
+from ..protocol import NEED_DATA, FrameDecoder, encode, error_header, shown
 from ..settings import Setting, seconds, size
 from ..stream import FrameStream
 from ..transfer_limits import PacedSocket, RateWatch
@@ -119,7 +119,14 @@ class Handler:
 
 
 class FramedHandler(Handler):
-    """A handler speaking the frame protocol (docs/PROTOCOL.rst)."""
+    """A handler speaking the frame protocol (docs/PROTOCOL.rst).
+
+    Every frame must have a string ``type`` (else ``bad-request``).  ``body_types``
+    names the request types that may carry a body: None (the default) lets any
+    request carry one; a tuple refuses a body on any other type with ``bad-request``.
+    """
+
+    body_types = None
 
     settings = (
         Setting("max_header", size(64, 16 << 20), "64K",
@@ -201,6 +208,7 @@ class FramedHandler(Handler):
 
     def _handle(self, message):
         try:
+            self._check_frame(message)
             self.message_received(message)
         except ProtocolError as exc:
             self.reply_error(exc.code, exc.message)
@@ -216,6 +224,14 @@ class FramedHandler(Handler):
             self.server.counters.incr("errors")
             self.reply_error("internal", "internal server error (logged)")
             self.conn.close("handler error")
+
+    def _check_frame(self, message):
+        if not isinstance(message.type, str):
+            raise ProtocolError("bad-request", "a frame needs a string 'type' (got %s)"
+                                % shown(message.type))
+        if message.body and self.body_types is not None and message.type not in self.body_types:
+            raise ProtocolError("bad-request", "a %s frame takes no body (got %d bytes)"
+                                % (shown(message.type), len(message.body)))
 
     def _too_slow(self, exc):
         # The peer reads an error frame only if it was the one sending.

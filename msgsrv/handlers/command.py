@@ -44,6 +44,11 @@ def exit_header(outcome):
             "truncated": outcome.truncated, "bytes": outcome.produced}
 
 
+def _json_seconds(value):
+    """Seconds as the protocol sends them: an integer when whole (10), else a fraction."""
+    return int(value) if float(value).is_integer() else value
+
+
 class RunSlots:
     """At most ``limit`` runs at once; the limit may change while runs hold slots
     (a run gives back the slot it took, whatever the limit is by then)."""
@@ -93,6 +98,8 @@ class CommandService(AuthedService):
 
 class CommandHandler(AuthenticatedHandler):
     """Runs the commands the config allows, for the keys it allows, within its limits."""
+
+    body_types = ("run",)  # a run's body is the command's stdin
 
     settings = AuthenticatedHandler.settings + commands.SETTINGS
     service_class = CommandService
@@ -154,7 +161,7 @@ class CommandHandler(AuthenticatedHandler):
     def _execute(self, plan, stdin):
         self._input_error = None
         greeting = encode({"type": "started", "command": plan.name, "argv": list(plan.argv),
-                           "timeout": plan.limits.timeout}, **_MAX_FRAME)
+                           "timeout": _json_seconds(plan.limits.timeout)}, **_MAX_FRAME)
         with self.conn.blocking(self.options["io_timeout"]) as sock:
             proc = self._spawn(plan, stdin)
             run = runner.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],

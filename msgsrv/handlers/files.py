@@ -173,6 +173,7 @@ class FileHandler(AuthenticatedHandler):
     """One connection of a file service; see the module docstring."""
 
     service_class = FileService
+    body_types = ()
 
     settings = AuthenticatedHandler.settings + (
         Setting("root", text, "var/files",

@@ -13,6 +13,7 @@ import logging
 
 from .. import __version__, status
 from ..errors import ProtocolError
+from ..protocol import shown
 from ..settings import Setting, choice
 from .base import FramedHandler
 
@@ -35,6 +36,8 @@ def render(server, fmt):
 class StatusHandler(FramedHandler):
     """Framed status requests; no authentication (keep it on loopback or use allow)."""
 
+    body_types = ()
+
     settings = FramedHandler.settings + (FORMAT,)
 
     def connection_made(self):
@@ -44,12 +47,13 @@ class StatusHandler(FramedHandler):
 
     def message_received(self, message):
         if message.type != "status":
-            raise ProtocolError("bad-request", "expected a status request (got %r)"
-                                % message.type)
-        fmt = message.header.get("format", self.options["format"])
+            raise ProtocolError("bad-request", "expected a status request (got %s)"
+                                % shown(message.type))
+        fmt = message.header.get("format")
+        fmt = self.options["format"] if fmt is None else fmt  # null: the default, as absent
         if fmt not in status.FORMATS:
-            raise ProtocolError("bad-request", "format must be one of %s (got %r)"
-                                % (", ".join(status.FORMATS), fmt))
+            raise ProtocolError("bad-request", "format must be one of %s (got %s)"
+                                % (", ".join(status.FORMATS), shown(fmt)))
         body = render(self.server, fmt)
         self.server.counters.incr("requests")
         self.reply({"type": "status", "format": fmt}, body)
