@@ -1,6 +1,9 @@
 """The chat service's shared state: nicknames, rooms, members and history.
 
-One :class:`ChatState` per chat service holds every connected client's
+:class:`ChatStore` is the interface the chat handler uses (a later backend
+may share it between processes); :class:`ChatState`, the in-process
+implementation and the default, is described here.  One per chat service
+(kept across reloads by :class:`msgsrv.handlers.chat.ChatService`) holds every connected client's
 :class:`Member`, the rooms and their recent history, behind one lock.  The
 lock is held only to update or snapshot that state, never while sending:
 every operation returns *deliveries*, a list of ``(targets, data)`` pairs
@@ -15,6 +18,7 @@ recently and still is in; the lobby always exists, other rooms vanish (with
 their history) when their last member leaves.
 """
 
+import abc
 import collections
 import threading
 import time
@@ -64,7 +68,64 @@ class Room:
         self.targets = tuple(member.conn for member in self.members)
 
 
-class ChatState:
+class ChatStore(abc.ABC):
+    """What the chat handler needs from the shared chat state.
+
+    Every method returns promptly and is safe to call from any thread; the
+    mutating ones return deliveries (``(targets, data)`` pairs) for the
+    caller to send, the questions return one reply line.  They raise
+    :class:`~msgsrv.chatproto.ChatError` (state unchanged) when the request
+    cannot be met.  ``closing`` is set once the service is shutting down.
+    """
+
+    closing = False
+
+    @abc.abstractmethod
+    def configure(self, history, max_joined):
+        """Apply reloaded limits: messages kept per room, rooms one member may join."""
+
+    @abc.abstractmethod
+    def set_nick(self, member, nick):
+        """Claim ``nick`` for ``member`` (ChatError('nick-taken') if another has it)."""
+
+    @abc.abstractmethod
+    def lookup(self, nick):
+        """The Member using ``nick``, or None."""
+
+    @abc.abstractmethod
+    def join(self, member, name):
+        """Join room ``name`` (created if needed); the joiner gets its history."""
+
+    @abc.abstractmethod
+    def leave(self, member, name=None):
+        """Leave room ``name`` (default: the current room)."""
+
+    @abc.abstractmethod
+    def say(self, member, text, action=False):
+        """Say ``text`` in the current room; the room's history keeps it."""
+
+    @abc.abstractmethod
+    def private(self, member, nick, text):
+        """Send ``text`` to ``nick`` alone."""
+
+    @abc.abstractmethod
+    def who(self, member, name=None):
+        """The ``* who`` line of room ``name`` (default: the current room)."""
+
+    @abc.abstractmethod
+    def rooms(self):
+        """The ``* rooms`` line."""
+
+    @abc.abstractmethod
+    def snapshot(self):
+        """``({room name: [nick, ...]}, {nick, ...})``, consistent."""
+
+    @abc.abstractmethod
+    def quit(self, member, reason):
+        """Leave every room and free the nick; idempotent."""
+
+
+class ChatState(ChatStore):
     """Nicknames, rooms and history shared by every connection of one chat service.
 
     Every method is thread-safe and returns promptly: it holds the lock only
@@ -82,6 +143,15 @@ class ChatState:
         self._lock = threading.Lock()
         self._nicks = {}  # nick_key -> Member
         self._rooms = {room_key(LOBBY): Room(LOBBY, history, permanent=True)}
+
+    def configure(self, history, max_joined):
+        """New limits: rooms keep their newest ``history`` messages from now on; a
+        member already in more than ``max_joined`` rooms stays in them."""
+        with self._lock:
+            self.history, self.max_joined = history, max_joined
+            for room in self._rooms.values():
+                if room.history.maxlen != history:
+                    room.history = collections.deque(room.history, maxlen=history)
 
     # -- nicknames ----------------------------------------------------------
 

@@ -447,7 +447,7 @@ class Daemon:
             summary = self.reload()
         except (ConfigError, OSError) as exc:
             log.error("reload: refused: %s", exc)
-        except Exception as exc:  # a handler's prepare_service broke: keep serving
+        except Exception as exc:  # a service object's reload broke: keep serving
             log.exception("reload: refused: unexpected error: %s", exc)
         else:
             log.info("reload: accepted (%s)", summary)
@@ -467,28 +467,32 @@ class Daemon:
         Added services start; removed ones stop (their connections get
         ``shutdown_timeout``); a service whose transport, host, port or
         handler changed is restarted the same way.  Every other service is
-        reconfigured in place (:meth:`msgsrv.server.TCPService.reconfigure`):
-        new connections get the new limits, rules, TLS files and keys, open
-        ones keep going.  Raises ConfigError or OSError, having changed
-        nothing, if the file is invalid, a handler refuses its settings, a
-        new log file or listener cannot be opened.
+        reconfigured in place, in two phases: every change is checked and
+        built first (:meth:`msgsrv.server.TCPService.prepare_reconfigure`),
+        then all are applied; new connections get the new limits, rules, TLS
+        files and keys, open ones keep going, and each service object keeps
+        its lasting state (chat sessions, running commands).  Raises
+        ConfigError or OSError, having changed nothing, if the file is
+        invalid, a service refuses its settings (naming the key), a new log
+        file or listener cannot be opened.
         """
         new = config_module.with_options(config_module.load(self.config.path), self.overrides)
         plan = plan_reload(self.config, new)
-        fresh, undo, new_log = {}, [], []
+        fresh, new_log = {}, []
         try:
             new_log = self._new_log_handlers(new)
-            for name in plan.kept:
-                undo.append(self.registry.get(name).reconfigure(_service(new, name), new.options))
+            appliers = [self.registry.get(name).prepare_reconfigure(_service(new, name),
+                                                                    new.options)
+                        for name in plan.kept]
             late = self._create_fresh(new, plan, fresh)
         except BaseException:
             for handler in new_log:
                 handler.close()
             for server in fresh.values():
                 server.stop(0)
-            for step in reversed(undo):
-                step()
             raise
+        for apply in appliers:
+            apply()
         failed = self._commit(new, plan, fresh, late, new_log)
         return _summary(plan, failed)
 

@@ -5,10 +5,12 @@ authentication penalty, rate limit, connection limits, plus any checks added to
 ``admission_checks``) and hands them to a :class:`~msgsrv.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
-Its ``transfers`` (a :class:`~msgsrv.transfer_limits.TransferGate`) admits
-the blocking transfers of its handlers.
+Its ``service`` (a :class:`msgsrv.service.Service`, created once) holds the
+state its handlers share and that outlives reloads, among it the
+``transfers`` gate admitting their blocking transfers.
 :class:`UDPService` serves datagrams inline, never a thread per datagram.
-Both can be reconfigured in place on reload (:meth:`reconfigure`).
+Both can be reconfigured in place on reload, in two phases
+(:meth:`prepare_reconfigure`, then the applier it returns).
 """
 
 import collections
@@ -19,14 +21,14 @@ import sys
 import threading
 import time
 
-from .access import AccessRules, PenaltyBox, PenaltyRules, RateLimiter, penalty_message
+from .access import AccessRules, PenaltyRules, RateLimiter, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .errors import ConfigError
 from .handlers.base import Handler
 from .peer import format_peer
 from .pool import WorkerPool
+from .service import create_service
 from .tls import ServerTLS
-from .transfer_limits import TransferGate
 
 log = logging.getLogger("msgsrv.server")
 access_log = logging.getLogger("msgsrv.access")
@@ -65,11 +67,6 @@ class Counters:
 Refusal = collections.namedtuple("Refusal", "counter code reason level")
 
 
-def _transfer_limits(config):
-    return (config["max_transfers"], config["max_transfers_per_ip"],
-            config["transfer_buffer_budget"])
-
-
 def _family(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -92,32 +89,30 @@ class _ServiceMixin:
         self.access = AccessRules.from_options(config.options, self.global_options)
         self._thread = None
 
-    def reconfigure(self, config, global_options=None):
-        """Apply a reloaded configuration of this service (same address, transport, handler).
+    def prepare_reconfigure(self, config, global_options=None):
+        """Check a reloaded configuration of this service (same address, transport,
+        handler) and return the function that applies it.
 
-        New connections get the new options, limits, access rules, TLS files
-        and whatever ``prepare_service`` loads (keys...); open connections
-        keep what they started with.  Returns a function that undoes the
-        change.  Raises ConfigError, changing nothing, if the new settings
-        cannot be loaded.
+        Changes nothing: raises ConfigError if the new settings cannot be
+        loaded or applied live.  Once applied, new connections get the new
+        options, limits, access rules, TLS files and what the service object
+        swaps (keys...); open connections keep what they started with, and
+        the service object keeps its lasting state (sessions, running commands).
         """
-        policy = self._load_policy(config, global_options or {})
-        saved = dict(self.__dict__)
+        global_options = global_options or {}
+        policy = self._load_policy(config, global_options)
+        service = self._prepare_service(config, global_options)
 
-        def undo():
-            for key in set(self.__dict__) - set(saved):
-                delattr(self, key)
-            self.__dict__.update(saved)
-            self._tune(self.config)
-        self.config, self.global_options = config, global_options or {}
-        try:
-            self._prepare()
-        except BaseException:
-            undo()
-            raise
-        self._apply_policy(policy)
-        self._tune(config)
-        return undo
+        def apply():
+            self.config, self.global_options = config, global_options
+            service()
+            self._apply_policy(policy)
+            self._tune(config)
+        return apply
+
+    def reconfigure(self, config, global_options=None):
+        """Check and apply a reloaded configuration at once (ConfigError: nothing changed)."""
+        self.prepare_reconfigure(config, global_options)()
 
     def _load_policy(self, config, global_options):
         return AccessRules.from_options(config.options, global_options)
@@ -125,8 +120,9 @@ class _ServiceMixin:
     def _apply_policy(self, policy):
         self.access = policy
 
-    def _prepare(self):
-        """Run the handler's prepare_service (pool-served handlers only)."""
+    def _prepare_service(self, config, global_options):
+        """Phase one of the service object's reload: its applier."""
+        return lambda: None
 
     def _tune(self, config):
         """Apply the settings that take effect on a running service."""
@@ -202,11 +198,20 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
         self._per_ip = collections.Counter()
         self.rate = self.tls = None
-        self.penalties = PenaltyBox()  # outlives reloads; the rules come with each reload
-        self.transfers = TransferGate(*_transfer_limits(config))
         self._apply_policy(self._load_policy(config, self.global_options))
-        self._prepare()
+        # Created before the bind: a failed bind calls server_close, which releases it.
+        self._released = False
+        self.service = create_service(config, self.global_options, self)
+        self.penalties, self.transfers = self.service.penalties, self.service.transfers
         super().__init__(config.address, config.handler_class, bind_and_activate)
+
+    def _prepare_service(self, config, global_options):
+        return self.service.prepare_reconfigure(config, global_options)
+
+    def _release_service(self):
+        if not self._released:
+            self._released = True
+            self.service.close()
 
     def _load_policy(self, config, global_options):
         rate = None
@@ -221,9 +226,6 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
 
     def _apply_policy(self, policy):
         self.access, self.rate, self.tls, self.penalty_rules = policy
-
-    def _tune(self, config):
-        self.transfers.tune(*_transfer_limits(config))
 
     def _tls_failed(self, reason):
         self.counters.incr("refused_tls")
@@ -345,18 +347,13 @@ class PooledTCPService(TCPService):
     def __init__(self, config, bind_and_activate=True, global_options=None):
         # The pool holds no descriptor until server_activate starts it, and a
         # failed bind calls server_close: nothing is left open.
-        self._released = False
         self.pool = WorkerPool(config.name, self._make_handler,
                                workers=config["workers"], max_threads=config["max_threads"],
                                max_pending_output=config["max_pending_output"],
                                idle_timeout=config["idle_timeout"], on_close=self._pooled_closed)
         super().__init__(config, bind_and_activate, global_options)
 
-    def _prepare(self):
-        self.config.handler_class.prepare_service(self)
-
     def _tune(self, config):
-        super()._tune(config)
         self.pool.max_threads = max(config["max_threads"], self.pool.workers)
         self.pool.max_pending_output = config["max_pending_output"]
         self.pool.idle_timeout = config["idle_timeout"]
@@ -370,15 +367,10 @@ class PooledTCPService(TCPService):
 
     def server_close(self):
         """Close the listener, release the pool (its connections aborted if any are left)
-        and what the handler's prepare_service holds (``release_service``)."""
+        and what the service object holds (``Service.close``)."""
         super().server_close()
         self.pool.close()
         self._release_service()
-
-    def _release_service(self):
-        if not self._released:
-            self._released = True
-            self.config.handler_class.release_service(self)
 
     def _close_listener(self):
         socketserver.TCPServer.server_close(self)
@@ -463,6 +455,7 @@ class ThreadedTCPService(socketserver.ThreadingMixIn, TCPService):
             while self._admitted and time.monotonic() < deadline:
                 self._lock.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         self.abort_connections("shutdown timeout")
+        self._release_service()
 
     def abort_connections(self, reason="aborted"):
         """Shut every open connection's socket down now (quick stop)."""
@@ -636,7 +629,7 @@ def make_server(config, bind_and_activate=True, global_options=None):
 
     ``global_options`` (the ``[msgsrv]`` options) adds the global access
     rules.  Raises OSError if the address is taken, ConfigError if the
-    handler's prepare_service or the TLS files refuse.
+    handler's service object or the TLS files refuse.
     """
     cls = UDPService if config.transport == "udp" else TCPService
     return cls(config, bind_and_activate, global_options)

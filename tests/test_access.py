@@ -232,13 +232,14 @@ def test_reconfigure_applies_to_new_connections_only(start_service):
     old = connect_from(server, "127.0.0.2")
     old.sendall(b"a")
     assert old.recv(10) == b"a"
-    undo = server.reconfigure(service_config("echo", allow="127.0.0.1", max_connections=5))
+    before = server.config
+    server.reconfigure(service_config("echo", allow="127.0.0.1", max_connections=5))
     with connect_from(server, "127.0.0.2") as refused:
         assert recv_until_closed(refused) == b""
     old.sendall(b"b")
     assert old.recv(10) == b"b"  # the open connection keeps working
     assert server.config["max_connections"] == 5
-    undo()
+    server.reconfigure(before)
     assert echo_from(server, "127.0.0.2") == b"hi"
     old.close()
 
@@ -339,8 +340,9 @@ def test_auth_penalty_survives_a_reload_and_follows_its_rules(start_service, key
     server.reconfigure(service_config("tests.plugins:AuthedEcho",
                                       **dict(options, auth_penalty_window=30)))
     assert first_frame_from(server, "127.0.0.2").header["code"] == "busy"
-    undo = server.reconfigure(service_config("tests.plugins:AuthedEcho",
-                                             **dict(options, auth_penalty_failures=0)))
+    before = server.config
+    server.reconfigure(service_config("tests.plugins:AuthedEcho",
+                                      **dict(options, auth_penalty_failures=0)))
     assert authenticate_from(server, "127.0.0.2", SECRET).type == "authenticated"
-    undo()
+    server.reconfigure(before)
     assert first_frame_from(server, "127.0.0.2").header["code"] == "busy"

@@ -262,7 +262,7 @@ def test_200_clients_in_one_room_all_receive_a_broadcast(chat):
     peers[0].send("to everyone")
     for peer in peers:
         assert peer.expect("MSG") == "MSG lobby n0 to everyone"
-    members = server.chat.snapshot()[0]["lobby"]  # in the order the server took the nicks
+    members = server.service.chat.snapshot()[0]["lobby"]  # in the order the server took the nicks
     assert sorted(members) == sorted("n%d" % i for i in range(200))
 
 
@@ -314,7 +314,7 @@ def test_quit_with_a_reason(chat):
     assert bob.closed()
     assert alice.expect("* quit") == "* quit bob gone fishing"
     assert not [line for line in alice.skipped if "never seen" in line]
-    wait_for(lambda: server.chat.lookup("bob") is None)
+    wait_for(lambda: server.service.chat.lookup("bob") is None)
 
 
 # ---------------------------------------------------------------------------
@@ -496,7 +496,7 @@ def test_cli_chat_in_process_until_the_server_closes(chat):
     result = []
     thread = threading.Thread(target=lambda: result.append(cli_chat.run(Args, read_fd, out)))
     thread.start()
-    wait_for(lambda: server.chat.lookup("inproc"))
+    wait_for(lambda: server.service.chat.lookup("inproc"))
     os.write(write_fd, b"partial ")
     os.write(write_fd, b"line\n")
     wait_for(lambda: "[lobby] <inproc> partial line" in out.lines)

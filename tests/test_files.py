@@ -277,13 +277,12 @@ def test_mode_settings_are_checked(serve):
 def test_a_reload_to_another_root_reopens_it_and_closes_the_old_one(serve, root, keys_file,
                                                                      tmp_path):
     server = serve()
-    old = server.sandbox
+    old = server.service.sandbox
     old_fd, held = old.fileno(), os.fstat(old.fileno())
     other = tmp_path / "other"
-    undo = server.reconfigure(service_config("file", keys_file=keys_file, auth_timeout=5,
-                                             root=str(other)))
-    del undo
-    assert server.sandbox is not old and server.sandbox.root == other
+    server.reconfigure(service_config("file", keys_file=keys_file, auth_timeout=5,
+                                      root=str(other)))
+    assert server.service.sandbox is not old and server.service.sandbox.root == other
     del old  # the last reference: the old root's descriptor closes with it
     try:
         still = os.fstat(old_fd)
@@ -402,7 +401,7 @@ def test_corrupted_upload_is_detected_and_nothing_is_stored(server, root):
 
 def test_corrupted_download_is_detected_and_not_kept(server, root, tmp_path):
     (root / "d").write_bytes(b"the real content")
-    server.digests.put(os.stat(root / "d"), sha(b"what the server believes"))
+    server.service.digests.put(os.stat(root / "d"), sha(b"what the server believes"))
     with client(server) as c:
         with pytest.raises(ProtocolError) as info:
             c.get("d", str(tmp_path / "d"), resume=True)
@@ -659,7 +658,7 @@ def test_old_partial_uploads_are_removed_by_age(serve, root):
     old = root / (TEMP_PREFIX + "0" * 32)
     old.write_bytes(b"abandoned")
     os.utime(old, (1, 1))
-    server.last_cleanup -= 3600
+    server.service.last_cleanup -= 3600
     with client(server) as c:
         c.put(io.BytesIO(b"x"), "f")
     assert not old.exists()
@@ -738,7 +737,7 @@ def test_a_source_that_shrinks_while_hashed_fails_locally(server):
 
 def test_a_corrupted_download_into_a_stream_is_reported(server, root):
     (root / "d").write_bytes(b"content")
-    server.digests.put(os.stat(root / "d"), sha(b"other"))
+    server.service.digests.put(os.stat(root / "d"), sha(b"other"))
     with client(server) as c, pytest.raises(ProtocolError):
         c.get("d", io.BytesIO())
 

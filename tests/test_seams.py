@@ -96,7 +96,7 @@ def test_a_failed_bind_or_a_closed_service_leaks_no_descriptor(tmp_path):
         for _ in range(20):
             with pytest.raises(OSError):
                 TCPService(config)
-            with pytest.raises(OSError):  # its prepare_service opened the root: released
+            with pytest.raises(OSError):  # its service object opened the root: released
                 TCPService(service_config("file", port=port, **files))
         assert _open_fds() == before
         for _ in range(5):

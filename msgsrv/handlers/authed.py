@@ -20,14 +20,51 @@ from .. import __version__, auth
 from ..access import penalty_message
 from ..errors import ConfigError
 from ..peer import format_peer
+from ..service import Service, chain
 from ..settings import Setting, integer, seconds, text
 from .base import FramedHandler
 
 log = logging.getLogger("msgsrv.auth")
 
 
+class AuthedService(Service):
+    """A service with a keys file: ``keys`` (name -> secret), swapped on reload.
+
+    Subclasses extend :meth:`prepare_keyed`, which gets the new keys too.
+    """
+
+    def __init__(self, config, global_options):
+        super().__init__(config, global_options)
+        self.keys = self.load_keys(config)
+
+    def load_keys(self, config):
+        """Create the keys file if missing (logged), then return its keys
+        (ConfigError naming ``keys_file``)."""
+        path = config["keys_file"]
+        try:
+            if auth.ensure_keys_file(path):
+                log.warning("%s: created keys file %s with key 'admin' (mode 0600); "
+                            "clients use that name and the secret in the file",
+                            config.name, path)
+            return auth.load_keys(path)
+        except ConfigError as exc:
+            raise ConfigError("%s keys_file: %s" % (self.where, exc)) from None
+
+    def prepare_reconfigure(self, config, global_options):
+        keys = self.load_keys(config)
+        return chain(super().prepare_reconfigure(config, global_options),
+                     self.prepare_keyed(config, global_options, keys),
+                     lambda: setattr(self, "keys", keys))
+
+    def prepare_keyed(self, config, global_options, keys):
+        """Phase one of a reload for what depends on the new ``keys``: the applier."""
+        return lambda: None
+
+
 class AuthenticatedHandler(FramedHandler):
     """Base class of services that need to know who is asking."""
+
+    service_class = AuthedService
 
     settings = FramedHandler.settings + (
         Setting("keys_file", text, "var/keys/msgsrv.keys",
@@ -53,20 +90,6 @@ class AuthenticatedHandler(FramedHandler):
     def creates(cls, service):
         return (("keys_file", "keys file with one random key 'admin':"),)
 
-    @classmethod
-    def prepare_service(cls, server):
-        """Create the keys file if missing (logged), then load it onto ``server.keys``."""
-        path = server.config["keys_file"]
-        where = "[service:%s] keys_file" % server.name
-        try:
-            if auth.ensure_keys_file(path):
-                log.warning("%s: created keys file %s with key 'admin' (mode 0600); "
-                            "clients use that name and the secret in the file",
-                            server.name, path)
-            server.keys = auth.load_keys(path)
-        except ConfigError as exc:
-            raise ConfigError("%s: %s" % (where, exc)) from None
-
     def anonymous_allowed(self):
         """True if requests without authentication are served (identity None)."""
         return False
@@ -77,7 +100,7 @@ class AuthenticatedHandler(FramedHandler):
         self.authenticated = False
         self._pending_failure = None
         self.handshake = auth.ServerHandshake(
-            lambda: self.server.keys, max_failures=self.options["max_auth_failures"],
+            lambda: self.service.keys, max_failures=self.options["max_auth_failures"],
             extra={"service": self.server.name, "version": __version__,
                    "anonymous": self.anonymous_allowed()})
         self.reply(self.handshake.hello())

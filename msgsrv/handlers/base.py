@@ -34,11 +34,16 @@ class Handler:
     """Base class of pool-served TCP handlers; one instance per connection.
 
     ``self.conn`` is the :class:`msgsrv.pool.Connection`, ``self.server``
-    the service's server, ``self.options`` the service options as they were
-    when the connection was accepted.
+    the service's server, ``self.service`` its service object (an instance of
+    ``service_class``, shared by every connection and kept across reloads),
+    ``self.options`` the service options as they were when the connection
+    was accepted.
     """
 
     settings = ()
+    #: The class of the service object (a :class:`msgsrv.service.Service`
+    #: subclass; None: a plain Service, or the deprecated prepare_service hook).
+    service_class = None
     #: True lets the pool serve a busy connection for a moment with blocking
     #: reads on one thread (faster round trips when few clients are busy).
     #: Only for handlers that send to their own connection alone.
@@ -47,19 +52,21 @@ class Handler:
     def __init__(self, conn, server):
         self.conn = conn
         self.server = server
+        self.service = server.service
         self.options = server.config.options
 
     @classmethod
     def prepare_service(cls, server):
-        """Called once when a service using this handler is created (or reloaded).
+        """Deprecated (use ``service_class``): called when the service is created
+        (or reloaded) to load shared resources onto ``server``.
 
-        Load shared resources here (keys, roots) onto ``server``; raise
-        ConfigError to refuse to start.
+        On reload it sees the new ``server.config`` and its attribute writes
+        are applied only if the whole reload is; raise ConfigError to refuse.
         """
 
     @classmethod
     def check_service(cls, service, global_options):
-        """Check what ``prepare_service`` would load for ``service`` (its ServiceConfig),
+        """Check what the service object would load for ``service`` (its ServiceConfig),
         including what depends on the process that will serve it (who it runs as),
         changing nothing; raise ConfigError naming the service and the keys to fix.
 
@@ -69,13 +76,13 @@ class Handler:
 
     @classmethod
     def creates(cls, service):
-        """``(key, what)`` pairs: the settings naming paths ``prepare_service`` creates
+        """``(key, what)`` pairs: the settings naming paths the service object creates
         when missing (``--check`` says it would, after checking that it could)."""
         return ()
 
     @classmethod
     def release_service(cls, server):
-        """Called once when the service has stopped: release what prepare_service holds open."""
+        """Deprecated (use ``Service.close``): called once when the service has stopped."""
 
     @classmethod
     def refuse(cls, sock, code, reason):

@@ -27,6 +27,7 @@ from ..chatproto import (ChatError, LineReader, LineTooLong, TokenBucket, check_
                          format_error, format_help, format_notice, parse_line)
 from ..chatroom import LOBBY, ChatState, Member, deliver
 from ..peer import format_peer
+from ..service import Service, chain
 from ..settings import Setting, integer, size
 from .base import Handler
 
@@ -77,6 +78,22 @@ class Outbox:
         deliver([(targets, b"".join(parts)) for targets, parts in items], self.limit)
 
 
+class ChatService(Service):
+    """A chat service's shared state (``chat``, a ChatStore), kept across reloads:
+    a reload changes its limits, never its sessions, rooms, nicks or history."""
+
+    store_class = ChatState
+
+    def __init__(self, config, global_options):
+        super().__init__(config, global_options)
+        self.chat = self.store_class(history=config["history"], max_joined=config["max_joined"])
+
+    def prepare_reconfigure(self, config, global_options):
+        limits = config["history"], config["max_joined"]
+        return chain(super().prepare_reconfigure(config, global_options),
+                     lambda: self.chat.configure(*limits))
+
+
 class ChatHandler(Handler):
     """One chat client: greeting, nickname, commands, room messages, flood control."""
 
@@ -98,15 +115,11 @@ class ChatHandler(Handler):
         Setting("server_name", word, "msgsrv", "Name the greeting shows (one word)."),
     )
 
-    @classmethod
-    def prepare_service(cls, server):
-        """Create the service's shared ChatState (``server.chat``)."""
-        server.chat = ChatState(history=server.config["history"],
-                                max_joined=server.config["max_joined"])
+    service_class = ChatService
 
     def __init__(self, conn, server):
         super().__init__(conn, server)
-        self.state = server.chat
+        self.state = self.service.chat
         self.member = Member(conn)
         self.limit = self.options["max_queue"]
         self.outbox = Outbox(self.limit, min(_FLUSH_AT, self.limit // 4))

@@ -18,7 +18,7 @@ from .. import commands, privileges, runner
 from ..errors import ConfigError, ProtocolError, ServiceBusy
 from ..peer import format_peer
 from ..protocol import encode
-from .authed import AuthenticatedHandler
+from .authed import AuthedService, AuthenticatedHandler
 
 log = logging.getLogger("msgsrv.command")
 
@@ -49,12 +49,60 @@ def _json_seconds(value):
     return int(value) if float(value).is_integer() else value
 
 
+class RunSlots:
+    """At most ``limit`` runs at once; the limit may change while runs hold slots
+    (a run gives back the slot it took, whatever the limit is by then)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def acquire(self):
+        """Take a slot; False when ``limit`` runs hold one already."""
+        with self._lock:
+            if self.running >= self.limit:
+                return False
+            self.running += 1
+            return True
+
+    def release(self):
+        """Give back a slot taken by :meth:`acquire`."""
+        with self._lock:
+            self.running -= 1
+
+
+class CommandService(AuthedService):
+    """The command service's state: who runs, the command table (swapped on reload)
+    and the run slots (kept: a reload lets running commands finish)."""
+
+    def __init__(self, config, global_options):
+        super().__init__(config, global_options)
+        self.run_as, self.commands = self._load(config, global_options, self.keys)
+        self.run_slots = RunSlots(config["max_concurrent"])
+
+    def _load(self, config, global_options, keys):
+        run_as = _run_as(config, global_options)
+        table = commands.CommandTable.from_options(config.options, "[service:%s]" % config.name)
+        _log_setup(config, run_as, table, keys)
+        return run_as, table
+
+    def prepare_keyed(self, config, global_options, keys):
+        loaded = self._load(config, global_options, keys)
+
+        def apply():
+            self.run_as, self.commands = loaded
+            self.run_slots.limit = config["max_concurrent"]  # for new runs
+        return apply
+
+
 class CommandHandler(AuthenticatedHandler):
     """Runs the commands the config allows, for the keys it allows, within its limits."""
 
     body_types = ("run",)  # a run's body is the command's stdin
 
     settings = AuthenticatedHandler.settings + commands.SETTINGS
+    service_class = CommandService
 
     @classmethod
     def check_service(cls, service, global_options):
@@ -72,28 +120,9 @@ class CommandHandler(AuthenticatedHandler):
         commands.CommandTable.from_options(service.options, "[service:%s]" % service.name)
         return run_as
 
-    @classmethod
-    def prepare_service(cls, server):
-        """Check who commands run as, load the keys, then build the command table
-        (ConfigError names the bad key)."""
-        run_as = _run_as(server.config, server.global_options)
-        super().prepare_service(server)
-        options = server.config.options
-        server.run_as = run_as
-        _log_identity(server, run_as)
-        server.commands = commands.CommandTable.from_options(
-            options, "[service:%s]" % server.name)
-        server.run_slots = threading.BoundedSemaphore(options["max_concurrent"])
-        log.info("%s: commands %s", server.name, ", ".join(sorted(server.commands.commands))
-                 or "(none)")
-        if options["allow_any"]:
-            log.warning("%s: allow_any = yes: %s may run ANY program with any arguments",
-                        server.name, ", ".join(options["allow_any_keys"]) or "every key")
-        _warn_unknown_keys(server)
-
     def request_received(self, message):
         if message.type == "list":
-            self.reply(dict(self.server.commands.visible(self.identity), type="commands"))
+            self.reply(dict(self.service.commands.visible(self.identity), type="commands"))
         elif message.type == "run":
             self._run(message)
         else:
@@ -107,22 +136,22 @@ class CommandHandler(AuthenticatedHandler):
         finally:
             # Given back before the exit frame goes out: a client that runs
             # again as soon as it sees exit must not find its own slot taken.
-            self.server.transfers.release(self.conn.address[0], runner.OUTPUT_BUFFERS)
-            self.server.run_slots.release()
+            self.service.transfers.release(self.conn.address[0], runner.OUTPUT_BUFFERS)
+            self.service.run_slots.release()
         self._finish(plan, run, outcome)
 
     def _admit(self, message):
         """The checked Plan, with a run slot and a transfer slot taken; ProtocolError
         (logged) otherwise."""
         try:
-            plan = self.server.commands.plan(message.header, self.identity, len(message.body))
-            if not self.server.run_slots.acquire(blocking=False):
+            plan = self.service.commands.plan(message.header, self.identity, len(message.body))
+            if not self.service.run_slots.acquire():
                 raise ProtocolError("busy", "%d commands are running already (max_concurrent)"
                                     % self.options["max_concurrent"])
             try:
-                self.server.transfers.acquire(self.conn.address[0], runner.OUTPUT_BUFFERS)
+                self.service.transfers.acquire(self.conn.address[0], runner.OUTPUT_BUFFERS)
             except ServiceBusy:
-                self.server.run_slots.release()
+                self.service.run_slots.release()
                 raise
         except ProtocolError as exc:
             self._refused(message.header.get("command", commands.ANY), exc)
@@ -146,8 +175,8 @@ class CommandHandler(AuthenticatedHandler):
     def _spawn(self, plan, stdin):
         try:
             return runner.spawn(plan.argv, workdir=plan.limits.workdir,
-                                env=self.server.commands.environment, stdin=bool(stdin),
-                                **self.server.run_as.spawn_options())
+                                env=self.service.commands.environment, stdin=bool(stdin),
+                                **self.service.run_as.spawn_options())
         except OSError as exc:
             log.error("%s: cannot start %s %s: %s", self.server.name, plan.name,
                       _json(plan.argv), exc)
@@ -225,18 +254,20 @@ def _run_as(service, global_options):
     return run_as
 
 
-def _log_identity(server, run_as):
+def _log_setup(config, run_as, table, keys):
+    """Who commands run as, which commands, and the likely mistakes (logged at each load)."""
     if run_as.uid == 0:
-        log.warning("%s: run_as_root = yes: commands run as root", server.name)
+        log.warning("%s: run_as_root = yes: commands run as root", config.name)
     else:
-        log.info("%s: commands run as uid=%d (%s)%s", server.name, run_as.uid, run_as.name,
+        log.info("%s: commands run as uid=%d (%s)%s", config.name, run_as.uid, run_as.name,
                  "; " + run_as.note if run_as.note else "")
-
-
-def _warn_unknown_keys(server):
-    """A keys.NAME entry naming no key in the keys file is most likely a typo."""
-    for name, keys in sorted(server.config["keys"].items()):
-        unknown = sorted(set(keys) - set(server.keys))
+    log.info("%s: commands %s", config.name, ", ".join(sorted(table.commands)) or "(none)")
+    if config["allow_any"]:
+        log.warning("%s: allow_any = yes: %s may run ANY program with any arguments",
+                    config.name, ", ".join(config["allow_any_keys"]) or "every key")
+    # A keys.NAME entry naming no key in the keys file is most likely a typo.
+    for name, allowed in sorted(config["keys"].items()):
+        unknown = sorted(set(allowed) - set(keys))
         if unknown:
-            log.warning("%s: keys.%s names %s, not in %s", server.name, name,
-                        ", ".join(unknown), server.config["keys_file"])
+            log.warning("%s: keys.%s names %s, not in %s", config.name, name,
+                        ", ".join(unknown), config["keys_file"])

@@ -34,7 +34,7 @@ from ..peer import format_peer
 from ..protocol import encode
 from ..sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
 from ..settings import Setting, choice, octal_mode, seconds, size, text, word_list
-from .authed import AuthenticatedHandler
+from .authed import AuthedService, AuthenticatedHandler
 
 log = logging.getLogger("msgsrv.files")
 
@@ -118,9 +118,61 @@ def _open_root(name, root):
             name, root, getattr(exc, "strerror", None) or exc)) from None
 
 
+class FileService(AuthedService):
+    """A file service's shared state: the root's descriptor (``sandbox``), the
+    checksum cache, the quota ledger and the commit lock.
+
+    A reload keeps them all; a changed ``root`` is applied by opening the
+    new root (requests already running finish in the old one, whose
+    descriptor closes when they are done), with a quota ledger of its own.
+    """
+
+    def __init__(self, config, global_options):
+        super().__init__(config, global_options)
+        self.sandbox = self._prepare_root(config)
+        self.quota = QuotaLedger(self.sandbox, config["quota"])
+        self.digests = DigestCache()
+        self.commit_lock = threading.Lock()
+        self.last_cleanup = time.monotonic()
+        _warn_unknown_keys(config, self.keys)
+
+    def _prepare_root(self, config):
+        """Create the root if missing, open it, remove partial uploads left in it."""
+        root = config["root"]
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("%s root %r: %s" % (self.where, root, exc.strerror or exc)) from None
+        sandbox = _open_root(self.name, root)
+        removed = cleanup_temp_files(sandbox)
+        if removed:
+            log.info("%s: removed %d partial uploads", self.name, removed)
+        return sandbox
+
+    def prepare_keyed(self, config, global_options, keys):
+        _warn_unknown_keys(config, keys)
+        limit = config["quota"]
+        sandbox, quota = self.sandbox, self.quota
+        if config["root"] != self.config["root"]:
+            sandbox = self._prepare_root(config)
+            quota = QuotaLedger(sandbox, limit)
+        elif limit and not quota.limit:
+            quota = QuotaLedger(sandbox, limit)  # usage was not counted without a quota
+
+        def apply():
+            self.sandbox, self.quota = sandbox, quota
+            quota.limit = limit
+        return apply
+
+    def close(self):
+        """Close the root's descriptor (a request still running is refused ``busy``)."""
+        self.sandbox.close()
+
+
 class FileHandler(AuthenticatedHandler):
     """One connection of a file service; see the module docstring."""
 
+    service_class = FileService
     body_types = ()
 
     settings = AuthenticatedHandler.settings + (
@@ -157,38 +209,13 @@ class FileHandler(AuthenticatedHandler):
     def creates(cls, service):
         return super().creates(service) + (("root", "file root"),)
 
-    @classmethod
-    def prepare_service(cls, server):
-        """Load the keys, create the root if missing, remove partial uploads, share state."""
-        super().prepare_service(server)
-        options = server.config.options
-        try:
-            os.makedirs(options["root"], exist_ok=True)
-        except OSError as exc:
-            raise ConfigError("[service:%s] root %r: %s" % (
-                server.name, options["root"], exc.strerror or exc)) from None
-        server.sandbox = _open_root(server.name, options["root"])
-        removed = cleanup_temp_files(server.sandbox)
-        if removed:
-            log.info("%s: removed %d partial uploads", server.name, removed)
-        server.digests = DigestCache()
-        server.quota = QuotaLedger(server.sandbox, options["quota"])
-        server.commit_lock = threading.Lock()
-        server.last_cleanup = time.monotonic()
-        _warn_unknown_keys(server)
-
-    @classmethod
-    def release_service(cls, server):
-        """Close the root's descriptor (a request still running is refused ``busy``)."""
-        server.sandbox.close()
-
     def anonymous_allowed(self):
         return self.options["anonymous"] == "read"
 
     @property
     def sandbox(self):
         """The service's Sandbox (shared by every connection)."""
-        return self.server.sandbox
+        return self.service.sandbox
 
     # -- dispatch -------------------------------------------------------------
 
@@ -240,7 +267,7 @@ class FileHandler(AuthenticatedHandler):
 
     def _op_help(self):
         limits = {"max_file_size": self.options["max_file_size"], "quota": self.options["quota"],
-                  "quota_available": self.server.quota.available, "list_page": LIST_PAGE}
+                  "quota_available": self.service.quota.available, "list_page": LIST_PAGE}
         operations = [dict(op.describe(), allowed=self._allowed(op)) for op in OPERATIONS.values()]
         return ({"type": "help", "identity": self.identity, "operations": operations,
                  "limits": limits},)
@@ -275,18 +302,18 @@ class FileHandler(AuthenticatedHandler):
         if len(data) != st.st_size:
             raise ProtocolError("io-error", "%s changed while being read; try again"
                                 % _shown(header["path"]))
-        digest = self.server.digests.get(st)
+        digest = self.service.digests.get(st)
         if digest is None:
             digest = hashlib.sha256(data).hexdigest()
             if content_key(os.fstat(file.fileno())) == content_key(st):
-                self.server.digests.put(st, digest)
+                self.service.digests.put(st, digest)
         # One send: separate small segments would wait on the peer's delayed ACK (Nagle).
         self.conn.send(b"".join((encode(header), data[offset:],
                                  encode({"type": "end", "sha256": digest}))))
 
     def _send(self, stream, file, st, offset):
         """Send the file from ``offset``; return the whole file's SHA-256 (hashed alongside)."""
-        known = self.server.digests.get(st)
+        known = self.service.digests.get(st)
         if known is not None:
             transfer.send_file(stream, file, offset, st.st_size - offset)
             return known
@@ -295,7 +322,7 @@ class FileHandler(AuthenticatedHandler):
             transfer.send_file(stream, file, offset, st.st_size - offset)
             digest = hasher.hexdigest()
         if content_key(os.fstat(file.fileno())) == content_key(st):
-            self.server.digests.put(st, digest)
+            self.service.digests.put(st, digest)
         return digest
 
     def _op_put(self, path, size, overwrite, upload_id, if_sha256):
@@ -305,7 +332,7 @@ class FileHandler(AuthenticatedHandler):
         with self.sandbox.locate(path) as dest, self.transfer(_UPLOAD_BUFFERS) as stream:
             self._clean_if_due()
             old = self._check_destination(dest, overwrite, if_sha256)
-            with self.server.quota.reserve(size - old), \
+            with self.service.quota.reserve(size - old), \
                     self._writer(dest, upload_id, size) as writer:
                 self._check_disk(dest, size - writer.offset)
                 stream.send({"type": "ready", "offset": writer.offset})
@@ -328,7 +355,7 @@ class FileHandler(AuthenticatedHandler):
         dest.check_regular(st)
         if if_sha256 is not None:
             with dest.open_file() as file:
-                current = self.server.digests.digest_of(file.fileno())
+                current = self.service.digests.digest_of(file.fileno())
             if current != if_sha256:
                 raise ProtocolError("conflict", "%s has SHA-256 %s, not the expected %s"
                                     % (_shown(path), current, if_sha256))
@@ -391,21 +418,21 @@ class FileHandler(AuthenticatedHandler):
         writer.file.flush()
         os.fsync(writer.file.fileno())  # the slow part, outside the lock
         inode = os.fstat(writer.file.fileno()).st_ino
-        with self.server.commit_lock:
+        with self.service.commit_lock:
             # Checked again: another upload may have landed while this one streamed.
             old = self._check_destination(dest, overwrite, if_sha256)
             writer.commit()
         st = dest.lstat()
         if st is not None and st.st_ino == inode:
-            self.server.digests.put(st, digest)
-        self.server.quota.changed(writer.size - old)
+            self.service.digests.put(st, digest)
+        self.service.quota.changed(writer.size - old)
 
     def _clean_if_due(self):
         age = self.options["temp_max_age"]
         now = time.monotonic()
-        if now - self.server.last_cleanup < min(age / 4, 3600):
+        if now - self.service.last_cleanup < min(age / 4, 3600):
             return
-        self.server.last_cleanup = now
+        self.service.last_cleanup = now
         removed = cleanup_temp_files(self.sandbox, age)
         if removed:
             log.info("%s: removed %d abandoned uploads", self.server.name, removed)
@@ -436,14 +463,14 @@ class FileHandler(AuthenticatedHandler):
     def _digest(self, file):
         """The file's SHA-256: at once if cached or small, else hashed as an admitted transfer."""
         st = os.fstat(file.fileno())
-        if st.st_size <= _INLINE_SIZE or self.server.digests.get(st) is not None:
-            return self.server.digests.digest_of(file.fileno())
+        if st.st_size <= _INLINE_SIZE or self.service.digests.get(st) is not None:
+            return self.service.digests.digest_of(file.fileno())
         with self.transfer(_HASH_BUFFERS):
-            return self.server.digests.digest_of(file.fileno())
+            return self.service.digests.digest_of(file.fileno())
 
     def _op_delete(self, path):
         with self.sandbox.locate(path) as where:
-            with self.server.commit_lock:
+            with self.service.commit_lock:
                 st = where.lstat()
                 if st is None:
                     raise ProtocolError("not-found", "%s does not exist" % _shown(path))
@@ -457,7 +484,7 @@ class FileHandler(AuthenticatedHandler):
                     raise
             where.fsync()
         if stat.S_ISREG(st.st_mode):
-            self.server.quota.changed(-st.st_size)
+            self.service.quota.changed(-st.st_size)
         log.info("%s: %s deleted %s", self.server.name, self.identity, _shown(path))
         return ({"type": "ok", "path": path},)
 
@@ -470,7 +497,7 @@ class FileHandler(AuthenticatedHandler):
 
     def _op_rename(self, path, to, overwrite):
         with self.sandbox.locate(path) as source, self.sandbox.locate(to) as dest:
-            with self.server.commit_lock:
+            with self.service.commit_lock:
                 moved, replaced = source.lstat(), dest.lstat()
                 if moved is None:
                     raise ProtocolError("not-found", "%s does not exist" % _shown(path))
@@ -482,7 +509,7 @@ class FileHandler(AuthenticatedHandler):
                 dest.fsync()
         if replaced is not None and stat.S_ISREG(replaced.st_mode) \
                 and not os.path.samestat(moved, replaced):
-            self.server.quota.changed(-replaced.st_size)
+            self.service.quota.changed(-replaced.st_size)
         log.info("%s: %s renamed %s to %s", self.server.name, self.identity, _shown(path),
                  _shown(to))
         return ({"type": "ok", "path": path, "to": to},)
@@ -500,9 +527,9 @@ def _rename(source, dest):
             raise
 
 
-def _warn_unknown_keys(server):
+def _warn_unknown_keys(config, keys):
     for setting in ("read_keys", "write_keys"):
-        unknown = sorted(set(server.config[setting]) - set(server.keys) - {"*"})
+        unknown = sorted(set(config[setting]) - set(keys) - {"*"})
         if unknown:
             log.warning("%s: %s names keys not in the keys file: %s",
-                        server.name, setting, ", ".join(unknown))
+                        config.name, setting, ", ".join(unknown))

@@ -264,7 +264,7 @@ print(counts["local"])
 def _forced_cleanups(server, stop):
     """Make puts walk the root for old temp files while the tree is being swapped."""
     while not stop.wait(0.2):
-        server.last_cleanup = 0.0
+        server.service.last_cleanup = 0.0
 
 
 def _run_clients(server, outside):
