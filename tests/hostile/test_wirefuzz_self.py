@@ -7,7 +7,8 @@ import pytest
 from msgsrv.protocol import FrameDecoder, encode, error_header
 from tests.hostile import campaign
 from tests.hostile.wirefuzz import (
-    MUTATORS, check_frames, framed_target, fuzz, mutate, stream_echo_target,
+    FILE_CODES, FILE_TYPES, MUTATORS, check_frames, framed_target, fuzz, mutate,
+    stream_echo_target,
 )
 
 pytestmark = pytest.mark.timeout(campaign.timeout(30))
@@ -38,6 +39,19 @@ def test_every_mutator_handles_empty_and_tiny_inputs(mutator):
 ])
 def test_check_frames(reply, problem):
     found = check_frames(FrameDecoder(), reply)
+    assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize("raw, problem", [
+    (b"bcd", None),
+    (b"bc", None),  # cut short inside the raw bytes: nothing more to judge
+    (b"bcdX", "not well-formed frames"),  # a stray byte after the announced data
+])
+def test_check_frames_passes_over_a_downloads_raw_bytes(raw, problem):
+    data = encode({"type": "data", "path": "f", "size": 4, "offset": 1})
+    end = encode({"type": "end", "sha256": "0" * 64}) if len(raw) >= 3 else b""
+    reply = data + raw[:3] + end + raw[3:]
+    found = check_frames(FrameDecoder(), reply, types=FILE_TYPES, codes=FILE_CODES)
     assert (found is None) if problem is None else (problem in found)
 
 

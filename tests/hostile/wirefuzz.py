@@ -345,11 +345,27 @@ def check_frames(decoder, reply, whole=True, types=FRAMED_TYPES, codes=FRAMED_CO
             problem = _frame_problem(message.header, types, codes)
             if problem:
                 return problem
+            if not _skip_file_data(decoder, message.header):
+                return None  # the reply ends inside a file's raw bytes (a transfer cut short)
         if whole:
             decoder.eof()
     except ProtocolError as exc:
         return "reply is not well-formed frames: %s" % exc
     return None
+
+
+def _skip_file_data(decoder, header):
+    """After a file service ``data`` frame, pass over the raw bytes that follow it.
+
+    Returns False when the reply holds fewer of them than the header announced.
+    """
+    size, offset = header.get("size"), header.get("offset", 0)
+    if header.get("type") != "data" or not isinstance(size, int) or not isinstance(offset, int):
+        return True
+    pending = decoder.take_buffered()
+    count = max(0, size - offset)
+    decoder.feed(pending[count:])
+    return len(pending) >= count
 
 
 def _frame_problem(header, types, codes):
