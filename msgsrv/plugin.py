@@ -15,7 +15,7 @@ from msgsrv.ops.settings import (Setting, boolean, choice, integer, networks, oc
                                  size, text, word_list)
 from msgsrv.wire.errors import (ConfigError, ConnectionFailed, MsgsrvError, ProtocolError,
                                 RequestTimeout, ServiceBusy, TooSlow)
-from msgsrv.wire.frames import encode, shown
+from msgsrv.wire.frames import REPLY_LIMITS, encode, shown
 
 __all__ = [
     # handlers: one per connection (pooled, framed, authenticated) or per datagram
@@ -28,6 +28,6 @@ __all__ = [
     # errors: ProtocolError(code, text) becomes an error reply; ConfigError refuses a config
     "MsgsrvError", "ConfigError", "ProtocolError", "ServiceBusy", "RequestTimeout", "TooSlow",
     "ConnectionFailed",
-    # frames and text
-    "encode", "shown", "format_peer",
+    # frames (REPLY_LIMITS: encode() limits for frames a server builds) and text
+    "encode", "REPLY_LIMITS", "shown", "format_peer",
 ]
