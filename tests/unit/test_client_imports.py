@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 CLIENT_MODULES = ["msgsrv.client", "msgsrv.client.base", "msgsrv.client.framed",
                   "msgsrv.services.chat.client", "msgsrv.services.command.client",
                   "msgsrv.services.echo.client", "msgsrv.services.files.client",
