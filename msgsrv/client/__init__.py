@@ -10,9 +10,11 @@ from .chat import ChatClient
 from .command import CommandClient, Result
 from .echo import EchoClient
 from .files import FileClient, FileInfo, Transfer
+from .fleet import Fleet, HostResult
 
 __all__ = [
     "ChatClient", "EchoClient", "CommandClient", "Result", "FileClient", "FileInfo", "Transfer",
+    "Fleet", "HostResult",
     "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError", "ServerError",
     "AuthError",
 ]

@@ -1,0 +1,1 @@
+"""The command-line tools (being moved here from msgsrv/client/cli_*.py)."""
