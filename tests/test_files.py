@@ -17,7 +17,7 @@ from msgsrv.client.files import part_path
 from msgsrv.errors import AuthError, ConfigError, ConnectionFailed, ProtocolError, ServerError
 from msgsrv.fileproto import LIST_PAGE
 from msgsrv.handlers import files as files_handler
-from msgsrv.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
+from msgsrv.sandbox import TEMP_PREFIX, is_reserved_name, is_temp_name, resumable_temp_path
 from msgsrv.stream import FrameStream
 from tests.conftest import connect, recv_until_closed, service_config, wait_for
 
@@ -65,6 +65,11 @@ def sha(data):
 
 def temp_files(root):
     return [name for _, dirs, names in os.walk(root) for name in dirs + names if is_temp_name(name)]
+
+
+def visible(root):
+    """The names in ``root`` a client may see (not the lock file nor temp files), sorted."""
+    return sorted(name for name in os.listdir(root) if not is_reserved_name(name))
 
 
 def raw_session(server, name="alice"):
@@ -505,7 +510,7 @@ def test_read_only_service_refuses_writes(serve, root):
         sink = io.BytesIO()
         c.get("f", sink)
         allowed = {op["name"]: op["allowed"] for op in c.capabilities()["operations"]}
-    assert sink.getvalue() == b"data" and sorted(os.listdir(root)) == ["f"]
+    assert sink.getvalue() == b"data" and visible(root) == ["f"]
     assert allowed == {"get": True, "put": False, "list": True, "stat": True, "delete": False,
                        "mkdir": False, "rename": False, "help": True}
 
@@ -627,7 +632,7 @@ def test_stat_mkdir_rename_delete(server, root):
             c.rename("b", "b/c/inside")
         assert info.value.code == "bad-path"
         c.delete("a")
-    assert sorted(os.listdir(root)) == ["b", "g"] and (root / "g").read_bytes() == b"hello"
+    assert visible(root) == ["b", "g"] and (root / "g").read_bytes() == b"hello"
 
 
 def test_help_and_malformed_requests(server):
