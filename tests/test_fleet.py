@@ -125,6 +125,16 @@ def test_run_says_which_host_did_what(five, keys_file):
     assert "Connection refused" in stopped.message
 
 
+def test_a_host_that_never_greets_times_out_within_the_connect_timeout(keys_file):
+    with socket.socket() as silent:  # the kernel accepts; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        result, = Fleet(["127.0.0.1:%d" % silent.getsockname()[1]], key_name="alice",
+                        keys_file=keys_file, connect_timeout=0.3, timeout=10).run("job")
+    assert (result.ok, result.error) == (False, "timeout") and result.duration < 2
+    assert "sent nothing within 0.3 s" in result.message
+
+
 def test_the_servers_own_timeout_is_a_timeout_too(commands, keys_file):
     server = commands(timeout=0.3, **{"command.job": "sleep 10"})
     result, = Fleet([label(server)], key_name="alice", keys_file=keys_file).run("job")

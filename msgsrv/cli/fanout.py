@@ -13,6 +13,7 @@ import sys
 import threading
 
 from ..client.fleet import DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_TIMEOUT, Fleet
+from ..client.base import DEFAULT_TIMEOUT as ONE_HOST_TIMEOUT
 from ..client.fleet import hosts_from_spec
 from ..client.options import tls_options
 
@@ -20,6 +21,9 @@ RULE = "-" * 15
 HOSTS_HELP = ("run on many daemons at once: a hosts file (one HOST:PORT [KEY] per line, "
               "# comments, IPv6 as [ADDR]:PORT) or a comma-separated list of HOST:PORT; "
               "HOST:PORT is then left out")
+TIMEOUT_HELP = ("seconds to wait for the server (default: %s); with --hosts: the most one "
+                "host may take, from connecting to its last output (default: %g)"
+                % (ONE_HOST_TIMEOUT, DEFAULT_TIMEOUT))
 
 
 def _positive(text):
@@ -43,11 +47,6 @@ def add_fleet_options(parser):
     parser.add_argument("-b", "--gather", action="store_true",
                         help="with --hosts: show identical outputs once, under the list of "
                              "hosts that produced them (clush -b)")
-
-
-TIMEOUT_HELP = ("seconds to wait for the server (default: 10.0); with --hosts: the most one "
-                "host may take, from connecting to its last output (default: %g)"
-                % DEFAULT_TIMEOUT)
 
 
 def no_target():

@@ -39,6 +39,7 @@ DEFAULT_FANOUT = 32          # hosts served at once (pdsh's default)
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0       # the whole exchange with one host
 DEFAULT_MAX_OUTPUT = 4 << 20  # bytes of output kept per host
+_JOIN_WAIT = 2.0             # seconds to wait for the threads once every result is in
 
 #: What ``HostResult.error`` may say, and what it means.
 ERROR_KINDS = {
@@ -427,8 +428,9 @@ class Fleet:
                     task.expire()
             raise
         finally:
-            for thread in threads:
-                thread.join(1.0)
+            deadline = time.monotonic() + _JOIN_WAIT
+            for thread in threads:  # one still connecting ends within its connect timeout
+                thread.join(max(deadline - time.monotonic(), 0))
         return [task.result for task in tasks]
 
     def _attempt(self, work, task):
