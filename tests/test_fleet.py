@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
+from msgsrv.cli.client import main
 from msgsrv.cli.fanout import FleetOutput, gathered, tally
-from msgsrv.client.__main__ import main
 from msgsrv.client.fleet import Fleet, Host, HostResult, hosts_from_spec, parse_hosts
-from msgsrv.errors import ConfigError
+from msgsrv.wire.errors import ConfigError
 from tests.conftest import ROOT, wait_for
 from tests.test_command import command_service, keys_file  # noqa: F401 (fixtures)
 

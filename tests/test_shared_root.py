@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from msgsrv import sandbox as sandbox_module
 from msgsrv.client import FileClient
-from msgsrv.errors import ServerError, ServiceBusy
-from msgsrv.fileroot import QuotaLedger, RootLock
-from msgsrv.sandbox import ROOT_LOCK_NAME, Sandbox, resumable_temp_path
+from msgsrv.services.files import sandbox as sandbox_module
+from msgsrv.services.files.sandbox import ROOT_LOCK_NAME, Sandbox, resumable_temp_path
+from msgsrv.services.files.state import QuotaLedger, RootLock
+from msgsrv.wire.errors import ServerError, ServiceBusy
 from tests.conftest import wait_for
 from tests.test_files import (SECRETS, begin_put, client, keys_file, raw_session,  # noqa: F401
                               root, serve, sha, temp_files, visible)
@@ -240,7 +240,7 @@ def test_a_removed_or_torn_ledger_is_counted_again(root):
 
 
 def test_a_count_is_kept_only_if_nobody_changed_the_ledger_meanwhile(root, monkeypatch):
-    from msgsrv import fileroot
+    from msgsrv.services.files import state as fileroot
     (root / "f").write_bytes(b"x" * 10)
     with Sandbox(root) as box:
         ledger = QuotaLedger(box, 100)

@@ -1,1 +1,1 @@
-"""The command-line tools (being moved here from msgsrv/client/cli_*.py)."""
+"""The command-line tools: msgsrv-client and its subcommands, msgsrvctl, man pages."""

@@ -12,10 +12,10 @@ import collections
 import sys
 import threading
 
-from ..client.fleet import DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_TIMEOUT, Fleet
-from ..client.base import DEFAULT_TIMEOUT as ONE_HOST_TIMEOUT
-from ..client.fleet import hosts_from_spec
-from ..client.options import tls_options
+from msgsrv.client.base import DEFAULT_TIMEOUT as ONE_HOST_TIMEOUT
+from msgsrv.client.fleet import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_TIMEOUT, Fleet,
+                                 hosts_from_spec)
+from .options import tls_options
 
 RULE = "-" * 15
 HOSTS_HELP = ("run on many daemons at once: a hosts file (one HOST:PORT [KEY] per line, "

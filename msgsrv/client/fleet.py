@@ -26,14 +26,15 @@ import threading
 import time
 from typing import Any, NamedTuple, Optional, Tuple
 
-from .. import auth, transfer
-from ..errors import (AuthError, ConfigError, ConnectionFailed, MsgsrvError, ProtocolError,
-                      RequestTimeout, ServerError)
-from .base import DEFAULT_HELLO_TIMEOUT
-from .command import CommandClient
-from .files import FileClient, upload_id_for
-from .framed import ENV_KEY, ENV_KEYS_FILE, ENV_SECRET
-from .status import StatusClient
+from msgsrv.client.base import DEFAULT_HELLO_TIMEOUT
+from msgsrv.client.framed import ENV_KEY, ENV_KEYS_FILE, ENV_SECRET
+from msgsrv.services.command.client import CommandClient
+from msgsrv.services.files import transfer
+from msgsrv.services.files.client import FileClient, upload_id_for
+from msgsrv.services.status.client import StatusClient
+from msgsrv.wire import auth
+from msgsrv.wire.errors import (AuthError, ConfigError, ConnectionFailed, MsgsrvError,
+                                ProtocolError, RequestTimeout, ServerError)
 
 DEFAULT_FANOUT = 32          # hosts served at once (pdsh's default)
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -81,7 +82,8 @@ class HostResult(NamedTuple):
     the lines of a command's two streams (without their newlines).
     ``error`` is None or one of :data:`ERROR_KINDS`; ``message`` says why in
     one line (or notes a truncated output).  ``value`` is the
-    :class:`~msgsrv.client.command.Result`, :class:`~msgsrv.client.files.Transfer`
+    :class:`~msgsrv.services.command.client.Result`,
+    :class:`~msgsrv.services.files.client.Transfer`
     or status document.
     """
 
@@ -334,7 +336,7 @@ class Fleet:
         acknowledged digest must be that first one (``local`` otherwise: the
         file changed meanwhile).  With ``resume`` an interrupted upload
         resumes when the same put is run again (see
-        :func:`~msgsrv.client.files.upload_id_for`).  Raises OSError at once if
+        :func:`~msgsrv.services.files.client.upload_id_for`).  Raises OSError at once if
         ``local`` cannot be read, ValueError if it is not a regular file.
         """
         with open(local, "rb") as source:
