@@ -142,6 +142,14 @@ def test_the_servers_own_timeout_is_a_timeout_too(commands, keys_file):
     assert "timed out on the server" in result.message
 
 
+def test_output_past_max_output_is_dropped_and_said(commands, keys_file):
+    server = commands(**{"command.job": "sh -c 'echo 0123456789; echo abcdefghij'"})
+    result, = Fleet([label(server)], key_name="alice", keys_file=keys_file,
+                    max_output=15).run("job")
+    assert result.ok and result.output == ("0123456789", "abcd")
+    assert result.message == "output over 15 bytes: the rest was dropped"
+
+
 def test_credentials_per_host_from_the_keys_file(commands, keys_file, tmp_path, monkeypatch):
     for name in ("MSGSRV_KEY", "MSGSRV_KEYS_FILE", "MSGSRV_SECRET"):
         monkeypatch.delenv(name, raising=False)

@@ -18,9 +18,11 @@ of :data:`ERROR_KINDS`), never an exception.  Each host may name its own key
 file, as for one client.
 """
 
+import functools
 import ipaddress
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -203,7 +205,7 @@ class _Task:
             client = self._client
             if client is not None and client.sock is not None:
                 try:
-                    client.sock.shutdown(2)  # SHUT_RDWR: a blocked recv returns at once
+                    client.sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
                 except OSError:
                     pass
 
@@ -237,10 +239,11 @@ def _failure(task, exc, timeout):
 
 
 class _Lines:
-    """Splits a stream's bytes into lines, keeping at most a shared byte budget."""
+    """Splits a stream's bytes into lines, keeping at most a shared byte budget;
+    ``emit(text)`` (if not None) is told each line as it is complete."""
 
-    def __init__(self, stream, emit, budget):
-        self.stream, self.emit, self.budget = stream, emit, budget
+    def __init__(self, budget, emit):
+        self.budget, self.emit = budget, emit
         self.lines = []
         self._partial = b""
 
@@ -262,7 +265,7 @@ class _Lines:
         text = raw.decode("utf-8", "replace")
         self.lines.append(text)
         if self.emit is not None:
-            self.emit(self.stream, text)
+            self.emit(text)
 
 
 class _Budget:
@@ -378,9 +381,9 @@ class Fleet:
 
     def _collect(self, task, items, on_line):
         budget = _Budget(self.max_output)
-        emit = (lambda stream: None) if on_line is None else (
-            lambda stream: lambda kind, text: on_line(task.host.label, kind, text))
-        streams = {name: _Lines(name, emit(name), budget) for name in ("stdout", "stderr")}
+        streams = {name: _Lines(budget, None if on_line is None
+                                else functools.partial(on_line, task.host.label, name))
+                   for name in ("stdout", "stderr")}
         result = None
         try:
             for kind, data in items:  # the last item is always ("exit", Result)
