@@ -9,8 +9,8 @@ from tests.conftest import ROOT
 
 # msgsrv.client first: it must stay light on its own.
 CLIENT_MODULES = ["msgsrv.client", "msgsrv.client.base", "msgsrv.client.framed",
-                  "msgsrv.services.chat.client", "msgsrv.services.command.client",
-                  "msgsrv.services.echo.client", "msgsrv.services.files.client",
+                  "msgsrv.client.fleet", "msgsrv.services.chat.client",
+                  "msgsrv.services.command.client", "msgsrv.services.echo.client", "msgsrv.services.files.client",
                   "msgsrv.services.status.client"]
 # What a client may load: the wire format, its own modules and what they share with servers.
 ALLOWED_PREFIXES = ("msgsrv.wire.", "msgsrv.client.")
