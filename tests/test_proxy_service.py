@@ -19,7 +19,7 @@ from msgsrv.protocol import FrameDecoder, NEED_DATA
 from msgsrv.server import make_server
 from msgsrv.status import collect
 from msgsrv.stream import FrameStream
-from tests.conftest import recv_until_closed, service_config, wait_for
+from tests.conftest import recv_until_closed, run_msgsrv, service_config, wait_for
 from tests.test_authed import SECRET, keys_file  # noqa: F401  (a fixture)
 from tests.test_tls import certs  # noqa: F401  (the module's certificate fixture)
 
@@ -251,3 +251,24 @@ def test_frames_after_the_header_reach_the_handler_intact(start_service):
                 break
             decoder.feed(sock.recv(4096))
     assert message.header["type"] == "hello"
+
+
+def test_a_reload_turns_the_header_on_for_new_connections_only(start_service):
+    server = start_service("echo")
+    with socket.create_connection((LB, server.port), timeout=5) as before:
+        assert echo_once(before) == b"ping\n"
+        server.reconfigure(service_config("echo", port=server.port, **PROXIED))
+        assert echo_once(before) == b"ping\n"  # open connections keep what they started with
+        with proxied(server, b"", b"ping\n") as direct:
+            assert recv_until_closed(direct) == b""
+        with proxied(server, encode_v1(*claim("127.0.0.2"))) as through:
+            assert echo_once(through) == b"ping\n"
+    assert server.counters.snapshot()["refused_proxy_missing"] == 1
+
+
+def test_check_refuses_a_header_nobody_may_send(tmp_path):
+    path = tmp_path / "proxy.ini"
+    path.write_text("[msgsrv]\n[service:echo]\nhandler = echo\nproxy_protocol = any\n")
+    check = run_msgsrv("-c", str(path), "--check")
+    assert check.returncode != 0
+    assert "[service:echo] proxy_protocol = any needs proxy_trusted" in check.stderr
