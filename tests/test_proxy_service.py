@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from msgsrv import auth
-from msgsrv.errors import ConfigError
 from msgsrv.net.proxy_protocol import encode_v1, encode_v2
-from msgsrv.protocol import FrameDecoder, NEED_DATA
-from msgsrv.server import make_server
-from msgsrv.status import collect
-from msgsrv.stream import FrameStream
+from msgsrv.net.server import make_server
+from msgsrv.services.status.report import collect
+from msgsrv.wire import auth
+from msgsrv.wire.errors import ConfigError
+from msgsrv.wire.frame_stream import FrameStream
+from msgsrv.wire.frames import FrameDecoder, NEED_DATA
 from tests.conftest import recv_until_closed, run_msgsrv, service_config, wait_for
 from tests.test_authed import SECRET, keys_file  # noqa: F401  (a fixture)
 from tests.test_tls import certs  # noqa: F401  (the module's certificate fixture)

@@ -21,8 +21,8 @@ failures are logged once and counted by the service (``proxy_refused``).
 import socket
 import time
 
-from ..errors import ConfigError
-from ..transport import HandshakeRefused
+from ..wire.errors import ConfigError
+from .transport import HandshakeRefused
 from .proxy_protocol import NEED_DATA, ProxyHeaderDecoder, ProxyHeaderError
 
 _VERSIONS = {"v1": (1,), "v2": (2,), "any": (1, 2)}

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from msgsrv import config
+from msgsrv.ops import config
 from tests.conftest import ROOT, wait_for
 from tests.integration.conftest import require_program
 from tests.integration.haproxy import HAProxy
