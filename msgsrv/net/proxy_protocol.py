@@ -36,8 +36,8 @@ import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..wire.errors import ProtocolError
-from ..wire.frames import NEED_DATA  # one "need more bytes" value for every sans-IO decoder
+from msgsrv.wire.errors import ProtocolError
+from msgsrv.wire.frames import NEED_DATA  # one "need more bytes" value for every sans-IO decoder
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # "PROXY UNKNOWN" + two IPv6 addresses + two ports + CRLF

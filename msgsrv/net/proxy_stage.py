@@ -21,9 +21,9 @@ failures are logged once and counted by the service (``proxy_refused``).
 import socket
 import time
 
-from ..wire.errors import ConfigError
-from .transport import HandshakeRefused
+from msgsrv.wire.errors import ConfigError
 from .proxy_protocol import NEED_DATA, ProxyHeaderDecoder, ProxyHeaderError
+from .transport import HandshakeRefused
 
 _VERSIONS = {"v1": (1,), "v2": (2,), "any": (1, 2)}
 

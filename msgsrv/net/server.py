@@ -2,7 +2,9 @@
 
 :class:`TCPService` admits connections in ``verify_request`` (access rules,
 authentication penalty, rate limit, connection limits, plus any checks added to
-``admission_checks``) and hands them to a :class:`~msgsrv.net.pool.WorkerPool`
+``admission_checks`` or ``connection_checks``; behind a load balancer the
+checks of the client's address wait for its PROXY header, ``proxy_admit``)
+and hands them to a :class:`~msgsrv.net.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
 Its ``service`` (a :class:`msgsrv.net.service.Service`, created once) holds the
@@ -25,9 +27,9 @@ from msgsrv.wire.errors import ConfigError
 from .access import AccessRules, PenaltyRules, RateLimiter, client_address, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from .handler import Handler
-from .proxy_stage import ProxyPolicy, ProxyStage
 from .peer import format_peer
 from .pool import WorkerPool
+from .proxy_stage import ProxyPolicy, ProxyStage
 from .service import create_service
 from .tls import ServerTLS
 from .transport import HandshakeRefused
@@ -269,7 +271,7 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                 counted = client_address[0] if proxy is None else None
                 self._admitted[request] = _Admitted(client_address, time.monotonic(), counted,
                                                     proxy)
-                if proxy is None:
+                if counted is not None:
                     self._count_admitted(counted)
                 return True
         self._refused(request, client_address, refusal)
