@@ -18,8 +18,8 @@ from msgsrv.ops import config
 from tests.conftest import ROOT, wait_for
 from tests.integration.conftest import require_program
 from tests.integration.haproxy import HAProxy
-from tests.test_doc_examples import literal_blocks
-from tests.test_tls import certs  # noqa: F401  (throwaway certificates, module scope)
+from tests.daemon.test_doc_examples import literal_blocks
+from tests.service.test_tls import certs  # noqa: F401  (throwaway certificates, module scope)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,9 +20,9 @@ from msgsrv.wire import auth
 from msgsrv.wire.errors import ConfigError
 from msgsrv.wire.frame_stream import FrameStream
 from msgsrv.wire.frames import FrameDecoder, NEED_DATA
-from tests.conftest import recv_until_closed, run_msgsrv, service_config, wait_for
-from tests.test_authed import SECRET, keys_file  # noqa: F401  (a fixture)
-from tests.test_tls import certs  # noqa: F401  (the module's certificate fixture)
+from tests.conftest import recv_until_closed, service_config, wait_for
+from tests.service.test_authed import SECRET, keys_file  # noqa: F401  (a fixture)
+from tests.service.test_tls import certs  # noqa: F401  (the module's certificate fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -267,10 +267,3 @@ def test_a_reload_turns_the_header_on_for_new_connections_only(start_service):
             assert echo_once(through) == b"ping\n"
     assert server.counters.snapshot()["refused_proxy_missing"] == 1
 
-
-def test_check_refuses_a_header_nobody_may_send(tmp_path):
-    path = tmp_path / "proxy.ini"
-    path.write_text("[msgsrv]\n[service:echo]\nhandler = echo\nproxy_protocol = any\n")
-    check = run_msgsrv("-c", str(path), "--check")
-    assert check.returncode != 0
-    assert "[service:echo] proxy_protocol = any needs proxy_trusted" in check.stderr
