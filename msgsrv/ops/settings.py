@@ -291,6 +291,21 @@ SERVICE_SETTINGS = (
             "signed by one of them (mutual TLS)."),
     Setting("tls_handshake_timeout", seconds(0.1, 600), "10",
             "TCP: seconds a client has to complete the TLS handshake."),
+    Setting("proxy_protocol", choice("off", "v1", "v2", "any"), "off",
+            "TCP: every connection starts with a PROXY protocol header from a load "
+            "balancer (HAProxy send-proxy: v1, send-proxy-v2: v2; any: either), read "
+            "before anything else, TLS included; the client it names replaces the peer "
+            "address everywhere (access rules, limits, logs). Needs proxy_trusted."),
+    Setting("proxy_trusted", networks, "",
+            "TCP: addresses or CIDR networks of the load balancers allowed to send a PROXY "
+            "header (empty: none); with proxy_protocol on, connections from anywhere else "
+            "are refused (refused_proxy_untrusted)."),
+    Setting("proxy_timeout", seconds(0.1, 600), "3",
+            "TCP: seconds a load balancer has to send the whole PROXY header; later, the "
+            "connection is closed (refused_proxy_timeout)."),
+    Setting("proxy_max_header", size(52, 65551), "1K",
+            "TCP: largest PROXY v2 header accepted, TLVs included (v1 lines are at most "
+            "107 bytes); a larger one is refused (refused_proxy_malformed)."),
     Setting("udp_min_source_port", integer(0, 65535), "1024",
             "UDP: datagrams from a lower source port are not answered (system services "
             "such as echo 7 and chargen 19 would answer back: an endless loop); "
