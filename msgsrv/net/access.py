@@ -1,5 +1,6 @@
 """Who may connect: allow/deny address rules, a per-address connection rate limit
-and a per-source penalty for failed authentications.
+and a per-source penalty for failed authentications; the token bucket they,
+the UDP reply limit and the chat's flood control share.
 
 All are pure (no sockets, an injectable clock) and answer for one client
 address at a time; :class:`msgsrv.net.server.TCPService` consults them in its
@@ -8,12 +9,12 @@ admission checks before a connection gets a handler.
 
 import collections
 import ipaddress
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Tuple
 
-from msgsrv.services.chat.protocol import TokenBucket
 
 
 def client_address(text):
@@ -24,6 +25,40 @@ def client_address(text):
     address = ipaddress.ip_address(text.split("%", 1)[0])
     mapped = getattr(address, "ipv4_mapped", None)
     return mapped or address
+
+
+class TokenBucket:
+    """Flood control: ``burst`` takes at once, refilled at ``rate`` tokens per second.
+
+    Raises ValueError unless ``rate`` is a positive finite number and
+    ``burst`` is at least 1. ``clock`` returns seconds (monotonic).
+    """
+
+    # Float refills can land a hair under a whole token after an exact wait.
+    _EPSILON = 1e-9
+
+    def __init__(self, rate, burst, clock=time.monotonic):
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+            raise ValueError("'rate' must be a positive number of tokens per second "
+                             "(got %r)" % (rate,))
+        if not (isinstance(burst, (int, float)) and math.isfinite(burst) and burst >= 1):
+            raise ValueError("'burst' must be a number >= 1 (got %r)" % (burst,))
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def take(self):
+        """Take one token and return 0.0, or take none and return the seconds until one is due."""
+        now = self._clock()
+        if now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        if self._tokens >= 1 - self._EPSILON:
+            self._tokens = max(0.0, self._tokens - 1)
+            return 0.0
+        return (1 - self._tokens) / self.rate
 
 
 class AccessRules:

@@ -7,8 +7,11 @@ naming the file, the section, the key, the rule and the value.
 """
 
 import configparser
+import importlib
 import os
 import re
+import stat
+import sys
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Tuple
@@ -129,12 +132,38 @@ def from_parser(parser, path="<config>"):
     global_raw = {k: v for k, v in raw_global.items() if k in _GLOBAL_NAMES}
     inherited = {k: v for k, v in raw_global.items() if k not in _GLOBAL_NAMES}
     options = parse_section(where, GLOBAL_SETTINGS, global_raw)
+    extend_import_path(where, options["plugin_path"])
     parse_section(where, SERVICE_SETTINGS, inherited, partial=True)
     services = tuple(
         _service(path, section[len(SERVICE_PREFIX):], inherited, dict(parser.items(section)))
         for section in parser.sections() if section.startswith(SERVICE_PREFIX))
     _check_duplicates(path, services)
     return Config(path, MappingProxyType(options), services)
+
+
+def extend_import_path(where, directories):
+    """Put the ``plugin_path`` directories first on ``sys.path`` (each once), so the
+    handlers named next can be imported from them.
+
+    Raises ConfigError naming the key when one is not a directory or is writable
+    by every user (any local user could then run code in the daemon).  A
+    directory dropped from the setting stays on the path: modules imported from
+    it stay imported anyway.
+    """
+    for path in directories:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError("%s plugin_path: cannot use %s (%s)"
+                              % (where, path, exc.strerror or exc)) from None
+        if not stat.S_ISDIR(mode):
+            raise ConfigError("%s plugin_path: %s is not a directory" % (where, path))
+        if mode & stat.S_IWOTH:
+            raise ConfigError("%s plugin_path: %s is writable by every user" % (where, path))
+    new = [path for path in directories if path not in sys.path]
+    if new:
+        sys.path[:0] = new
+        importlib.invalidate_caches()
 
 
 def _check_sections(parser, path):

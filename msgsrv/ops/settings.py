@@ -6,6 +6,7 @@ adds the file, section, key and offending value around it.
 """
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -134,6 +135,17 @@ def word_list(value):
     return tuple(word for word in re.split(r"[\s,]+", value.strip()) if word)
 
 
+def directories(value):
+    """Parser for directories separated by commas or new lines, made absolute
+    (relative ones are relative to the working directory)."""
+    found = []
+    for item in re.split(r"[,\n]", value):
+        path = os.path.abspath(item.strip()) if item.strip() else None
+        if path is not None and path not in found:
+            found.append(path)
+    return tuple(found)
+
+
 def networks(value):
     """Parser for a list of IPv4/IPv6 addresses and CIDR networks (``all``: every address).
 
@@ -197,6 +209,16 @@ def handler_spec(value):
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+# Declared once for [msgsrv] and every service: a client must pass both lists
+# (msgsrv.net.access.AccessRules), so a service's own list never replaces the global one.
+ALLOW = Setting("allow", networks, "",
+                "Client addresses or CIDR networks accepted (empty: all; all: every "
+                "address). In [msgsrv] it applies to every service on top of the "
+                "service's own list: a client must match both.")
+DENY = Setting("deny", networks, "",
+               "Client addresses or CIDR networks refused; deny wins over allow. In "
+               "[msgsrv] it applies to every service on top of the service's own list.")
+
 GLOBAL_SETTINGS = (
     Setting("log_level", choice(*LOG_LEVELS), "info", "Least severe level that is logged."),
     Setting("log_file", text, "", "Log file path; empty logs to standard error."),
@@ -211,11 +233,12 @@ GLOBAL_SETTINGS = (
             "empty: keep the current user."),
     Setting("group", text, "",
             "When started as root: switch to this group (empty: the user's primary group)."),
-    Setting("allow", networks, "",
-            "Client addresses or CIDR networks every service accepts (empty: all); "
-            "a service's own list must match too."),
-    Setting("deny", networks, "",
-            "Client addresses or CIDR networks every service refuses; deny wins over allow."),
+    ALLOW,
+    DENY,
+    Setting("plugin_path", directories, "",
+            "Directories searched first for handler plugins (package.module:Class), at "
+            "start and at every reload, separated by commas; none may be writable by "
+            "every user."),
 )
 
 SERVICE_SETTINGS = (
@@ -253,11 +276,8 @@ SERVICE_SETTINGS = (
             "run 384K); a transfer that does not fit is refused with busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
-    Setting("allow", networks, "",
-            "Client addresses or CIDR networks this service accepts (empty: all; "
-            "all: every address)."),
-    Setting("deny", networks, "",
-            "Client addresses or CIDR networks this service refuses; deny wins over allow."),
+    ALLOW,
+    DENY,
     Setting("rate_limit", rate, "0",
             "TCP: new connections one client address may open, e.g. 20/s, 100/10s, "
             "50 per minute; 0: no limit."),

@@ -23,8 +23,8 @@ import logging
 import re
 import time
 
-from msgsrv.plugin import Handler, Service, Setting, chain, format_peer, integer, size
-from .protocol import (ChatError, LineReader, LineTooLong, TokenBucket, check_nick, format_error,
+from msgsrv.plugin import Handler, Service, Setting, TokenBucket, chain, format_peer, integer, size
+from .protocol import (ChatError, LineReader, LineTooLong, check_nick, format_error,
                        format_help, format_notice, parse_line)
 from .state import LOBBY, ChatState, Member, deliver
 
