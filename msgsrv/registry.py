@@ -1,8 +1,13 @@
-"""The daemon's running services, in one thread-safe place the status service can read."""
+"""The daemon's running services, in one thread-safe place the status service can read.
+
+A service object sees it as its ``directory`` (:meth:`Registry.service` finds
+a sibling by name); a server running without a daemon gets a :class:`Solo`.
+"""
 
 import collections
 import threading
 import time
+from types import MappingProxyType
 
 _NONE = frozenset()
 
@@ -20,13 +25,31 @@ class Registry:
         self._lock = threading.Lock()
         self._servers = collections.OrderedDict()
         self._addresses = {}
+        #: ``{name: reason}`` of the optional services left out (their extra is missing).
+        self.disabled = {}
+        #: The last reload: ``{"time": epoch, "outcome": "accepted"|"refused",
+        #: "detail": text}``, or None before the first.
+        self.last_reload = None
 
     def add(self, server):
-        """Register a running (bound) server under its ``name`` (replacing one of that name)."""
+        """Register a running (bound) server under its ``name`` (replacing one of that name);
+        its service object, if any, sees this registry as its ``directory``."""
         server.registry = self
+        service = getattr(server, "service", None)
+        if service is not None:
+            service.directory = self
         with self._lock:
             self._servers[server.name] = server
             self._index()
+
+    def service(self, name):
+        """The service object of the running server called ``name``, or None."""
+        server = self.get(name)
+        return getattr(server, "service", None)
+
+    def note_reload(self, outcome, detail):
+        """Remember the outcome of a reload (``accepted`` or ``refused``) and its summary."""
+        self.last_reload = {"time": time.time(), "outcome": outcome, "detail": detail}
 
     def remove(self, name):
         """Unregister and return the server called ``name`` (None if unknown)."""
@@ -74,3 +97,27 @@ class Registry:
     def __len__(self):
         with self._lock:
             return len(self._servers)
+
+
+class Solo:
+    """The directory of a server running without a daemon: that server alone."""
+
+    disabled = MappingProxyType({})
+    last_reload = None
+
+    def __init__(self, server):
+        self._server = server
+        self.started = server.started
+
+    def servers(self):
+        """``[server]``."""
+        return [self._server]
+
+    def get(self, name):
+        """The server if it is called ``name``, else None."""
+        return self._server if name == self._server.name else None
+
+    def service(self, name):
+        """The server's service object if it is called ``name``, else None."""
+        server = self.get(name)
+        return getattr(server, "service", None)

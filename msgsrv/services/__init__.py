@@ -1,0 +1,1 @@
+"""The built-in services, one package each (the layout of issue 12)."""
