@@ -89,8 +89,9 @@ class Exchange:
         self.conn = handler.conn
         self.service = handler.service
         self.options = handler.options
-        self.http = HttpConnection(Limits(self.options["max_request_line"],
-                                          self.options["max_headers"], self.options["max_request_body"]))
+        options = self.options
+        self.http = HttpConnection(Limits(options["max_request_line"], options["max_headers"],
+                                          options["max_request_body"]))
         self.socket = None  # a sockets._Socket once upgraded
         self._held = False  # a delayed answer (failed login) is pending
         self._request_timer = self._keepalive_timer = None
