@@ -231,7 +231,7 @@ class Daemon:
     def _announce_disabled(self, config, before):
         """Say once, in the log and on the terminal, which optional services are left out
         (those not already left out by the ``before`` config)."""
-        self.registry.disabled = {service.name: service.reason for service in config.disabled}
+        self.registry.disabled = {service.name: service for service in config.disabled}
         known = {service.name for service in before}
         for service in config.disabled:
             if service.name not in known:

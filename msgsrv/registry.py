@@ -25,7 +25,7 @@ class Registry:
         self._lock = threading.Lock()
         self._servers = collections.OrderedDict()
         self._addresses = {}
-        #: ``{name: reason}`` of the optional services left out (their extra is missing).
+        #: ``{name: DisabledService}``: the optional services left out (msgsrv.config).
         self.disabled = {}
         #: The last reload: ``{"time": epoch, "outcome": "accepted"|"refused",
         #: "detail": text}``, or None before the first.

@@ -5,6 +5,7 @@
 (function () {
   var ws = null, me = null, current = null, joined = [];
   var quiet = {rooms: 0, who: 0};   // answers to our own sidebar refreshes: not printed
+  var refreshTimer = null;
   var NICK = /^[A-Za-z][A-Za-z0-9_\-\[\]{}^|]{0,31}$/;
 
   function $(id) { return document.getElementById(id); }
@@ -46,18 +47,27 @@
       return;
     case "join":
       f = words(p[1], 2);
-      if (f[1] === me) { joined = joined.filter(function (r) { return r !== f[0]; }); joined.push(f[0]); current = f[0]; refresh(); }
+      if (f[1] === me) {
+        joined = joined.filter(function (r) { return r !== f[0]; });
+        joined.push(f[0]);
+        current = f[0];
+      }
+      soon();
       show(raw, "notice", f[1] + " joined " + f[0]);
       return;
     case "leave":
       f = words(p[1], 2);
-      if (f[1] === me) { joined = joined.filter(function (r) { return r !== f[0]; }); current = joined[joined.length - 1] || null; refresh(); }
+      if (f[1] === me) {
+        joined = joined.filter(function (r) { return r !== f[0]; });
+        current = joined[joined.length - 1] || null;
+      }
+      soon();
       show(raw, "notice", f[1] + " left " + f[0]);
       return;
     case "quit":
       f = words(p[1], 1);
       show(raw, "notice", f[0] + " quit (" + f[1] + ")");
-      refresh();
+      soon();
       return;
     case "rooms":
       sidebarRooms(p[1] ? p[1].split(" ") : []);
@@ -105,6 +115,13 @@
 
   function where() {
     $("where").textContent = me ? me + "@" + (current || "-") : "";
+  }
+
+  function soon() {   // one sidebar refresh for a burst of joins and leaves
+    where();
+    if (refreshTimer === null) {
+      refreshTimer = setTimeout(function () { refreshTimer = null; refresh(); }, 300);
+    }
   }
 
   function refresh() {

@@ -69,7 +69,7 @@
 
   function draw(canvas, list, now) {
     var ratio = window.devicePixelRatio || 1;
-    var w = canvas.clientWidth || 180, h = canvas.clientHeight || 40;
+    var w = canvas.clientWidth || 120, h = canvas.clientHeight || 34;
     canvas.width = Math.round(w * ratio);
     canvas.height = Math.round(h * ratio);
     var g = canvas.getContext("2d");
