@@ -21,6 +21,9 @@ from .http import HttpError
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED_DATA = 1000, 1001, 1002, 1003
 POLICY_VIOLATION, TOO_BIG, INTERNAL_ERROR = 1008, 1009, 1011
 VERSION = "13"
+INVALID_DATA = 1007
+# Reasons told however the bytes were split (wsproto's name the offset in the chunk).
+_REASONS = {INVALID_DATA: "text message is not valid UTF-8"}
 
 
 def accept(request):
@@ -108,7 +111,8 @@ class WebSocket:
         if isinstance(event, CloseConnection):
             state = self._ws.state
             if state is ConnectionState.OPEN:  # wsproto found a protocol error
-                return self._close_now(event.code, event.reason or "protocol error")
+                reason = _REASONS.get(event.code) or event.reason or "protocol error"
+                return self._close_now(event.code, reason)
             if state is ConnectionState.REMOTE_CLOSING:
                 self._output += self._ws.send(event.response())
             self.closed = Closed(event.code, event.reason or "")  # else: the reply to ours
