@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.errors import ConfigError
-from msgsrv.registry import Registry
+from msgsrv.ops import config as config_module
+from msgsrv.wire.errors import ConfigError
+from msgsrv.ops.running import Registry
 from tests.conftest import ROOT, DaemonProcess, wait_for
 from tests.test_doc_examples import free_port_pair, shipped_config
 

@@ -15,7 +15,7 @@ from wsproto.connection import Connection as WsConnection, ConnectionType  # noq
 from wsproto.events import (BytesMessage, CloseConnection, Ping, Pong,  # noqa: E402
                             TextMessage)
 
-from msgsrv import auth  # noqa: E402
+from msgsrv.wire import auth  # noqa: E402
 from msgsrv.services.web import assets, dashboard, login  # noqa: E402
 from msgsrv.services.web.http import (CLOSED, NEED_DATA, HttpConnection, HttpError,  # noqa: E402
                                       Limits)

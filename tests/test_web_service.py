@@ -17,7 +17,7 @@ pytest.importorskip("wsproto")
 
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage, BytesMessage  # noqa: E402
 
-from msgsrv import auth  # noqa: E402
+from msgsrv.wire import auth  # noqa: E402
 from tests.conftest import recv_until_closed, wait_for  # noqa: E402
 from tests.hostile.targets import KEY_NAME, SECRET, write_keys_file  # noqa: E402
 from tests.webclients import Console, LineClient, WsClient, http, raw  # noqa: E402

@@ -13,9 +13,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, CloseConnection, RejectConnection, RejectData,
                             Request, TextMessage)
 
-from msgsrv import config as config_module
-from msgsrv.registry import Registry
-from msgsrv.server import make_server
+from msgsrv.ops import config as config_module
+from msgsrv.ops.running import Registry
+from msgsrv.net.server import make_server
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What the dashboard shows: the daemon's status document, extended, and its recent history.
 
-:func:`document` is msgsrv.status's document (the one ``/status.json``
+:func:`document` is msgsrv.services.status.report's document (the one ``/status.json``
 serves) plus what a page needs: each service's state and connection limit,
 its bytes including those of open connections (the counters take a
 connection's bytes when it closes), the services left out (optional, extra
@@ -11,7 +11,7 @@ keeps per-service samples over a window for the charts.  No sockets here.
 import collections
 import threading
 
-from ... import status
+from msgsrv.services.status import report as status
 
 SAMPLE_FIELDS = ("time", "connections", "bytes_in", "bytes_out")
 

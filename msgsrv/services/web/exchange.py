@@ -16,10 +16,10 @@ import json
 import logging
 from collections import namedtuple
 
-from ... import auth
-from ...handlers.chat import ChatService
-from ...handlers.status import CONTENT_TYPES as METRIC_TYPES, render
-from ...peer import format_peer
+from msgsrv.plugin import format_peer
+from msgsrv.services.chat.handler import ChatService
+from msgsrv.services.status.handler import CONTENT_TYPES as METRIC_TYPES, render
+from msgsrv.wire import auth
 from . import login
 from .handler import is_loopback
 from .http import CLOSED, NEED_DATA, HttpConnection, HttpError, Limits

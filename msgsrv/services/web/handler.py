@@ -19,12 +19,10 @@ import logging
 import re
 import threading
 
-from ...errors import ConfigError
-from ...handlers.authed import KEYS_FILE, check_keys_file, load_service_keys
-from ...handlers.base import Handler
-from ...handlers.chat import ChatService
-from ...service import Service, chain
-from ...settings import Setting, choice, integer, seconds, size, word_list
+from msgsrv.net.authenticated import KEYS_FILE, check_keys_file, load_service_keys
+from msgsrv.plugin import (ConfigError, Handler, Service, Setting, chain, choice, integer,
+                           seconds, size, word_list)
+from msgsrv.services.chat.handler import ChatService
 
 log = logging.getLogger("msgsrv.web")
 

@@ -14,7 +14,7 @@ from typing import Dict
 
 import h11
 
-from ...errors import ProtocolError
+from msgsrv.wire.errors import ProtocolError
 
 #: What :meth:`HttpConnection.next_request` returns when it needs more bytes.
 NEED_DATA = h11.NEED_DATA

@@ -1,8 +1,8 @@
-"""Key login for the web console: the HMAC challenge of msgsrv.auth, then a session cookie.
+"""Key login for the web console: the HMAC challenge of msgsrv.wire.auth, then a session cookie.
 
 The login page asks for a challenge (a fresh nonce, single use, valid
 ``CHALLENGE_SECONDS``), computes ``proof = HMAC-SHA256(secret, ...)`` in the
-browser exactly as msgsrv.auth.compute_proof does, and posts the key name,
+browser exactly as msgsrv.wire.auth.compute_proof does, and posts the key name,
 the nonce and the proof: the secret never crosses the wire.  A good proof
 opens a session: a random token in an ``HttpOnly; SameSite=Strict`` cookie
 (``Secure`` over TLS), valid ``session_lifetime`` seconds.  Scripts (a
@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 
-from ... import auth
+from msgsrv.wire import auth
 
 CHALLENGE_SECONDS = 60.0
 MAX_CHALLENGES = 1024  # outstanding at once; the oldest is dropped first

@@ -69,7 +69,7 @@ var MsgsrvCrypto = (function () {
 
   function utf8(text) { return new TextEncoder().encode(text); }
 
-  // The proof msgsrv.auth.compute_proof checks: HMAC-SHA256(secret, context nonce NUL name).
+  // The proof msgsrv.wire.auth.compute_proof checks: HMAC-SHA256(secret, context nonce NUL name).
   function proof(secret, nonce, name) {
     var key = utf8(secret), message = utf8("msgsrv-auth-v1\u0000" + nonce + "\u0000" + name);
     var subtle = window.crypto && window.crypto.subtle;
