@@ -53,7 +53,8 @@ def test_an_optional_service_without_its_extra_is_left_out(tmp_path, no_hyper):
 
 
 def test_a_service_that_is_not_optional_names_the_missing_extra(tmp_path, no_hyper):
-    with pytest.raises(ConfigError, match=re.escape("handler web %s (or set optional = yes" % NEEDS)):
+    expected = "handler web %s (or set optional = yes" % NEEDS
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         load(tmp_path, "[service:web]\nhandler = web\nchat =\n")
 
 

@@ -118,7 +118,8 @@ def upgrade_request(**headers):
               "sec-websocket-version": "13",
               "sec-websocket-key": base64.b64encode(b"k" * 16).decode()}
     fields.update({k.replace("_", "-"): v for k, v in headers.items()})
-    text = "GET /ws/chat HTTP/1.1\r\n" + "".join("%s: %s\r\n" % kv for kv in fields.items() if kv[1])
+    text = "GET /ws/chat HTTP/1.1\r\n" + "".join("%s: %s\r\n" % kv for kv in fields.items()
+                                                 if kv[1])
     conn = HttpConnection()
     conn.feed((text + "\r\n").encode())
     return conn.next_request()
@@ -128,7 +129,8 @@ def test_handshake_accepts_and_computes_the_accept_token():
     headers = dict(accept(upgrade_request()))
     expected = base64.b64encode(hashlib.sha1(base64.b64encode(b"k" * 16) +
                                              b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-    assert headers["Sec-WebSocket-Accept"] == expected.decode() and headers["Upgrade"] == "websocket"
+    assert headers["Sec-WebSocket-Accept"] == expected.decode()
+    assert headers["Upgrade"] == "websocket"
 
 
 @pytest.mark.parametrize("headers, status", [

@@ -270,7 +270,8 @@ def log_in(port, name=KEY_NAME, secret=SECRET):
 
 
 def test_key_login_opens_a_session_and_guards_every_page(keyed):
-    assert http(keyed, "/").status == 303 and http(keyed, "/").headers["location"] == "/login?next=/"
+    page = http(keyed, "/")
+    assert page.status == 303 and page.headers["location"] == "/login?next=/"
     metrics = http(keyed, "/metrics")
     assert metrics.status == 401 and metrics.headers["www-authenticate"].startswith("Basic")
     assert WsClient(keyed, "/ws/status").status == 401
@@ -292,3 +293,20 @@ def test_key_login_opens_a_session_and_guards_every_page(keyed):
     assert http(keyed, "/metrics", headers=basic).status == 200
     assert http(keyed, "/auth/logout", method="POST", body=b"{}", headers=session).status == 200
     assert http(keyed, "/", headers=session).status == 303
+
+
+def test_a_reload_swaps_keys_and_limits_and_keeps_the_history(console, tmp_path):
+    from tests.webclients import parse_config
+    web = console["web"]
+    keys = write_keys_file(tmp_path / "reload.keys")
+    history = web.service.history
+    new = parse_config({"chat": CHAT, "web": dict(WEB, auth="key", keys_file=keys,
+                                                   push_interval="0.5")}).services[1]
+    web.reconfigure(new)
+    try:
+        assert web.service.access_required and web.service.keys == {KEY_NAME: SECRET.encode()}
+        assert web.service.history is history and history.interval == 0.5
+        assert http(web.port, "/").status == 303
+    finally:
+        web.reconfigure(parse_config({"chat": CHAT, "web": WEB}).services[1])
+    assert http(web.port, "/").status == 200

@@ -182,7 +182,8 @@ def test_dashboard_lists_every_service_and_counts_a_new_connection(daemon, ann, 
 def log_of(driver, prefix):
     """The raw server lines the chat page shows that start with ``prefix``."""
     from selenium.webdriver.common.by import By
-    return [el.get_attribute("data-raw") for el in driver.find_elements(By.CSS_SELECTOR, "#log .line")
+    lines = driver.find_elements(By.CSS_SELECTOR, "#log .line")
+    return [el.get_attribute("data-raw") for el in lines
             if (el.get_attribute("data-raw") or "").startswith(prefix)]
 
 
@@ -225,14 +226,14 @@ def room(daemon, ann, ben):
 def test_two_browsers_and_nc_chat_in_one_room_in_order(daemon, ann, ben, room, screenshots):
     cat, sent = room, []
     for turn in range(2):
-        for nick, speak in (("ann", lambda t: type_line(ann, t)), ("ben", lambda t: type_line(ben, t)),
-                            ("cat", cat.send)):
+        for nick, speak in (("ann", lambda t: type_line(ann, t)),
+                            ("ben", lambda t: type_line(ben, t)), ("cat", cat.send)):
             text = "line %d from %s" % (turn, nick)
             speak(text)
             sent.append("MSG ops %s %s" % (nick, text))
             assert cat.line(lambda line: line.startswith("MSG ops")) == sent[-1]
-            wait_for(lambda: log_of(ann, "MSG ops")[-1:] == sent[-1:] == log_of(ben, "MSG ops")[-1:],
-                     5, message="both browsers to show %r" % text)
+            wait_for(lambda: log_of(ann, "MSG ops")[-1:] == sent[-1:]
+                     == log_of(ben, "MSG ops")[-1:], 5, message="both browsers to show %r" % text)
     assert log_of(ann, "MSG ops") == sent == log_of(ben, "MSG ops")
     type_line(ann, "/me waves")
     wait_for(lambda: log_of(ben, "ACT ops ann waves"), 5, message="the action")
@@ -278,12 +279,17 @@ def test_the_login_page_proves_a_key_computed_in_the_page(daemon, ann, screensho
     ann.get(url(daemon, "web-key"))
     wait_for(lambda: "/login?next=/" in ann.current_url, 5, message="the login page")
     shoot(ann, screenshots, "login")
-    vectors = [("key", "The quick brown fox"), ("k" * 100, ""), (SECRET, "msgsrv-auth-v1\0" + "ab" * 32)]
+    vectors = [("key", "The quick brown fox"), ("k" * 100, ""),
+               (SECRET, "msgsrv-auth-v1\0" + "ab" * 32)]
     lengths = [0, 1, 55, 56, 63, 64, 65, 1000]
     fallback = ann.execute_script("""
         var C = MsgsrvCrypto, out = {hmac: [], sha: []};
-        arguments[0].forEach(function (v) { out.hmac.push(C.hex(C.hmac(C.utf8(v[0]), C.utf8(v[1])))); });
-        arguments[1].forEach(function (n) { out.sha.push(C.hex(C.sha256(C.utf8("a".repeat(n))))); });
+        arguments[0].forEach(function (v) {
+          out.hmac.push(C.hex(C.hmac(C.utf8(v[0]), C.utf8(v[1]))));
+        });
+        arguments[1].forEach(function (n) {
+          out.sha.push(C.hex(C.sha256(C.utf8("a".repeat(n)))));
+        });
         return out;""", vectors, lengths)  # the pure-script HMAC, for pages without WebCrypto
     assert fallback["hmac"] == [hmac.new(k.encode(), m.encode(), hashlib.sha256).hexdigest()
                                 for k, m in vectors]

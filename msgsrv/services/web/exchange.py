@@ -14,6 +14,7 @@ its last (408, slow clients), ``keepalive_timeout`` between requests.
 
 import json
 import logging
+import urllib.parse
 from collections import namedtuple
 
 from msgsrv.plugin import format_peer
@@ -263,7 +264,7 @@ class Exchange:
 
     def _login_needed(self, request, route):
         if route.action == "page":
-            return Response(303, [("Location", "/login?next=" + request.path),
+            return Response(303, [("Location", "/login?next=" + urllib.parse.quote(request.path)),
                                   ("Cache-Control", "no-store")], b"")
         headers = [("WWW-Authenticate", 'Basic realm="msgsrv"')] if route.action == "metrics" \
             else []
