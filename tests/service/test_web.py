@@ -18,6 +18,7 @@ pytest.importorskip("wsproto")
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage, BytesMessage  # noqa: E402
 
 from msgsrv.wire import auth  # noqa: E402
+from msgsrv.ops.running import Registry  # noqa: E402
 from tests.conftest import recv_until_closed, wait_for  # noqa: E402
 from tests.hostile.targets import KEY_NAME, SECRET, write_keys_file  # noqa: E402
 from tests.webclients import Console, LineClient, WsClient, http, raw  # noqa: E402
@@ -310,3 +311,17 @@ def test_a_reload_swaps_keys_and_limits_and_keeps_the_history(console, tmp_path)
     finally:
         web.reconfigure(parse_config({"chat": CHAT, "web": WEB}).services[1])
     assert http(web.port, "/").status == 200
+
+
+def test_siblings_are_found_by_name_through_the_registry(start_service):
+    chat, web = start_service("echo", name="chat"), start_service("echo", name="web")
+    assert web.service.sibling("web") is web.service  # alone: it sees itself only
+    assert web.service.sibling("chat") is None
+    registry = Registry()
+    for server in (chat, web):
+        registry.add(server)
+    assert web.service.sibling("chat") is chat.service and web.service.sibling("x") is None
+    assert web.service.directory is registry and web.service.sibling("") is None
+    assert web.service.counters is web.counters
+    registry.note_reload("accepted", "reconfigured: chat")
+    assert registry.last_reload["outcome"] == "accepted"
