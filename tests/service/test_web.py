@@ -325,3 +325,23 @@ def test_siblings_are_found_by_name_through_the_registry(start_service):
     assert web.service.counters is web.counters
     registry.note_reload("accepted", "reconfigured: chat")
     assert registry.last_reload["outcome"] == "accepted"
+
+
+def test_flood_control_is_the_chats_own():
+    flooded = Console({"chat": dict(CHAT, line_rate="20", line_burst="2"),
+                       "web": WEB})
+    try:
+        browser = WsClient(flooded["web"].port, "/ws/chat")
+        browser.say("speedy")
+        browser.line(lambda l: l.startswith("* history-end"))
+        for n in range(4):
+            browser.say("burst %d" % n)
+        seen = [browser.line(lambda l: l.startswith(("MSG", "!"))) for _ in range(5)]
+        assert [l for l in seen if l.startswith("!")] == [
+            "! flood more than 20 lines per second: your lines are delayed"]
+        assert [l for l in seen if l.startswith("MSG")] == [  # delayed, never dropped
+            "MSG lobby speedy burst %d" % n for n in range(4)]
+        assert flooded["chat"].counters.snapshot()["chat_flood_delayed"] == 1
+        browser.close()
+    finally:
+        flooded.stop()
