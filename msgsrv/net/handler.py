@@ -82,6 +82,12 @@ class Handler:
         return ()
 
     @classmethod
+    def start_notes(cls, service):
+        """Lines ``--check`` prints as notes about ``service`` (its ServiceConfig): what a
+        start will do that the operator should know (access it will require...)."""
+        return ()
+
+    @classmethod
     def release_service(cls, server):
         """Deprecated (use ``Service.close``): called once when the service has stopped."""
 

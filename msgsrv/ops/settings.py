@@ -243,10 +243,15 @@ GLOBAL_SETTINGS = (
 
 SERVICE_SETTINGS = (
     Setting("handler", handler_spec, None,
-            "Built-in handler name (echo, chat, command, file, status) or package.module:Class."),
+            "Built-in handler name (echo, chat, command, file, status, web) or "
+            "package.module:Class."),
     Setting("transport", choice("tcp", "udp"), "tcp", "tcp or udp."),
     Setting("host", host, "127.0.0.1", "Address to listen on."),
     Setting("port", integer(0, 65535), "0", "Port to listen on; 0 picks a free port (logged)."),
+    Setting("optional", boolean, "no",
+            "yes: when the handler needs an extra that is not installed (pip install "
+            "msgsrv[EXTRA]), the daemon starts without this service and says so once; "
+            "no: that is a configuration error."),
     Setting("max_connections", integer(1, 1000000), "1000",
             "TCP: most connections served at once; more are refused with a reason."),
     Setting("max_connections_per_ip", integer(1, 1000000), "100",

@@ -90,6 +90,30 @@ class ChatService(Service):
         return chain(super().prepare_reconfigure(config, global_options),
                      lambda: self.chat.configure(*limits))
 
+    def open_session(self, conn):
+        """A chat session of this service over ``conn``, carried by another service (the
+        web console): the same rules, limits and counters as a TCP client of this one.
+
+        ``conn`` offers what a pool Connection offers a handler: ``send(data,
+        limit)``, ``close(reason)``, ``abort(reason)``, ``pause_reading()``,
+        ``resume_reading()``, ``call_later(seconds, callback)``, ``closing``,
+        ``address`` and ``reason``.  The caller drives the returned
+        :class:`ChatHandler` as the pool would (``connection_made``,
+        ``data_received`` with the client's lines, ``eof_received``,
+        ``timed_out``, ``connection_lost``).
+        """
+        return ChatHandler(conn, _SessionSite(self))
+
+
+class _SessionSite:
+    """What a ChatHandler reads of its server, for a session carried by another service."""
+
+    def __init__(self, service):
+        self.service = service
+        self.name = service.name
+        self.config = service.config
+        self.counters = service.counters
+
 
 class ChatHandler(Handler):
     """One chat client: greeting, nickname, commands, room messages, flood control."""
