@@ -68,6 +68,54 @@ class Room:
         self.targets = tuple(member.conn for member in self.members)
 
 
+class Pending:
+    """The answer to a store call that comes later (a shared backend's round trip).
+
+    The store calls :meth:`complete` (with deliveries for the caller) or
+    :meth:`fail` (with a ChatError) exactly once, from any thread; the caller
+    stops handling that client's lines until then (:meth:`when_done`).
+    """
+
+    __slots__ = ("_lock", "_done", "_callback", "deliveries", "error")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._done = False
+        self._callback = None
+        self.deliveries = ()
+        self.error = None
+
+    @property
+    def done(self):
+        """True once completed or failed."""
+        return self._done
+
+    def complete(self, deliveries=()):
+        """The call succeeded: ``deliveries`` are for the caller to send."""
+        self._finish(deliveries, None)
+
+    def fail(self, error):
+        """The call failed with ``error`` (a ChatError, state unchanged)."""
+        self._finish((), error)
+
+    def _finish(self, deliveries, error):
+        with self._lock:
+            if self._done:
+                return
+            self.deliveries, self.error, self._done = deliveries, error, True
+            callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    def when_done(self, callback):
+        """Run ``callback()`` once done: now, in this thread, if it is done already."""
+        with self._lock:
+            if not self._done:
+                self._callback = callback
+                return
+        callback()
+
+
 class ChatStore(abc.ABC):
     """What the chat handler needs from the shared chat state.
 
@@ -76,9 +124,28 @@ class ChatStore(abc.ABC):
     caller to send, the questions return one reply line.  They raise
     :class:`~msgsrv.chatproto.ChatError` (state unchanged) when the request
     cannot be met.  ``closing`` is set once the service is shutting down.
+
+    A store shared between processes (``shared`` true) never waits for its
+    backend in the caller's thread: a call that needs an answer returns a
+    :class:`Pending` instead (of deliveries or a line), and the store sends
+    what other members see itself.  What the handler sends to its own client
+    goes through :meth:`send`, which keeps it in order with what the store
+    sends.
     """
 
     closing = False
+    shared = False
+
+    def new_member(self, conn):
+        """The :class:`Member` for a new connection (not yet known to the others)."""
+        return Member(conn)
+
+    def send(self, member, deliveries, limit=None):
+        """Send ``deliveries`` made by the handler of ``member`` (never blocks)."""
+        deliver(deliveries, limit)
+
+    def close(self):
+        """The service stopped: release what the store holds (threads, connections)."""
 
     @abc.abstractmethod
     def configure(self, history, max_joined):
@@ -90,7 +157,7 @@ class ChatStore(abc.ABC):
 
     @abc.abstractmethod
     def lookup(self, nick):
-        """The Member using ``nick``, or None."""
+        """The Member using ``nick`` (a shared store: on this server), or None."""
 
     @abc.abstractmethod
     def join(self, member, name):
@@ -110,11 +177,11 @@ class ChatStore(abc.ABC):
 
     @abc.abstractmethod
     def who(self, member, name=None):
-        """The ``* who`` line of room ``name`` (default: the current room)."""
+        """The ``* who`` line of room ``name`` (default: the current room), or a Pending."""
 
     @abc.abstractmethod
     def rooms(self):
-        """The ``* rooms`` line."""
+        """The ``* rooms`` line, or a Pending."""
 
     @abc.abstractmethod
     def snapshot(self):
