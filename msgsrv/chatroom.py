@@ -91,7 +91,7 @@ class Pending:
         return self._done
 
     def complete(self, deliveries=()):
-        """The call succeeded: ``deliveries`` are for the caller to send."""
+        """The call succeeded: ``deliveries`` (or a question's answer line) are the caller's."""
         self._finish(deliveries, None)
 
     def fail(self, error):
@@ -127,7 +127,8 @@ class ChatStore(abc.ABC):
 
     A store shared between processes (``shared`` true) never waits for its
     backend in the caller's thread: a call that needs an answer returns a
-    :class:`Pending` instead (of deliveries or a line), and the store sends
+    :class:`Pending` instead, completed with the deliveries or the line the
+    call would have returned, and the store sends
     what other members see itself.  What the handler sends to its own client
     goes through :meth:`send`, which keeps it in order with what the store
     sends.
@@ -412,3 +413,38 @@ def deliver(deliveries, limit=None):
     for targets, data in deliveries:
         for conn in targets:
             conn.send(data, limit=limit)
+
+
+class Outbox:
+    """Deliveries gathered while one batch of lines is handled, then sent together.
+
+    Adjacent deliveries to the same targets (the same tuple object: a room's
+    member tuple, a member's ``own``) are joined, so the lines of one chunk
+    go to each member in one send.  A batch is sent once it holds
+    ``flush_at`` bytes, and at the end of each chunk, by ``send(deliveries,
+    limit)``.
+    """
+
+    def __init__(self, limit, flush_at=64 * 1024, send=None):
+        self.limit = limit
+        self.flush_at = flush_at
+        self._send = send or deliver
+        self._items = []
+        self._size = 0
+
+    def add(self, deliveries):
+        """Queue ``(targets, data)`` pairs."""
+        for targets, data in deliveries:
+            if self._items and self._items[-1][0] is targets:
+                self._items[-1][1].append(data)
+            else:
+                self._items.append((targets, [data]))
+            self._size += len(data)
+        if self._size >= self.flush_at:
+            self.flush()
+
+    def flush(self):
+        """Send everything queued (never blocks)."""
+        items, self._items, self._size = self._items, [], 0
+        if items:
+            self._send([(targets, b"".join(parts)) for targets, parts in items], self.limit)

@@ -26,16 +26,17 @@ import time
 
 from ..chatproto import (ChatError, LineReader, LineTooLong, TokenBucket, check_nick,
                          format_error, format_help, format_notice, parse_line)
-from ..chatroom import LOBBY, ChatState, Pending, deliver
+from ..chatroom import LOBBY, ChatState, Outbox, Pending, deliver
 from ..peer import format_peer
 from ..service import Service, chain
+from ..services.chat import backend
 from ..settings import Setting, integer, size
 from .base import Handler
 
 log = logging.getLogger("msgsrv.chat")
 
 FLOOD_WARNING_INTERVAL = 30.0  # seconds between two ``! flood`` warnings to one client
-_FLUSH_AT = 64 * 1024          # bytes gathered before a batch is sent mid-chunk
+_FLUSH_AT = 64 * 1024  # bytes gathered before a batch is sent mid-chunk
 _NEED_NICK = frozenset({"join", "leave", "msg", "me"})
 
 
@@ -47,50 +48,32 @@ def word(text):
     return value
 
 
-class Outbox:
-    """Deliveries gathered while one batch of lines is handled, then sent together.
-
-    Adjacent deliveries to the same targets (the same tuple object: a room's
-    member tuple, a member's ``own``) are joined, so the lines of one chunk
-    go to each member in one send.  A batch is sent once it holds
-    ``flush_at`` bytes, and at the end of each chunk, by ``send(deliveries,
-    limit)``.
-    """
-
-    def __init__(self, limit, flush_at=_FLUSH_AT, send=deliver):
-        self.limit = limit
-        self.flush_at = flush_at
-        self._send = send
-        self._items = []
-        self._size = 0
-
-    def add(self, deliveries):
-        """Queue ``(targets, data)`` pairs (see msgsrv.chatroom)."""
-        for targets, data in deliveries:
-            if self._items and self._items[-1][0] is targets:
-                self._items[-1][1].append(data)
-            else:
-                self._items.append((targets, [data]))
-            self._size += len(data)
-        if self._size >= self.flush_at:
-            self.flush()
-
-    def flush(self):
-        """Send everything queued (never blocks)."""
-        items, self._items, self._size = self._items, [], 0
-        if items:
-            self._send([(targets, b"".join(parts)) for targets, parts in items], self.limit)
-
-
 class ChatService(Service):
     """A chat service's shared state (``chat``, a ChatStore), kept across reloads:
-    a reload changes its limits, never its sessions, rooms, nicks or history."""
+    a reload changes its limits, never its sessions, rooms, nicks or history.
+
+    ``backend = memory`` makes a ``store_class`` (ChatState); a ``redis://``
+    backend a :class:`~msgsrv.services.chat.redis_store.RedisChatStore`,
+    which connects in the background.
+    """
 
     store_class = ChatState
+    fixed_keys = backend.FIXED_KEYS
 
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
-        self.chat = self.store_class(history=config["history"], max_joined=config["max_joined"])
+        self.chat = self._create_store(config)
+
+    def _create_store(self, config):
+        if not config["backend"].shared:
+            return self.store_class(history=config["history"], max_joined=config["max_joined"])
+        backend.check(config.options, self.where)
+        from ..services.chat.redis_store import RedisChatStore
+        return RedisChatStore(config.options, config.name)
+
+    def close(self):
+        super().close()
+        self.chat.close()
 
     def prepare_reconfigure(self, config, global_options):
         limits = config["history"], config["max_joined"]
@@ -117,9 +100,14 @@ class ChatHandler(Handler):
                 "Lines a client may send at once before line_rate applies."),
         Setting("max_joined", integer(1, 10000), "20", "Rooms one client may be in at once."),
         Setting("server_name", word, "msgsrv", "Name the greeting shows (one word)."),
-    )
+    ) + backend.SETTINGS
 
     service_class = ChatService
+
+    @classmethod
+    def check_service(cls, service, global_options):
+        """A shared backend needs the ``redis`` package and a readable password."""
+        backend.check(service.options, "[service:%s]" % service.name)
 
     def __init__(self, conn, server):
         super().__init__(conn, server)
@@ -249,18 +237,16 @@ class ChatHandler(Handler):
     # -- answers that come later (a shared store) ---------------------------------
 
     def _await(self, result, then=None):
-        """Send a store call's deliveries, then run ``then()``; a Pending result
-        holds the next lines until it is done (:meth:`_settled`)."""
+        """Send a store call's deliveries (or answer line), then run ``then()``; a
+        Pending result holds the next lines until it is done (:meth:`_settled`)."""
         if isinstance(result, Pending):
             self._pending = (result, then)
             return
+        if isinstance(result, bytes):  # a question's answer: one line for this client
+            result = [(self.member.own, result)]
         self.outbox.add(result)
         if then is not None:
             then()
-
-    def _answer(self, result):
-        """A question's answer: one line for this client, or a Pending."""
-        self._await(result if isinstance(result, Pending) else [(self.member.own, result)])
 
     def _settled(self):
         """True unless a store answer is still awaited; one that came is handled now."""
@@ -336,10 +322,10 @@ class ChatHandler(Handler):
         self._await(self.state.private(self.member, nick, text))
 
     def _do_who(self, room=None):
-        self._answer(self.state.who(self.member, room))
+        self._await(self.state.who(self.member, room))
 
     def _do_rooms(self):
-        self._answer(self.state.rooms())
+        self._await(self.state.rooms())
 
     def _do_help(self):
         self._reply(format_help())
