@@ -21,6 +21,7 @@ here, only when a store is created.
 
 import collections
 import logging
+import os
 import threading
 import time
 
@@ -292,7 +293,7 @@ class Link:
 
     def _heartbeat(self, reap):
         store = self._store
-        info = ("%s pid=%s" % (self._name, store.daemon)).encode()
+        info = ("service=%s pid=%d" % (self._name, os.getpid())).encode()
         result = self.run_now("heartbeat", [
             store.daemon.encode(), b"%d" % int(self.ttl * 1000), info, b"1" if reap else b"0",
             b"connection lost (server ", b" stopped responding)"])

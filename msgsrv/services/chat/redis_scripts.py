@@ -89,13 +89,14 @@ redis.call('SADD', P .. ':d:' .. daemon_of(mid), mid)
 redis.call('PUBLISH', P .. ':events', ARGV[6])
 return {'ok'}
 """,
-    # ARGV: P, MID, KEY, NAME, NICK, REQUEST
+    # ARGV: P, MID, KEY, NAME, NICK, REQUEST, HISTORY BOUND
     "join": r"""
 local mid, key = ARGV[2], ARGV[3]
 if redis.call('HEXISTS', P .. ':names', mid) == 0 then return {'unregistered'} end
 enter(mid, key, ARGV[4])
 local name = redis.call('HGET', P .. ':rooms', key)
-local lines = redis.call('LRANGE', P .. ':h:' .. key, 0, -1)
+local lines = {}
+if ARGV[7] ~= '0' then lines = redis.call('LRANGE', P .. ':h:' .. key, -tonumber(ARGV[7]), -1) end
 redis.call('PUBLISH', P .. ':to:' .. daemon_of(mid),
            table.concat({'H', mid, key, table.concat(lines)}, US))
 redis.call('PUBLISH', P .. ':events', table.concat({'J', key, name, mid, ARGV[5], ARGV[6]}, US))

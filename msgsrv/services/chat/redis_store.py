@@ -204,7 +204,8 @@ class RedisChatStore(ChatStore):
                             % len(member.rooms))
         request, pending = self._request()
         self._link.call("join", [member.mid.encode(), key.encode(), name.encode(),
-                                 member.nick.encode(), request.encode()],
+                                 member.nick.encode(), request.encode(),
+                                 b"%d" % self.history],
                         self._answered_by_event(request, {}))
         return pending
 
@@ -218,9 +219,10 @@ class RedisChatStore(ChatStore):
         return pending
 
     def _current(self, member, hint="/join one"):
-        if not member.rooms:
+        rooms = member.rooms  # one read: a lost link may replace the list meanwhile
+        if not rooms:
             raise ChatError("no-room", "you are in no room; %s" % hint)
-        return member.rooms[-1]
+        return rooms[-1]
 
     def _joined(self, member, name):
         with self._lock:
