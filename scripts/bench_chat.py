@@ -116,7 +116,7 @@ def _serve(kind, ports, stop, cpus, backend="memory"):
         stop.wait()
         return
     import logging
-    from msgsrv.server import make_server
+    from msgsrv.net.server import make_server
     logging.basicConfig(level=logging.WARNING, format="  [msgsrv] %(levelname)s %(message)s")
     server = make_server(_msgsrv_config(backend))
     server.serve_in_thread()
@@ -130,7 +130,7 @@ def _serve(kind, ports, stop, cpus, backend="memory"):
 
 def _msgsrv_config(backend="memory"):
     import configparser
-    from msgsrv import config
+    from msgsrv.ops import config
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str
     parser["service:chat"] = {"handler": "chat", "host": "127.0.0.1", "port": "0",

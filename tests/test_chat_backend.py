@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.chatproto import ChatError
-from msgsrv.chatroom import ChatState, Pending
-from msgsrv.errors import ConfigError
-from msgsrv.handlers.base import Handler
-from msgsrv.handlers.chat import ChatHandler, ChatService
+from msgsrv.ops import config as config_module
+from msgsrv.services.chat.protocol import ChatError
+from msgsrv.services.chat.state import ChatState, Pending
+from msgsrv.wire.errors import ConfigError
+from msgsrv.plugin import Handler
+from msgsrv.services.chat.handler import ChatHandler, ChatService
 from msgsrv.services.chat import backend
 from tests.conftest import run_msgsrv, service_config
 from tests.test_chat import Peer
@@ -125,7 +125,7 @@ def test_the_backend_cannot_change_on_a_reload():
 
 
 def test_the_memory_backend_imports_no_redis():
-    code = ("import sys; from msgsrv.handlers.chat import ChatService; "
+    code = ("import sys; from msgsrv.services.chat.handler import ChatService; "
             "from tests.conftest import service_config; "
             "ChatService(service_config('chat'), {}); print('redis' in sys.modules)")
     import subprocess

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msgsrv.chatproto import format_message
+from msgsrv.services.chat.protocol import format_message
 from msgsrv.services.chat.mirror import Mirror, SharedMember
 from msgsrv.services.chat.redis_events import (RS, US, History, Join, Leave, Message, Nick,
                                                Private, Quit, daemon_of, decode, encode,

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from msgsrv.client import ChatClient, EchoClient, RequestTimeout, ServerError
-from msgsrv.chatproto import History, Message, Notice, Private
+from msgsrv.services.chat.protocol import History, Message, Notice, Private
 from tests.conftest import wait_for
 from tests.integration.conftest import require_module, require_program
 from tests.processes import alive, kill_quietly

@@ -17,8 +17,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Optional
 
-from ...errors import ConfigError
-from ...settings import SecretError, Setting, seconds, size, text
+from ...wire.errors import ConfigError
+from ...ops.settings import SecretError, Setting, seconds, size, text
 
 __all__ = ["Backend", "backend", "SETTINGS", "check", "redis_password", "key_prefix"]
 
@@ -59,7 +59,7 @@ def backend(value):
     """Parser for ``backend``: ``memory``, or ``redis://[USER@]HOST[:PORT][/DB]`` / ``rediss://``.
 
     Raises ValueError naming the rule; a password in the URL raises
-    :class:`~msgsrv.settings.SecretError`, whose message shows the URL without it.
+    :class:`~msgsrv.ops.settings.SecretError`, whose message shows the URL without it.
     """
     value = value.strip()
     if value.lower() == "memory":

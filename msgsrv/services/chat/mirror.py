@@ -4,7 +4,7 @@ Sans-IO and single-threaded: the Redis store calls a :class:`Mirror` with
 its lock held.  Every change to rooms and nicks reaches each daemon as an
 event (:mod:`.redis_events`), in one order; :meth:`Mirror.apply` turns the
 events into the deliveries for this daemon's members (``(targets, data)``
-pairs, see :mod:`msgsrv.chatroom`), the echoes its senders get back, and the
+pairs, see :mod:`msgsrv.services.chat.state`), the echoes its senders get back, and the
 requests the events answer.  The mirror knows only local members; who is in
 a room on the other daemons is asked of Redis.
 """
@@ -12,8 +12,8 @@ a room on the other daemons is asked of Redis.
 import collections
 import threading
 
-from ...chatproto import format_notice, format_private
-from ...chatroom import LOBBY, Member
+from .protocol import format_notice, format_private
+from .state import LOBBY, Member
 from .redis_events import History, Join, Leave, Message, Nick, Private, Quit, daemon_of
 
 __all__ = ["SharedMember", "Mirror", "Effects"]

@@ -3,7 +3,7 @@
 One Redis message (a PUBLISH payload) carries one or more events separated
 by RS (0x1E); an event is its kind letter and its fields separated by US
 (0x1F).  Neither byte can occur in a field: names are tokens, and text and
-reasons pass through :func:`~msgsrv.chatproto.clean_text`, which removes
+reasons pass through :func:`~msgsrv.services.chat.protocol.clean_text`, which removes
 every C0 control.  The Lua scripts of :mod:`.redis_scripts` build JOIN,
 HISTORY and QUIT events with the same separators.
 

@@ -26,7 +26,7 @@ Scripts return a list whose first item is ``ok`` or the refusal.
 
 import hashlib
 
-from ...chatroom import LOBBY
+from .state import LOBBY
 
 __all__ = ["Script", "SCRIPTS"]
 

@@ -1,6 +1,6 @@
 """The chat state shared through Redis (or Valkey): rooms, nicknames and history across daemons.
 
-:class:`RedisChatStore` is the :class:`~msgsrv.chatroom.ChatStore` of a chat
+:class:`RedisChatStore` is the :class:`~msgsrv.services.chat.state.ChatStore` of a chat
 service with ``backend = redis://...``.  Redis holds the truth (who uses
 which nick, who is in which room, each room's history); every change is a
 Lua script that also publishes the event announcing it
@@ -12,7 +12,7 @@ sender's lines reach everyone in the order they were sent.
 
 Handler threads never wait for Redis (:mod:`.redis_link` queues their
 operations): a room message is queued and forgotten; a command that needs
-an answer (a nick, a join, ``/who``) returns a :class:`~msgsrv.chatroom.Pending`,
+an answer (a nick, a join, ``/who``) returns a :class:`~msgsrv.services.chat.state.Pending`,
 completed when its event comes back or its script answers.  What reaches
 one client keeps the order of its commands: the replies it is sent while
 its own messages are on their way wait for them (``SharedMember.held``).
@@ -30,9 +30,9 @@ import socket
 import threading
 import time
 
-from ...chatproto import (ChatError, clean_text, format_action, format_error, format_message,
+from .protocol import (ChatError, clean_text, format_action, format_error, format_message,
                           format_notice, nick_key, room_key)
-from ...chatroom import ChatStore, Outbox, Pending
+from .state import ChatStore, Outbox, Pending
 from .backend import key_prefix, redis_password
 from .mirror import Mirror, SharedMember
 from .redis_events import Leave, Nick, decode, encode, message
