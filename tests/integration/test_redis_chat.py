@@ -219,6 +219,9 @@ def test_every_chat_feature_works_across_three_daemons(fleet):
     assert quit_seen.text == "bye now"
     events_until(carol, is_notice("quit", "bob"))
     assert alice.who("ops") == ["alicia", "carol"]
+    assert three.stop() == 0  # a daemon that stops says goodbye for its members at once
+    events_until(alice, is_notice("quit", "carol"), timeout=2)
+    assert alice.who("ops") == ["alicia"]
     for client in (alice, carol):
         client.close()
 
