@@ -199,3 +199,18 @@ def test_registrations_list_members_with_nicks_and_their_rooms(mirror):
     mirror.add(SharedMember(Conn("nameless"), "here/nameless"))
     rows = {m.nick: rooms for m, rooms in mirror.registrations()}
     assert rows == {"alice": [("lobby", "lobby")], "bob": [("lobby", "lobby")]}
+
+
+def test_a_member_that_quit_gets_its_requests_answered_but_joins_nothing(mirror):
+    bob = mirror.members["here/bob"]
+    bob.gone = "connection closed"
+    effects = mirror.apply([Join("ops", "ops", bob.mid, "bob", "4")])
+    assert effects.done == ["4"] and "ops" not in mirror.rooms and sent(effects) == {}
+
+
+def test_a_quit_of_a_member_still_here_leaves_it_in_place(mirror):
+    """Redis dropped it (stale state cleaned up, or this daemon presumed dead in a pause)."""
+    alice = mirror.members["here/alice"]
+    effects = mirror.apply([Quit(alice.mid, "alice", "presumed dead", ("lobby",))])
+    assert sent(effects) == {}  # here, it is still there
+    assert mirror.members[alice.mid] is alice and alice.room == "lobby"

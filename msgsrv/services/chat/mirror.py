@@ -131,9 +131,13 @@ class Mirror:
                 continue  # a field outside the grammar (another version's bug): skip it
         return effects
 
-    def _local(self, mid):
+    def _local(self, mid, request, effects):
+        """The local member ``mid`` unless it quit; its ``request`` is answered either way."""
         member = self.members.get(mid)
-        return member if member is not None and member.gone is None else None
+        if member is None:
+            return None
+        effects.done.append(request)
+        return member if member.gone is None else None
 
     def _message(self, event, effects):
         room = self.rooms.get(event.room)
@@ -144,12 +148,12 @@ class Mirror:
             effects.echoes[sender] += 1
 
     def _history(self, event, effects):
-        member = self._local(event.member)
-        if member is not None:
+        member = self.members.get(event.member)
+        if member is not None and member.gone is None:
             member.stash[event.room] = event.lines
 
     def _join(self, event, effects):
-        member = self._local(event.member)
+        member = self._local(event.member, event.request, effects)
         room = self.rooms.get(event.room)
         if member is not None:
             if room is None:
@@ -159,7 +163,6 @@ class Mirror:
             else:
                 room.add(member)
             member.rooms.append(room)
-            effects.done.append(event.request)
         if room is None:
             return
         effects.deliveries.append((room.targets, format_notice("join", room.name, event.nick)))
@@ -168,10 +171,8 @@ class Mirror:
                                        + format_notice("history-end", room.name)))
 
     def _leave(self, event, effects):
-        member = self._local(event.member)
+        member = self._local(event.member, event.request, effects)
         room = self.rooms.get(event.room)
-        if member is not None:
-            effects.done.append(event.request)
         if room is None:
             return
         effects.deliveries.append((room.targets, format_notice("leave", room.name, event.nick)))
@@ -181,10 +182,9 @@ class Mirror:
             self._drop_if_empty(room)
 
     def _nick(self, event, effects):
-        member = self._local(event.member)
+        member = self._local(event.member, event.request, effects)
         if member is not None:
             member.nick = event.new
-            effects.done.append(event.request)
         if event.old == event.new:
             audience = (member.conn,) if member is not None else ()
         else:
@@ -196,6 +196,10 @@ class Mirror:
         member = self.members.get(event.member)
         if member is None and daemon_of(event.member) == self.daemon:
             return  # forgotten while Redis was away: told here then
+        if member is not None and member.gone is None:
+            # Still here, dropped from Redis only (stale state cleaned up, or this daemon
+            # presumed dead during a pause): it stays, and is registered again.
+            return
         rooms = list(event.rooms) + ([r.key for r in member.rooms] if member else [])
         audience = self._audience(rooms, member)
         if member is not None:
@@ -206,9 +210,9 @@ class Mirror:
                                                                event.reason)))
 
     def _private(self, event, effects):
-        target, sender = self._local(event.target), self._local(event.sender)
-        if sender is not None:
-            effects.done.append(event.request)
+        sender = self._local(event.sender, event.request, effects)
+        target = self.members.get(event.target)
+        target = target if target is not None and target.gone is None else None
         conns = tuple(dict.fromkeys(m.conn for m in (target, sender) if m is not None))
         if conns:
             effects.deliveries.append((conns, format_private(event.sender_nick,

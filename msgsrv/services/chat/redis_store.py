@@ -354,10 +354,11 @@ class RedisChatStore(ChatStore):
         """
         with self._lock:
             registrations = self._mirror.registrations()
-            local = set(self._mirror.members)
+        registered = {member.mid for member, _ in registrations}
         listed = link.run_now("members", [self.daemon.encode()])[1:]
+        # Listed but not registered now: gone meanwhile, or a nick claim whose answer was lost.
         calls = [("quit", [mid, b"connection lost while the chat backend was unavailable"])
-                 for mid in listed if mid.decode() not in local]
+                 for mid in listed if mid.decode() not in registered]
         for member, rooms in registrations:
             args = [member.mid.encode(), nick_key(member.nick).encode(), member.nick.encode()]
             for key, name in rooms:
