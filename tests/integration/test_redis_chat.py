@@ -9,6 +9,7 @@ quick.  Everything is stopped by PID.
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -31,11 +32,16 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _pong(port):
+def _pong(port, ca_file=None):
+    """True once a redis-server answers on ``port`` (over TLS with ``ca_file``)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
+            sock = raw
+            if ca_file:
+                sock = ssl.create_default_context(cafile=ca_file).wrap_socket(
+                    raw, server_hostname="localhost")
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -48,18 +54,27 @@ class RedisServer:
         self.port = None
         self.proc = None
 
-    def start(self, port=None):
-        """Start it (again on ``port``, or on a free one) and wait until it answers PING."""
+    def start(self, port=None, tls=None, password=None):
+        """Start it (again on ``port``, or on a free one) and wait until it answers PING.
+
+        ``tls``: ``(cert, key, ca)`` files to serve TLS only; ``password``: requirepass.
+        """
         for _ in range(5):
             self.port = port or _free_port()
+            listen = ["--port", str(self.port)]
+            if tls:
+                listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls[0],
+                          "--tls-key-file", tls[1], "--tls-ca-cert-file", tls[2],
+                          "--tls-auth-clients", "no"]
             self.proc = subprocess.Popen(
-                [self.program, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-                 "--daemonize", "no", "--loglevel", "warning"],
+                [self.program] + listen + [
+                    "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "",
+                    "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+                + (["--requirepass", password] if password else []),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _pong(self.port):
+                if _pong(self.port, tls[2] if tls else None):
                     return self
                 time.sleep(0.02)
             self.stop()  # the port was taken meanwhile (or it did not start): try again
@@ -309,3 +324,24 @@ def test_redis_paused_no_client_hangs(fleet, redis_server):
         client.close()
     assert alive(redis_server.proc.pid)
 
+
+
+def test_rediss_with_a_password_from_a_file(tmp_path, redis_server, start_service):
+    require_program("openssl")
+    from tests.test_tls import make_ca, make_leaf
+    make_ca(tmp_path, "ca")
+    make_leaf(tmp_path, "ca", "redis", "serverAuth", "IP:127.0.0.1, DNS:localhost")
+    ca, secret = str(tmp_path / "ca.pem"), tmp_path / "redis.pass"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    redis_server.start(tls=(str(tmp_path / "redis.pem"), str(tmp_path / "redis.key"), ca),
+                       password="s3cret")
+    servers = [start_service("chat", backend="rediss://localhost:%d/0" % redis_server.port,
+                             redis_password_file=secret, redis_ca_file=ca,
+                             redis_timeout=TIMEOUT) for _ in range(2)]
+    for server in servers:
+        wait_for(lambda: server.service.chat.available, 10, message="a TLS connection to redis")
+    with ChatClient("127.0.0.1", servers[0].port, "tls", timeout=5) as one, \
+            ChatClient("127.0.0.1", servers[1].port, "peer", timeout=5) as two:
+        one.say("over TLS")
+        events_until(two, lambda e: isinstance(e, Message) and e.text == "over TLS")
