@@ -132,7 +132,7 @@ SETTINGS = (
 )
 
 #: Settings that cannot change on a running service.
-FIXED_KEYS = tuple(setting.name for setting in SETTINGS if setting.name != "redis_queue")
+FIXED_KEYS = tuple(setting.name for setting in SETTINGS)
 
 
 def key_prefix(options, service_name):

@@ -117,17 +117,24 @@ class Link:
     def say(self, room, entry, event):
         """Queue a room message (``room`` key, history ``entry``, ``event``: bytes).
 
-        Returns False, queueing nothing, when ``redis_queue`` bytes wait already.
+        Returns False, queueing nothing, when ``redis_queue`` bytes wait already;
+        raises LinkLost while the backend is unavailable.
         """
         return self._put(_Say(room, entry, event))
 
     def call(self, script, args, reply):
-        """Queue script ``script`` with ``args`` (bytes); ``reply(result)`` runs in the link
-        thread with its list, or an exception (LinkLost when the backend went away)."""
-        self._put(_Op(script, args, reply), force=True)
+        """Queue script ``script`` with ``args`` (bytes); ``reply(result)`` gets its list
+        (in the link thread), or LinkLost once the backend is unavailable (maybe at once,
+        in this thread)."""
+        try:
+            self._put(_Op(script, args, reply), force=True)
+        except LinkLost as exc:
+            reply(exc)
 
     def _put(self, op, force=False):
         with self._lock:
+            if not self.available:  # checked under the lock _down drains the queue with
+                raise LinkLost("the chat backend is unavailable")
             if not force and self._queued + op.size > self._queue_limit:
                 return False
             self._queue.append(op)
@@ -189,7 +196,8 @@ class Link:
         members, rooms = self._store.resync(self)
         was_down = time.monotonic() - self._down_since
         self._up_since = time.monotonic()
-        self.available = True
+        with self._lock:
+            self.available = True
         if had or first:
             log.info("%s: chat backend %s connected after %.1fs; %d members in %d rooms "
                      "registered", self._name, self.backend, was_down, members, rooms)
@@ -315,7 +323,8 @@ class Link:
                         "it expires in %gs", self._name, self.backend, _describe(exc), self.ttl)
 
     def _down(self, exc):
-        self.available = False
+        with self._lock:
+            self.available = False
         self._down_since = time.monotonic()
         with self._cond:
             self._target = None

@@ -36,7 +36,7 @@ from .state import ChatStore, Outbox, Pending
 from .backend import key_prefix, redis_password
 from .mirror import Mirror, SharedMember
 from .redis_events import Leave, Nick, decode, encode, message
-from .redis_link import Link
+from .redis_link import Link, LinkLost
 
 log = logging.getLogger("msgsrv.chat.redis")
 
@@ -238,10 +238,16 @@ class RedisChatStore(ChatStore):
         with member.lock:
             member.sent += 1  # before it can come back
         entry = b"HIST %.3f " % time.time() + line
-        if not self._link.say(room.key.encode(), entry, message(room.key.encode(),
-                                                                member.mid.encode(), line)):
+        try:
+            queued = self._link.say(room.key.encode(), entry,
+                                    message(room.key.encode(), member.mid.encode(), line))
+        except LinkLost:
+            queued = None
+        if not queued:
             with member.lock:
                 member.sent -= 1
+            if queued is None:
+                raise ChatError("unavailable", UNAVAILABLE)
             raise ChatError("busy", _QUEUE_FULL)
         return []
 
@@ -325,8 +331,14 @@ class RedisChatStore(ChatStore):
             if not (member.claimed and self._link.available):
                 return self._mirror.forget(member, reason)
         self._link.call("quit", [member.mid.encode(), clean_text(reason).encode()],
-                        lambda result: None)
+                        lambda result: isinstance(result, Exception) and self._forget(member))
         return []
+
+    def _forget(self, member):
+        """The backend went away before ``member``'s quit reached it: tell this daemon."""
+        with self._lock:
+            deliveries = self._mirror.forget(member, member.gone)
+        self._deliver(deliveries)
 
     # -- called by the link --------------------------------------------------------------
 
