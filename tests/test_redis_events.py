@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from msgsrv.services.chat.protocol import format_message
 from msgsrv.services.chat.mirror import Mirror, SharedMember
-from msgsrv.services.chat.redis_events import (RS, US, History, Join, Leave, Message, Nick,
+from msgsrv.services.chat.redis_events import (RS, History, Join, Leave, Message, Nick,
                                                Private, Quit, daemon_of, decode, encode,
                                                message)
 

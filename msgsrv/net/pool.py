@@ -371,7 +371,7 @@ class Connection:
                 return
             if self._soon_waiting:
                 self._soon_waiting = False
-                self.pool.wake()  # a call_soon timer met this call: run it now, not at the next sweep
+                self.pool.wake()  # a call_soon timer met this call: run it now, not later
             if self._draining is not None:
                 # The request that was running is answered: finish as close() would.
                 self._closing = True

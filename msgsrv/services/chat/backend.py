@@ -10,6 +10,7 @@ an environment variable), and that the optional ``redis`` package is there.
 It imports nothing outside the standard library.
 """
 
+import importlib
 import os
 import re
 import stat
@@ -149,7 +150,7 @@ def check(options, where, environ=None):
     if not options["backend"].shared:
         return
     try:
-        import redis  # noqa: F401  (only whether it is installed)
+        importlib.import_module("redis")  # only whether it is installed
     except ImportError:
         raise ConfigError("%s backend %s needs the Python package redis: pip install "
                           "msgsrv[redis]" % (where, options["backend"])) from None

@@ -167,6 +167,9 @@ class Link:
             try:
                 self._connect()
             except Exception as exc:  # redis errors, OSError, LinkLost: all mean "not now"
+                self._unexpected(exc)
+                with self._cond:
+                    self._target = None
                 self._disconnect()
                 failures += 1
                 delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (failures - 1))
@@ -179,6 +182,7 @@ class Link:
             try:
                 self._serve()
             except Exception as exc:
+                self._unexpected(exc)
                 self._down(exc)
                 self._stopping.wait(_BACKOFF_FIRST)
         self._disconnect()
@@ -342,6 +346,11 @@ class Link:
                     "is back; events published meanwhile are lost (pub/sub delivers at most "
                     "once)", self._name, self.backend, _describe(exc))
         self._store.link_down()
+
+    def _unexpected(self, exc):
+        """Log a traceback for an error that is not Redis going away (a bug)."""
+        if not isinstance(exc, (self._redis.RedisError, OSError, LinkLost)):
+            log.error("%s: chat backend: unexpected error", self._name, exc_info=exc)
 
     def _disconnect(self):
         client, self._client = self._client, None
