@@ -150,7 +150,7 @@ class ServiceSpec:
 SERVICES = {
     "echo": ServiceSpec("echo", "stream", {"handler": "echo"}, stream_session),
     # Every client of the suite is 127.0.0.1: the default reply_rate would (rightly) cut the
-    # churn and fuzz loads; tests/test_udp_guard.py covers the limit.
+    # churn and fuzz loads; tests/service/test_udp_guard.py covers the limit.
     "echo-udp": ServiceSpec("echo-udp", "datagram", {"handler": "echo", "transport": "udp",
                                                      "reply_rate": "1000000/s"},
                             datagram_session),

@@ -9,7 +9,7 @@ For each row of DECODERS, with hypothesis:
   plus one header);
 * valid input round-trips: encode -> decode in any chunking gives it back.
 
-tests/test_protocol.py, test_chatproto.py and test_auth.py hold the
+tests/unit/test_protocol.py, test_chatproto.py and test_auth.py hold the
 example-based tests of these modules and a few fixed-count properties; this
 table is what the long campaign (``MSGSRV_CAMPAIGN=long``, 100,000 examples
 per property and decoder) drives.  A new decoder joins by adding a row; the

@@ -328,7 +328,7 @@ def test_redis_paused_no_client_hangs(fleet, redis_server):
 
 def test_rediss_with_a_password_from_a_file(tmp_path, redis_server, start_service):
     require_program("openssl")
-    from tests.test_tls import make_ca, make_leaf
+    from tests.service.test_tls import make_ca, make_leaf
     make_ca(tmp_path, "ca")
     make_leaf(tmp_path, "ca", "redis", "serverAuth", "IP:127.0.0.1, DNS:localhost")
     ca, secret = str(tmp_path / "ca.pem"), tmp_path / "redis.pass"
