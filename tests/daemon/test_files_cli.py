@@ -17,7 +17,7 @@ from msgsrv.cli.progress import ProgressBar, format_bytes, format_duration, rend
 from msgsrv.services.files.sandbox import is_temp_name
 from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
-from tests.test_files import visible
+from tests.service.test_files import visible
 
 pytestmark = pytest.mark.timeout(60)
 

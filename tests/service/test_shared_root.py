@@ -13,7 +13,7 @@ from msgsrv.services.files.sandbox import ROOT_LOCK_NAME, Sandbox, resumable_tem
 from msgsrv.services.files.state import QuotaLedger, RootLock
 from msgsrv.wire.errors import ServerError, ServiceBusy
 from tests.conftest import wait_for
-from tests.test_files import (SECRETS, begin_put, client, keys_file, raw_session,  # noqa: F401
+from tests.service.test_files import (SECRETS, begin_put, client, keys_file, raw_session,  # noqa: F401
                               root, serve, sha, temp_files, visible)
 
 pytestmark = pytest.mark.timeout(30)

@@ -15,7 +15,7 @@ from msgsrv.cli.fanout import FleetOutput, gathered, tally
 from msgsrv.client.fleet import Fleet, Host, HostResult, hosts_from_spec, parse_hosts
 from msgsrv.wire.errors import ConfigError
 from tests.conftest import ROOT, wait_for
-from tests.test_command import command_service, keys_file  # noqa: F401 (fixtures)
+from tests.service.test_command import command_service, keys_file  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(30)
 
