@@ -288,7 +288,8 @@ def _parse_one(where, key, setting: Setting, text):
     try:
         return setting.parse(text)
     except ValueError as exc:
-        raise ConfigError("%s %s %s (got %r)" % (where, key, exc, text)) from None
+        shown = getattr(exc, "shown", text)  # a SecretError hides what it refused
+        raise ConfigError("%s %s %s (got %r)" % (where, key, exc, shown)) from None
 
 
 def _check_duplicates(path, services):

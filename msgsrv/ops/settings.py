@@ -39,6 +39,14 @@ class Setting:
         return self.name[:-1]
 
 
+class SecretError(ValueError):
+    """A parse error about a value holding a secret: ``shown`` replaces the value in messages."""
+
+    def __init__(self, rule, shown):
+        super().__init__(rule)
+        self.shown = shown
+
+
 def integer(low, high=None):
     """Parser for a whole number in ``low..high`` (``high`` None: no upper bound)."""
     rule = "must be %d..%d" % (low, high) if high is not None else "must be >= %d" % low

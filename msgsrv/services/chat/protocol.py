@@ -328,6 +328,7 @@ ERRORS = {
     "line-too-long": "a line was longer than the server's limit and was discarded",
     "flood": "lines arrive faster than the server's rate limit; slow down",
     "busy": "the server is at a limit (clients, rooms or members)",
+    "unavailable": "the shared chat state (Redis) cannot be reached now; try again later",
 }
 
 _TOKEN_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+")
