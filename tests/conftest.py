@@ -29,6 +29,14 @@ def wait_for(predicate, timeout=5.0, interval=0.01, message="condition"):
         time.sleep(interval)
 
 
+def free_port():
+    """A TCP port free on 127.0.0.1 now, for a program that needs a number (redis-server,
+    haproxy).  Bound then closed: another process may take it, so retry a failed start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def service_config(handler="echo", name="svc", global_options=None, **options):
     """Build a validated ServiceConfig (port 0 on 127.0.0.1 unless given)."""
     parser = configparser.ConfigParser(interpolation=None)

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 START_ATTEMPTS = 3
 
@@ -29,13 +29,6 @@ defaults
     timeout server 20s
     timeout check 1s
 """
-
-
-def free_port():
-    """A port free on 127.0.0.1 now (bound then closed: another process may take it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class HAProxy:
