@@ -25,11 +25,12 @@ import sys
 import pytest
 
 from msgsrv.client import ChatClient, CommandClient, EchoClient, FileClient, StatusClient
-from msgsrv.services.chat.protocol import Message, Notice, Private
+from msgsrv.services.chat.protocol import Message, Private
 from msgsrv.wire import auth
 from tests.conftest import ROOT, wait_for
 from tests.integration.conftest import require_program
 from tests.integration.haproxy import HAProxy
+from tests.integration.test_redis_chat import events_until, is_notice
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,14 +166,6 @@ def haproxy(tmp_path, deployment):
     proxy.stop()
 
 
-def events_until(client, predicate):
-    """Events until one matches ``predicate`` (the client's timeout bounds each wait)."""
-    seen = [client.recv()]
-    while not predicate(seen[-1]):
-        seen.append(client.recv())
-    return seen
-
-
 def local_port(client):
     return client.sock.getsockname()[1]
 
@@ -191,8 +184,7 @@ def test_one_session_of_every_service_through_the_reference_deployment(deploymen
     with alice, bob:
         alice.join("ops")
         bob.join("ops")
-        events_until(alice, lambda e: isinstance(e, Notice) and e.kind == "join"
-                     and e.fields[:2] == ("ops", "bob"))
+        events_until(alice, is_notice("join", "ops", "bob"))
         assert alice.who("ops") == ["alice", "bob"]
         alice.say("across daemons")
         events_until(bob, lambda e: isinstance(e, Message) and e.text == "across daemons")
