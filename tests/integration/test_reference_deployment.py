@@ -14,6 +14,9 @@ One client session of every service goes through HAProxy (``send-proxy-v2``,
 connection names the client's own port, which tells which daemon it was; two
 chat clients held open at once land on two daemons and talk through Redis; a
 file put through one daemon is read back through another (one shared root).
+Then the operator runs one command on the three ops services at once, and a
+host crashes (SIGKILL): new connections still succeed (HAProxy redispatches
+the ones it sent there) and HAProxy's checks take it out within 4 s.
 """
 
 import io
@@ -21,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,6 +83,7 @@ class Deployment:
         auth.ensure_keys_file(self.clients_keys, "alice")
         auth.ensure_keys_file(self.ops_keys, "operator")
         self.daemons = {}
+        self.crashed = set()
 
     def host_config(self, host, redis_port, redis_password):
         directory = self.tmp / host
@@ -121,6 +126,13 @@ class Deployment:
         path.write_text(localize(example("hosts.txt"), mapping))
         return str(path)
 
+    def crash(self, host):
+        """SIGKILL the daemon of ``host``; returns when it is gone (time.monotonic())."""
+        self.crashed.add(host)
+        self.daemons[host].proc.kill()
+        self.daemons[host].proc.wait(5)
+        return time.monotonic()
+
     def port(self, host, service):
         return self.daemons[host].listeners[service][1]
 
@@ -152,8 +164,8 @@ def deployment(tmp_path, redis_server, daemon_factory):
     yield deployed
     for daemon in deployed.daemons.values():  # all at once: each waits for its own clients
         daemon.proc.terminate()
-    for daemon in deployed.daemons.values():
-        assert daemon.stop() == 0, daemon.log
+    for host, daemon in deployed.daemons.items():
+        assert daemon.stop() == (-9 if host in deployed.crashed else 0), daemon.log
         assert "Traceback" not in daemon.log, daemon.log
 
 
@@ -231,3 +243,15 @@ def test_one_session_of_every_service_through_the_reference_deployment(deploymen
     assert fanout.returncode == 0, fanout.stdout + fanout.stderr
     assert "(3)\n---------------\nrelease 42\n" in fanout.stdout, fanout.stdout
     assert "3 hosts: 3 ok" in fanout.stderr, fanout.stderr
+
+    # failover: a host that crashes costs no new connection, and is taken out within 4 s
+    crashed = deployment.crash("host3")
+    landed = []
+    for _ in range(6):
+        with EchoClient(*haproxy.address("echo"), timeout=5) as echo:
+            assert echo.echo(b"still served\n") == b"still served\n"
+            landed.append(local_port(echo))
+    assert {deployment.served_by("echo", port) for port in landed} == {"host1", "host2"}
+    assert int(haproxy.server_stats("echo", "host3")["wredis"]) >= 1  # sent there, then not
+    haproxy.wait_status("echo", "host3", "DOWN", "L4CON")
+    assert time.monotonic() - crashed < 2 * 2 + 1.5  # fall 2, inter 2s; refused at once
