@@ -110,7 +110,8 @@ class Deployment:
         return path
 
     def haproxy_config(self, proxy, ports):
-        mapping = {"/run/haproxy/admin.sock": proxy.stats_path,
+        mapping = {"192.0.2.1": "127.0.0.1",
+                   "/run/haproxy/admin.sock": proxy.stats_path,
                    "/dev/log": str(self.tmp / "haproxy" / "log.sock")}
         for service, port in BALANCED.items():
             bind = "bind %s:%d" % ("127.0.0.1" if service == "status" else "", port)
