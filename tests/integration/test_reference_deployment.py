@@ -19,9 +19,12 @@ host crashes (SIGKILL): new connections still succeed (HAProxy redispatches
 the ones it sent there) and HAProxy's checks take it out within 4 s.
 """
 
+import contextlib
+import glob
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +38,7 @@ from tests.conftest import ROOT, wait_for
 from tests.integration.conftest import require_program
 from tests.integration.haproxy import HAProxy
 from tests.integration.test_redis_chat import events_until, is_notice
+from tests.processes import exited, kill_quietly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,6 +47,8 @@ HOSTS = {"host1": "192.0.2.11", "host2": "192.0.2.12", "host3": "192.0.2.13"}
 # The services behind HAProxy (its frontends carry the same names) and the ops ones.
 BALANCED = {"echo": 9000, "chat": 9001, "command": 9002, "files": 9003, "status": 9004}
 DIRECT = {"ops": 9012, "ops-status": 9014}
+# CPUs the daemons may use: processes = auto starts one worker per CPU.
+WORKERS = 2
 # What a localized file may no longer mention: the example's addresses and system paths.
 LEFT_OVER = re.compile(r"192\.0\.2\.|198\.51\.100\.|/var/lib/|/run/|/etc/|/dev/")
 
@@ -66,6 +72,27 @@ def localize(text, mapping):
     return text
 
 
+def children(pid):
+    """The pids of the children of ``pid`` (Linux /proc; empty where it does not say)."""
+    found = set()
+    for task in glob.glob("/proc/%d/task/*/children" % pid):
+        with open(task) as listing:
+            found.update(int(child) for child in listing.read().split())
+    return found
+
+
+@contextlib.contextmanager
+def on_cpus(count):
+    """Processes started inside run on at most ``count`` of this thread's CPUs (they
+    inherit its affinity), so ``processes = auto`` starts at most ``count`` workers."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(saved)[:count])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def private_file(path, text):
     path.write_text(text)
     path.chmod(0o600)
@@ -84,6 +111,7 @@ class Deployment:
         auth.ensure_keys_file(self.ops_keys, "operator")
         self.daemons = {}
         self.crashed = set()
+        self.orphans = set()  # the workers of a crashed daemon (init reaps them)
 
     def host_config(self, host, redis_port, redis_password):
         directory = self.tmp / host
@@ -128,10 +156,20 @@ class Deployment:
         return str(path)
 
     def crash(self, host):
-        """SIGKILL the daemon of ``host``; returns when it is gone (time.monotonic())."""
+        """The host dies: SIGKILL to its daemon and its workers at once (frozen first, so
+        that none reacts to the others' end).  Returns ``time.monotonic()`` then."""
         self.crashed.add(host)
-        self.daemons[host].proc.kill()
-        self.daemons[host].proc.wait(5)
+        proc = self.daemons[host].proc
+        proc.send_signal(signal.SIGSTOP)
+        self.orphans.update(children(proc.pid))
+        for pid in self.orphans:
+            kill_quietly(pid, signal.SIGSTOP)
+        for pid in [proc.pid] + sorted(self.orphans):
+            kill_quietly(pid, signal.SIGKILL)
+        proc.wait(5)
+        # The listening sockets close with the last thread holding them.
+        wait_for(lambda: all(exited(pid) for pid in self.orphans), 5,
+                 message="the killed workers to be gone")
         return time.monotonic()
 
     def port(self, host, service):
@@ -154,9 +192,10 @@ def deployment(tmp_path, redis_server, daemon_factory):
     password = re.search(r"^requirepass (\S+)$", conf, re.M).group(1)
     redis_server.start(config=os.path.join(EXAMPLES, "redis.conf"))
     deployed = Deployment(tmp_path)
-    for host in HOSTS:
-        config = deployed.host_config(host, redis_server.port, password + "\n")
-        deployed.daemons[host] = daemon_factory(config)
+    with on_cpus(WORKERS):
+        for host in HOSTS:
+            config = deployed.host_config(host, redis_server.port, password + "\n")
+            deployed.daemons[host] = daemon_factory(config)
     for daemon in deployed.daemons.values():
         daemon.wait_listening(len(BALANCED) + len(DIRECT))
     for daemon in deployed.daemons.values():
@@ -168,6 +207,8 @@ def deployment(tmp_path, redis_server, daemon_factory):
     for host, daemon in deployed.daemons.items():
         assert daemon.stop() == (-9 if host in deployed.crashed else 0), daemon.log
         assert "Traceback" not in daemon.log, daemon.log
+    for pid in deployed.orphans:  # killed already, unless the test failed in between
+        kill_quietly(pid)
 
 
 @pytest.fixture
@@ -231,7 +272,8 @@ def test_one_session_of_every_service_through_the_reference_deployment(deploymen
         status_port = local_port(status)
     services = {s["name"]: s for s in document["services"]}
     assert sorted(services) == sorted(list(BALANCED) + list(DIRECT))
-    assert services["echo"]["proxy_protocol"] == "v2" and services["ops"]["proxy_protocol"] == "off"
+    assert "proxy_untrusted" in services["echo"]["refused"]  # reads PROXY headers
+    assert "proxy_untrusted" not in services["ops"]["refused"]  # does not
     assert services["status"]["counters"]["proxy_headers"] >= 1
     deployment.served_by("status", status_port)
 
@@ -245,14 +287,27 @@ def test_one_session_of_every_service_through_the_reference_deployment(deploymen
     assert "(3)\n---------------\nrelease 42\n" in fanout.stdout, fanout.stdout
     assert "3 hosts: 3 ok" in fanout.stderr, fanout.stderr
 
-    # failover: a host that crashes costs no new connection, and is taken out within 4 s
+    # a planned stop: drained in HAProxy first, then stopped; no new connection is lost
+    for backend in BALANCED:
+        assert haproxy.command("set server %s/host2 state drain" % backend).strip() == ""
+    assert deployment.daemons["host2"].stop() == 0
+    assert served_echoes(deployment, haproxy, 6) == {"host1", "host3"}
+    assert int(haproxy.server_stats("echo", "host2")["wredis"]) == 0  # none was sent there
+
+    # a crash: no new connection is lost either, and HAProxy takes the host out within 4 s
     crashed = deployment.crash("host3")
-    landed = []
-    for _ in range(6):
-        with EchoClient(*haproxy.address("echo"), timeout=5) as echo:
-            assert echo.echo(b"still served\n") == b"still served\n"
-            landed.append(local_port(echo))
-    assert {deployment.served_by("echo", port) for port in landed} == {"host1", "host2"}
+    assert served_echoes(deployment, haproxy, 6) == {"host1"}
     assert int(haproxy.server_stats("echo", "host3")["wredis"]) >= 1  # sent there, then not
     haproxy.wait_status("echo", "host3", "DOWN", "L4CON")
     assert time.monotonic() - crashed < 2 * 2 + 1.5  # fall 2, inter 2s; refused at once
+
+
+def served_echoes(deployment, haproxy, count):
+    """Run ``count`` echo sessions through HAProxy, one after the other; the hosts that
+    served them."""
+    ports = []
+    for _ in range(count):
+        with EchoClient(*haproxy.address("echo"), timeout=5) as echo:
+            assert echo.echo(b"still served\n") == b"still served\n"
+            ports.append(local_port(echo))
+    return {deployment.served_by("echo", port) for port in ports}
