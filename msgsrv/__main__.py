@@ -117,6 +117,9 @@ def _run(config, overrides):
         print("msgsrv: %s: [msgsrv] log_file %s: cannot open (%s)"
               % (config.path, config["log_file"], exc.strerror or exc), file=sys.stderr)
         return EXIT_FAILURE
+    if config["processes"] > 1:
+        from .ops.supervisor import Supervisor
+        return Supervisor(config, overrides, echo).run(restore_signals=False)
     return Daemon(config, overrides, echo).run(restore_signals=False)
 
 

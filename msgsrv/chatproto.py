@@ -610,14 +610,21 @@ class TokenBucket:
 
     def take(self):
         """Take one token and return 0.0, or take none and return the seconds until one is due."""
-        now = self._clock()
-        if now > self._stamp:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-        if self._tokens >= 1 - self._EPSILON:
-            self._tokens = max(0.0, self._tokens - 1)
-            return 0.0
-        return (1 - self._tokens) / self.rate
+        self._tokens, self._stamp, wait = bucket_take(self._tokens, self._stamp, self._clock(),
+                                                      self.rate, self.burst)
+        return wait
+
+
+def bucket_take(tokens, stamp, now, rate, burst):
+    """One take from a bucket that held ``tokens`` at time ``stamp``, refilled at ``rate``
+    per second up to ``burst``: ``(tokens, stamp, wait)`` after it, ``wait`` 0.0 when
+    a token was taken, else the seconds until one is due (nothing taken)."""
+    if now > stamp:
+        tokens = min(burst, tokens + (now - stamp) * rate)
+        stamp = now
+    if tokens >= 1 - TokenBucket._EPSILON:
+        return max(0.0, tokens - 1), stamp, 0.0
+    return tokens, stamp, (1 - tokens) / rate
 
 
 __all__ = [
@@ -629,5 +636,5 @@ __all__ = [
     "format_message", "format_action", "format_private", "format_history",
     "format_notice", "format_error", "format_help", "format_event",
     "Message", "Action", "Private", "History", "Notice", "Error", "parse_server_line",
-    "TokenBucket",
+    "TokenBucket", "bucket_take",
 ]

@@ -8,13 +8,17 @@ before their data is sent.  Both are thread-safe.
 
 import collections
 import contextlib
+import logging
 import os
 import stat
 import threading
 
-from .errors import ProtocolError
+from .errors import ProtocolError, TableFull
+from .ops.shared import LocalStore
 from .sandbox import is_temp_name
 from .transfer import SERVER_CHUNK, file_sha256
+
+log = logging.getLogger("msgsrv.files")
 
 
 def content_key(st):
@@ -75,14 +79,45 @@ class QuotaLedger:
     the root is counted), counted once when the ledger is made, then kept up
     to date by the service's own puts, deletes and renames; uploads in
     progress hold a reservation.  Changes made to the root by other programs
-    are seen at the next start or reload.
+    are seen at the next start or reload.  The figures live in ``store``
+    (this process's by default; with the shared store of several worker
+    processes, the first to make its ledger counts and the others use that
+    count, so a quota is one quota for all of them).
     """
 
-    def __init__(self, sandbox, limit):
+    def __init__(self, sandbox, limit, store=None):
         self.limit = limit
-        self._lock = threading.Lock()
-        self._reserved = 0
-        self.used = _usage(sandbox) if limit else 0
+        self._store = store if store is not None else LocalStore()
+        if limit:
+            self._count(sandbox)
+        else:
+            with self._store.locked():
+                self._store.delete(_USED)  # counted afresh once a quota is set again
+
+    def _count(self, sandbox):
+        with self._store.locked():
+            if self._store.get(_USED) is not None:
+                return  # counted by another worker process
+        used = _usage(sandbox)  # a walk: never inside the lock
+        with self._store.locked():
+            if self._store.get(_USED) is None:
+                self._put_used(used)
+
+    def _put_used(self, used):
+        try:
+            self._store.put(_USED, (used,))
+        except TableFull as exc:
+            log.warning("quota: usage not recorded: %s", exc)
+
+    @property
+    def used(self):
+        """Bytes stored under the root."""
+        with self._store.locked():
+            return self._used()
+
+    def _used(self):
+        record = self._store.get(_USED)
+        return int(record[0]) if record is not None else 0
 
     @contextlib.contextmanager
     def reserve(self, count):
@@ -91,30 +126,36 @@ class QuotaLedger:
         Raises ``ProtocolError("quota")`` at once if they do not fit.
         """
         count = max(0, count) if self.limit else 0
-        with self._lock:
-            if self.limit and self.used + self._reserved + count > self.limit:
+        with self._store.locked():
+            used = self._used()
+            if self.limit and used + self._store.total(_RESERVED) + count > self.limit:
                 raise ProtocolError("quota", "%d more bytes would exceed the quota of %d bytes "
-                                             "(%d in use)" % (count, self.limit, self.used))
-            self._reserved += count
+                                             "(%d in use)" % (count, self.limit, used))
+            if count:
+                self._store.add(_RESERVED, count)
         try:
             yield
         finally:
-            with self._lock:
-                self._reserved -= count
+            if count:
+                with self._store.locked():
+                    self._store.add(_RESERVED, -count)
 
     def changed(self, delta):
         """Record that the stored bytes grew (or shrank) by ``delta``."""
         if self.limit:
-            with self._lock:
-                self.used = max(0, self.used + delta)
+            with self._store.locked():
+                self._put_used(max(0, self._used() + delta))
 
     @property
     def available(self):
         """Bytes an upload may still take (None without a quota)."""
         if not self.limit:
             return None
-        with self._lock:
-            return max(0, self.limit - self.used - self._reserved)
+        with self._store.locked():
+            return max(0, self.limit - self._used() - self._store.total(_RESERVED))
+
+
+_USED, _RESERVED = ("used",), ("reserved",)
 
 
 def _usage(sandbox):

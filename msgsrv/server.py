@@ -23,8 +23,9 @@ import time
 
 from .access import AccessRules, PenaltyRules, RateLimiter, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
-from .errors import ConfigError
+from .errors import ConfigError, TableFull
 from .handlers.base import Handler
+from .ops import shared
 from .peer import format_peer
 from .pool import WorkerPool
 from .service import create_service
@@ -65,6 +66,9 @@ class Counters:
 #: wire code told to framed clients (None: close without a word), the log
 #: text and level.
 Refusal = collections.namedtuple("Refusal", "counter code reason level")
+
+
+_ALL = ("all",)  # the key of a service's connection count
 
 
 def _family(host):
@@ -159,6 +163,18 @@ class _ServiceMixin:
     def _close_listener(self):
         self.server_close()
 
+    def adopt(self, sock):
+        """Serve ``sock``, bound (and listening) by the master of several worker
+        processes, instead of binding; call before ``server_activate``.
+
+        The socket is made non-blocking: another worker may take the connection
+        or datagram first, and accept or receive must then fail, not wait.
+        """
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        sock.setblocking(False)
+
     def handle_error(self, request, client_address):
         """Log a handler exception with its traceback; the server keeps serving."""
         exc = sys.exc_info()[1]
@@ -196,7 +212,9 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                                  self._check_limits]
         self._lock = threading.Condition()
         self._admitted = {}  # socket -> (client address, monotonic time admitted)
-        self._per_ip = collections.Counter()
+        # Connections counted against max_connections(_per_ip): by this process, or
+        # by every worker process of the daemon (msgsrv.ops.shared).
+        self._counts = shared.store("connections:" + config.name, group=config.name)
         self.rate = self.tls = None
         self._apply_policy(self._load_policy(config, self.global_options))
         # Created before the bind: a failed bind calls server_close, which releases it.
@@ -219,7 +237,8 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
             rate = self.rate
             if rate is None or (rate.rate, rate.penalty) != (config["rate_limit"],
                                                              config["rate_penalty"]):
-                rate = RateLimiter(config["rate_limit"], config["rate_penalty"])
+                rate = RateLimiter(config["rate_limit"], config["rate_penalty"],
+                                   store=shared.store("rate:" + config.name, group=config.name))
         tls = check_transport_options(config, self._tls_failed)
         return (AccessRules.from_options(config.options, global_options), rate, tls,
                 PenaltyRules.from_options(config.options))
@@ -236,14 +255,15 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         """Admit the connection or refuse it: counted, logged, told to the client if
         the protocol has a way (never over TLS, where the client expects a handshake)."""
         ip = client_address[0]
-        with self._lock:
+        with self._lock, self._counts.locked():
             for check in self.admission_checks:
                 refusal = check(ip)
                 if refusal is not None:
                     break
             else:
+                refusal = self._hold(ip)
+            if refusal is None:
                 self._admitted[request] = (client_address, time.monotonic())
-                self._per_ip[ip] += 1
                 self.counters.incr("connections_total")
                 return True
         self.counters.incr("refused_" + refusal.counter)
@@ -297,13 +317,27 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                     seconds)
 
     def _check_limits(self, ip):
-        if len(self._admitted) >= self.config["max_connections"]:
+        if self._counts.total(_ALL) >= self.config["max_connections"]:
             return Refusal("busy", "busy", "too many connections (max_connections=%d)"
                            % self.config["max_connections"], logging.WARNING)
-        if self._per_ip[ip] >= self.config["max_connections_per_ip"]:
+        if self._counts.total(("ip", ip)) >= self.config["max_connections_per_ip"]:
             return Refusal("busy", "busy", "too many connections from %s "
                            "(max_connections_per_ip=%d)"
                            % (ip, self.config["max_connections_per_ip"]), logging.WARNING)
+        return None
+
+    def _hold(self, ip):
+        """Count an admitted connection from ``ip``; a Refusal when the shared table
+        of addresses has no room for it."""
+        try:
+            self._counts.add(("ip", ip), 1)
+        except TableFull as exc:
+            return Refusal("busy", "busy", str(exc), logging.WARNING)
+        try:
+            self._counts.add(_ALL, 1)
+        except TableFull as exc:
+            self._counts.add(("ip", ip), -1)
+            return Refusal("busy", "busy", str(exc), logging.WARNING)
         return None
 
     def _release(self, request):
@@ -312,10 +346,9 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
             entry = self._admitted.pop(request, None)
             if entry is None:
                 return None
-            ip = entry[0][0]
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
+            with self._counts.locked():
+                self._counts.add(("ip", entry[0][0]), -1)
+                self._counts.add(_ALL, -1)
             self._lock.notify_all()
             return entry
 
@@ -622,6 +655,30 @@ def check_transport_options(config, on_tls_failure=None):
         return ServerTLS.from_options(config.options, on_tls_failure)
     except ConfigError as exc:
         raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
+
+
+def listen_error(config, exc):
+    """The OSError that says the service ``config`` cannot listen, and why."""
+    return OSError("[service:%s] cannot listen on %s: %s"
+                   % (config.name, format_peer(config["host"], config["port"]),
+                      exc.strerror or exc))
+
+
+def open_listener(config):
+    """A socket bound to the address of the service ``config`` (listening, for TCP),
+    as its server would bind it: for the master of several worker processes.
+    Raises the OSError of :func:`listen_error`."""
+    kind = socket.SOCK_DGRAM if config.transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(_family(config["host"]), kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # allow_reuse_address
+        sock.bind(config.address)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(config["backlog"])
+    except OSError as exc:
+        sock.close()
+        raise listen_error(config, exc) from None
+    return sock
 
 
 def make_server(config, bind_and_activate=True, global_options=None):

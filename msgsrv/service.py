@@ -14,7 +14,8 @@ changes nothing.  A handler class names its service class with
 
 import logging
 
-from .access import PenaltyBox
+from .access import penalty_box
+from .ops import shared
 from .errors import ConfigError
 from .handlers.base import Handler
 from .transfer_limits import TransferGate
@@ -51,12 +52,21 @@ class Service:
     #: Keys a reload may not change (the value in force stays until a restart).
     fixed_keys = ()
 
+    @classmethod
+    def serves_in_one_process(cls, config):
+        """Whether the service ``config`` must run in one worker process only, when
+        the daemon has several (``processes``): True when its state cannot be split
+        between processes.  False by default: each worker has a service object of
+        its own, and the built-in limits are shared between them."""
+        return False
+
     def __init__(self, config, global_options):
         self.name = config.name
         self.config = config
         self.global_options = global_options
-        self.penalties = PenaltyBox()  # the rules come with each reload
-        self.transfers = TransferGate(*_transfer_limits(config))
+        self.penalties = penalty_box(self.name)  # the rules come with each reload
+        self.transfers = TransferGate(*_transfer_limits(config),
+                                      store=shared.store("transfers:" + self.name, self.name))
 
     @property
     def where(self):

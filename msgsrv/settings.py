@@ -6,6 +6,7 @@ adds the file, section, key and offending value around it.
 """
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -196,6 +197,28 @@ def handler_spec(value):
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MAX_PROCESSES = 64
+
+
+def usable_cpus():
+    """How many CPUs this process may run on (its affinity mask; at least 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def processes(value):
+    """Parser for ``processes``: a whole number 1..MAX_PROCESSES, or ``auto`` (the
+    CPUs this process may use, at most MAX_PROCESSES)."""
+    if value.strip().lower() == "auto":
+        return min(MAX_PROCESSES, usable_cpus())
+    try:
+        count = int(value.strip(), 10)
+    except ValueError:
+        raise ValueError("must be auto or a whole number 1..%d" % MAX_PROCESSES) from None
+    if not 1 <= count <= MAX_PROCESSES:
+        raise ValueError("must be auto or a whole number 1..%d" % MAX_PROCESSES)
+    return count
 
 GLOBAL_SETTINGS = (
     Setting("log_level", choice(*LOG_LEVELS), "info", "Least severe level that is logged."),
@@ -211,6 +234,13 @@ GLOBAL_SETTINGS = (
             "empty: keep the current user."),
     Setting("group", text, "",
             "When started as root: switch to this group (empty: the user's primary group)."),
+    Setting("processes", processes, "1",
+            "Worker processes serving every listener (auto: one per usable CPU, at most "
+            "64); 1 serves in the daemon's own process. Takes effect at a start."),
+    Setting("shared_addresses", integer(1024, 1 << 22), "16384",
+            "processes > 1: entries of each table the workers share (client addresses "
+            "holding connections in one worker; rate-limit and penalty records of all); "
+            "a connection that does not fit is refused with busy. Takes effect at a start."),
     Setting("allow", networks, "",
             "Client addresses or CIDR networks every service accepts (empty: all); "
             "a service's own list must match too."),

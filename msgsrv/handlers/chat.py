@@ -84,6 +84,12 @@ class ChatService(Service):
 
     store_class = ChatState
 
+    @classmethod
+    def serves_in_one_process(cls, config):
+        """True: the in-process chat state cannot be split, so with several worker
+        processes the chat service runs in worker 0 only."""
+        return True
+
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
         self.chat = self.store_class(history=config["history"], max_joined=config["max_joined"])

@@ -30,6 +30,7 @@ from .. import transfer
 from ..errors import ConfigError, ProtocolError
 from ..fileproto import LIST_PAGE, OPERATIONS, check_request, parse_operations
 from ..fileroot import DigestCache, QuotaLedger, content_key
+from ..ops import shared
 from ..peer import format_peer
 from ..protocol import encode
 from ..sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
@@ -130,24 +131,33 @@ class FileService(AuthedService):
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
         self.sandbox = self._prepare_root(config)
-        self.quota = QuotaLedger(self.sandbox, config["quota"])
+        self.quota = self._ledger(self.sandbox, config)
         self.digests = DigestCache()
         self.commit_lock = threading.Lock()
         self.last_cleanup = time.monotonic()
         _warn_unknown_keys(config, self.keys)
 
     def _prepare_root(self, config):
-        """Create the root if missing, open it, remove partial uploads left in it."""
+        """Create the root if missing, open it, remove partial uploads left in it (at
+        the daemon's start: not in a worker process started later, whose siblings
+        may be resuming those uploads)."""
         root = config["root"]
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as exc:
             raise ConfigError("%s root %r: %s" % (self.where, root, exc.strerror or exc)) from None
         sandbox = _open_root(self.name, root)
-        removed = cleanup_temp_files(sandbox)
-        if removed:
-            log.info("%s: removed %d partial uploads", self.name, removed)
+        context = shared.current()
+        if context is None or context.first:
+            removed = cleanup_temp_files(sandbox)
+            if removed:
+                log.info("%s: removed %d partial uploads", self.name, removed)
         return sandbox
+
+    def _ledger(self, sandbox, config):
+        store = shared.store("quota:%s:%s" % (self.name, os.path.abspath(config["root"])),
+                             group=self.name)
+        return QuotaLedger(sandbox, config["quota"], store)
 
     def prepare_keyed(self, config, global_options, keys):
         _warn_unknown_keys(config, keys)
@@ -155,9 +165,9 @@ class FileService(AuthedService):
         sandbox, quota = self.sandbox, self.quota
         if config["root"] != self.config["root"]:
             sandbox = self._prepare_root(config)
-            quota = QuotaLedger(sandbox, limit)
+            quota = self._ledger(sandbox, config)
         elif limit and not quota.limit:
-            quota = QuotaLedger(sandbox, limit)  # usage was not counted without a quota
+            quota = self._ledger(sandbox, config)  # usage was not counted without a quota
 
         def apply():
             self.sandbox, self.quota = sandbox, quota

@@ -27,7 +27,7 @@ _CONTENT_TYPES = {"json": "application/json",
 
 def render(server, fmt):
     """The status of every service ``server`` can see, as bytes in format ``fmt``."""
-    document = status.collect(*status.servers_of(server))
+    document = status.document_for(server)
     if fmt == "prometheus":
         return status.to_prometheus(document).encode("utf-8")
     return status.to_json(document)
