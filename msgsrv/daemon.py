@@ -43,7 +43,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 SWITCH_INTERVAL = 0.001  # seconds
 STOP_MARGIN = 1.0  # seconds a stop may take beyond shutdown_timeout before services are abandoned
 SIGNAL_QUEUE = 5  # signals waiting for the main loop; more are dropped (as gunicorn does)
-_RESTART_KEYS = ("pidfile", "user", "group", "thread_stack_size", "processes",
+_RESTART_KEYS = ("pidfile", "user", "group", "thread_stack_size", "processes", "reuse_port",
                  "shared_addresses")
 
 
@@ -184,8 +184,17 @@ def plan_reload(old, new):
 
 def state_path(pidfile):
     """Where the daemon lists its listeners: the pidfile's name with ``.listeners``."""
+    return _beside(pidfile, ".listeners")
+
+
+def workers_path(pidfile):
+    """Where the master of several worker processes lists them: ``.workers``."""
+    return _beside(pidfile, ".workers")
+
+
+def _beside(pidfile, suffix):
     root = pidfile[:-len(".pid")] if pidfile.endswith(".pid") else pidfile
-    return root + ".listeners"
+    return root + suffix
 
 
 class SignalLoop:

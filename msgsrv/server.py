@@ -664,15 +664,22 @@ def listen_error(config, exc):
                       exc.strerror or exc))
 
 
-def open_listener(config):
+def open_listener(config, reuse_port=False, port=None):
     """A socket bound to the address of the service ``config`` (listening, for TCP),
     as its server would bind it: for the master of several worker processes.
-    Raises the OSError of :func:`listen_error`."""
+
+    With ``reuse_port`` it is one of several bound to the same address
+    (``SO_REUSEPORT``: the kernel spreads connections over them); ``port``
+    replaces the configured one (the port the first of them got for port 0).
+    Raises the OSError of :func:`listen_error`.
+    """
     kind = socket.SOCK_DGRAM if config.transport == "udp" else socket.SOCK_STREAM
     sock = socket.socket(_family(config["host"]), kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # allow_reuse_address
-        sock.bind(config.address)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((config["host"], config["port"] if port is None else port))
         if kind == socket.SOCK_STREAM:
             sock.listen(config["backlog"])
     except OSError as exc:

@@ -28,14 +28,13 @@ import logging
 import os
 import select
 import signal
-import socket
 import time
 
 from .. import __version__, config as config_module, notify, preflight, status
 from ..daemon import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, STOP_MARGIN, SignalLoop, _summary,
                       _write_atomically, install_log_handlers, log_handlers, plan_reload,
                       raise_open_files_limit, reopen_logs, report_fatal, state_path,
-                      drop_privileges, restart_keys_changed)
+                      drop_privileges, restart_keys_changed, workers_path)
 from ..errors import ConfigError
 from ..peer import format_peer
 from ..pidfile import Pidfile
@@ -109,20 +108,31 @@ class Worker:
 
 class Listeners:
     """The master's listening sockets, by address, so a service keeping its address
-    (or taking over another service's) keeps the very same socket."""
+    (or taking over another service's) keeps the very same sockets.
 
-    def __init__(self):
+    With ``per_worker`` each service served by all ``processes`` workers gets
+    one socket per worker index (``SO_REUSEPORT``: the kernel spreads the
+    connections evenly); otherwise (and for a service running in one worker)
+    one socket that every worker accepts from.
+    """
+
+    def __init__(self, processes, per_worker):
+        self.processes = processes
+        self.per_worker = per_worker
         self._by_key = {}
 
-    @staticmethod
-    def key(service):
-        """One listener per transport, host and port (per service name for port 0)."""
-        port = service["port"] or "0:" + service.name
-        return (service.transport, service["host"], port)
+    def _count(self, service):
+        return self.processes if self.per_worker and not serves_in_one_process(service) else 1
 
-    def get(self, service):
-        """The socket already open for ``service``'s address, or None."""
-        return self._by_key.get(self.key(service))
+    def key(self, service):
+        """One set per transport, host, port and count (per service name for port 0)."""
+        port = service["port"] or "0:" + service.name
+        return (service.transport, service["host"], port, self._count(service))
+
+    def first(self, service):
+        """The (first) socket open for ``service``'s address, or None."""
+        sockets = self._by_key.get(self.key(service))
+        return sockets[0] if sockets else None
 
     def open_for(self, config):
         """Open what ``config`` needs that is not open; return the keys opened.  Raises
@@ -132,16 +142,33 @@ class Listeners:
             for service in config.services:
                 key = self.key(service)
                 if key not in self._by_key:
-                    self._by_key[key] = open_listener(service)
+                    self._by_key[key] = self._open(service, key[-1])
                     opened.append(key)
         except OSError:
             self.close(opened)
             raise
         return opened
 
-    def sockets(self, config):
-        """``{service name: socket}`` for ``config``."""
-        return {service.name: self._by_key[self.key(service)] for service in config.services}
+    def _open(self, service, count):
+        reuse = self.per_worker and count > 1
+        sockets = [open_listener(service, reuse_port=reuse)]
+        try:
+            while len(sockets) < count:
+                sockets.append(open_listener(service, reuse_port=True,
+                                             port=sockets[0].getsockname()[1]))
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def for_worker(self, config, index):
+        """``{service name: socket}`` worker ``index`` serves for ``config``."""
+        found = {}
+        for service in assigned(config, index):
+            sockets = self._by_key[self.key(service)]
+            found[service.name] = sockets[index % len(sockets)]
+        return found
 
     def keep_only(self, configs):
         """Close every listener no config of ``configs`` uses."""
@@ -151,13 +178,12 @@ class Listeners:
     def close(self, keys=None):
         """Close the listeners ``keys`` (default: all)."""
         for key in list(self._by_key) if keys is None else keys:
-            sock = self._by_key.pop(key, None)
-            if sock is not None:
+            for sock in self._by_key.pop(key, ()):
                 sock.close()
 
     def all(self):
         """Every open socket."""
-        return list(self._by_key.values())
+        return [sock for sockets in self._by_key.values() for sock in sockets]
 
 
 class Supervisor(SignalLoop):
@@ -175,7 +201,7 @@ class Supervisor(SignalLoop):
         self.processes = self.config["processes"]
         self.pidfile = Pidfile(config["pidfile"]) if config["pidfile"] else None
         self.started = time.time()
-        self.listeners = Listeners()
+        self.listeners = Listeners(self.processes, self.config["reuse_port"])
         self.arena = None
         self.generation = 1
         self.workers = {}        # pid -> Worker
@@ -311,8 +337,7 @@ class Supervisor(SignalLoop):
             config=config, overrides=self.overrides, echo=self.echo,
             context=shared.WorkerContext(self.arena, slot, index, generation,
                                          first=generation == 1 and not self._ever_ready()),
-            listeners={name: sock for name, sock in self.listeners.sockets(config).items()
-                       if name in {s.name for s in assigned(config, index)}},
+            listeners=self.listeners.for_worker(config, index),
             master_pid=os.getpid(), master_started=self.started, processes=self.processes,
             report_fd=self._pipes["report_w"], lifeline_fd=self._pipes["lifeline_r"],
             close_fds=self._fds_for_child(), close_sockets=self.listeners.all())
@@ -376,7 +401,7 @@ class Supervisor(SignalLoop):
     def _announce(self):
         self._phase = "running"
         for service in self.config.services:
-            sock = self.listeners.get(service)
+            sock = self.listeners.first(service)
             log.info("listening service=%s handler=%s transport=%s address=%s",
                      service.name, service["handler"], service.transport,
                      format_peer(sock.getsockname()))
@@ -630,7 +655,7 @@ class Supervisor(SignalLoop):
             return
         lines = []
         for service in self.config.services:
-            sock = self.listeners.get(service)
+            sock = self.listeners.first(service)
             if sock is not None:
                 lines.append("%s %s %s %s\n" % (service.name, service.transport,
                                                 format_peer(sock.getsockname()),
@@ -652,12 +677,6 @@ class Supervisor(SignalLoop):
             _write_quietly(workers_path(self.pidfile.path), text)
 
 
-def workers_path(pidfile):
-    """Where the master lists its workers: the pidfile's name with ``.workers``."""
-    root = pidfile[:-len(".pid")] if pidfile.endswith(".pid") else pidfile
-    return root + ".workers"
-
-
 def _write_quietly(path, text):
     try:
         _write_atomically(path, text)
@@ -673,5 +692,4 @@ def _drain(fd):
         pass
 
 
-__all__ = ["Supervisor", "backoff", "describe_exit", "serves_in_one_process", "assigned",
-           "workers_path"]
+__all__ = ["Supervisor", "backoff", "describe_exit", "serves_in_one_process", "assigned"]

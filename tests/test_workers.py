@@ -1,0 +1,268 @@
+"""The daemon with ``processes = 2``: a master and two worker processes, as subprocesses."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from msgsrv.client import EchoClient
+from msgsrv.client.status import StatusClient
+from msgsrv.stream import FrameStream
+from tests.conftest import ROOT, wait_for
+from tests.processes import alive
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIG = """
+[msgsrv]
+processes = 2
+shutdown_timeout = 3
+pidfile = {tmp}/msgsrv.pid
+
+[service:echo]
+handler = echo
+
+[service:limited]
+handler = echo
+max_connections = 4
+
+[service:status]
+handler = status
+
+[service:chat]
+handler = chat
+
+[service:slow]
+handler = tests.plugins:BlockingFramed
+"""
+
+
+def start(tmp_path, daemon_factory, **env):
+    path = tmp_path / "server.ini"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    daemon = daemon_factory(path, env=env or None)
+    daemon.wait_listening(5)
+    wait_for(lambda: "ready pid=%d" % daemon.proc.pid in daemon.log, message="ready")
+    return daemon
+
+
+def status(daemon):
+    with StatusClient(*daemon.listeners["status"], timeout=5) as client:
+        return client.status()
+
+
+def ready_workers(daemon, count=2):
+    """The status document once ``count`` workers are ready (and published)."""
+    def ready():
+        document = status(daemon)
+        workers = [w for w in document["workers"] if w["state"] == "ready"]
+        return document if len(workers) == count and all(w["services"] for w in workers) \
+            else None
+    return wait_for(ready, timeout=10, message="%d ready workers" % count)
+
+
+def echo(address, data=b"hi"):
+    with EchoClient(*address, timeout=5) as client:
+        return client.echo(data)
+
+
+def test_two_workers_serve_and_the_status_sums_them(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    document = ready_workers(daemon)
+    assert document["pid"] == daemon.proc.pid and document["processes"] == 2
+    pids = {w["pid"] for w in document["workers"]}
+    assert len(pids) == 2 and daemon.proc.pid not in pids
+    served = 0
+    while served < 200:  # SO_REUSEPORT spreads connections by their source port
+        for _ in range(20):
+            assert echo(daemon.listeners["echo"]) == b"hi"
+        served += 20
+        document = wait_for(lambda: _summed(daemon, "echo", served), message="the snapshots")
+        totals = {w["pid"]: _entry(w, "echo")["connections_total"] for w in document["workers"]}
+        if all(totals.values()):
+            break
+    assert all(totals.values()), "one worker served every connection: %s" % totals
+    assert sum(totals.values()) == served
+    chat = [w["index"] for w in document["workers"] if _entry(w, "chat", None)]
+    assert chat == [0]  # the in-process chat state runs in worker 0 only
+    with StatusClient(*daemon.listeners["status"], timeout=5) as client:
+        metrics = client.metrics()
+    assert 'msgsrv_connections_total{service="echo"} %d' % served in metrics
+    for pid in pids:
+        assert 'msgsrv_worker_info{worker="%d",' % pid in metrics
+        assert 'msgsrv_worker_connections_total{worker="%d",service="echo"}' % pid in metrics
+    table = subprocess.run([sys.executable, "-m", "msgsrv.ctl", "status", "-c",
+                            str(tmp_path / "server.ini")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert table.returncode == 0, table.stderr
+    assert "workers:" in table.stdout and "WORKER  PID" in table.stdout
+    assert all("pid %d " % pid in table.stdout for pid in pids)
+
+
+def _summed(daemon, name, count):
+    """The status document once service ``name`` counts ``count`` connections in all."""
+    document = status(daemon)
+    return document if _service(document, name)["connections_total"] == count else None
+
+
+def _service(document, name):
+    return next(s for s in document["services"] if s["name"] == name)
+
+
+def _entry(worker, name, *default):
+    return next((s for s in worker["services"] if s["name"] == name), *default)
+
+
+def test_max_connections_holds_across_the_workers(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    ready_workers(daemon)
+    address = daemon.listeners["limited"]
+    held = []
+    for attempt in range(40):  # until the 4 connections are spread over both workers
+        while len(held) < 4:
+            sock = socket.create_connection(address, timeout=5)
+            sock.sendall(b"x")
+            assert sock.recv(1) == b"x"
+            held.append(sock)
+        holding = wait_for(lambda: _holding(daemon, "limited", 4), message="the held connections")
+        if all(holding.values()):
+            break
+        held.pop().close()
+    assert all(holding.values()), holding
+    for _ in range(8):  # with a limit per worker, some would reach the one holding fewer
+        with socket.create_connection(address, timeout=5) as refused:
+            try:
+                assert refused.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    for sock in held:
+        sock.close()
+    document = wait_for(lambda: _refused_busy(daemon, "limited") >= 8 and status(daemon),
+                        message="the refusals counted")
+    assert _service(document, "limited")["connections_total"] >= 4
+    assert "too many connections (max_connections=4)" in daemon.log
+
+
+def _holding(daemon, name, count):
+    document = status(daemon)
+    if _service(document, name)["connections"] != count:
+        return None
+    return {w["pid"]: _entry(w, name)["connections"] for w in document["workers"]}
+
+
+def _refused_busy(daemon, name):
+    return _service(status(daemon), name)["refused"]["busy"]
+
+
+def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    before = {w["pid"] for w in ready_workers(daemon)["workers"]}
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    answered = 0
+
+    def replaced():
+        nonlocal answered
+        assert echo(daemon.listeners["echo"]) == b"hi"  # never refused meanwhile
+        answered += 1
+        pids = {w["pid"] for w in ready_workers(daemon)["workers"]}
+        return pids if victim not in pids and len(pids) == 2 else None
+    after = wait_for(replaced, timeout=10, message="the replacement worker")
+    assert answered and len(after - before) == 1
+    assert "died (killed by SIGKILL after" in daemon.log and "starting a replacement" in daemon.log
+    assert not alive(victim)
+
+
+def test_sighup_rolls_the_workers_without_refusing_a_connection(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    before = ready_workers(daemon)
+    old = {w["pid"] for w in before["workers"]}
+    failures, done, stop = [], [0], threading.Event()
+
+    def client_loop():
+        while not stop.is_set():
+            try:
+                assert echo(daemon.listeners["echo"]) == b"hi"
+                done[0] += 1
+            except Exception as exc:  # noqa: BLE001 - recorded and checked below
+                failures.append(repr(exc))
+    loop = threading.Thread(target=client_loop)
+    loop.start()
+    try:
+        wait_for(lambda: done[0] >= 5, message="the client loop")
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload: accepted (" in daemon.log, timeout=15, message="the reload")
+        wait_for(lambda: not any(alive(pid) for pid in old), message="the old workers to exit")
+        at_reload = done[0]
+        wait_for(lambda: done[0] >= at_reload + 5, message="connections after the roll")
+    finally:
+        stop.set()
+        loop.join(10)
+    assert failures == []
+    after = ready_workers(daemon)
+    assert {w["generation"] for w in after["workers"]} == {2}
+    assert not old & {w["pid"] for w in after["workers"]}
+    # The counters keep counting across the roll (the old workers' totals are kept).
+    wait_for(lambda: _summed(daemon, "echo", done[0]), message="every connection counted")
+    assert "2 workers replaced" in daemon.log
+
+
+def test_sigterm_stops_every_process_and_lets_a_request_finish(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    pids = {w["pid"] for w in ready_workers(daemon)["workers"]}
+    baseline = sum(_threads(pid) for pid in pids)
+    sock = socket.create_connection(daemon.listeners["slow"], timeout=10)
+    stream = FrameStream(sock)
+    stream.send({"type": "sleep", "bytes": 100000})
+    stream.send_raw(b"x" * 50000)
+    wait_for(lambda: sum(_threads(pid) for pid in pids) > baseline, message="a blocked request")
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM received, stopping 2 workers" in daemon.log, message="the stop")
+    stream.send_raw(b"x" * 50000)
+    assert stream.recv().type == "slept"  # the request in progress got its reply
+    assert daemon.proc.wait(10) == 0
+    assert time.monotonic() - started < 3 + 2.0  # shutdown_timeout, and a margin for CI
+    sock.close()
+    assert not any(alive(pid) for pid in pids), "a worker outlived the master"
+    assert not os.path.exists(tmp_path / "msgsrv.pid")
+    assert "Traceback" not in daemon.log
+
+
+def _threads(pid):
+    try:
+        return len(os.listdir("/proc/%d/task" % pid))
+    except OSError:
+        return 0
+
+
+def test_workers_exit_when_the_master_is_killed(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    pids = {w["pid"] for w in ready_workers(daemon)["workers"]}
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10,
+             message="the workers to notice the master is gone")
+
+
+def test_only_the_master_talks_to_systemd(tmp_path, daemon_factory):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify"))
+        daemon = start(tmp_path, daemon_factory, NOTIFY_SOCKET=str(tmp_path / "notify"))
+        ready_workers(daemon)
+        assert daemon.stop() == 0
+        listener.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(listener.recv(4096).decode())
+            except BlockingIOError:
+                break
+    ready = [m for m in messages if "READY=1" in m.split("\n")]
+    assert len(ready) == 1 and "MAINPID=%d" % daemon.proc.pid in ready[0].split("\n")
+    assert sum("STOPPING=1" in m.split("\n") for m in messages) == 1
