@@ -3,13 +3,14 @@
 import argparse
 import sys
 
-from . import __version__, config as config_module, preflight
-from .errors import ConfigError
-from .manpages import Manual, epilog
-from .pidfile import running_pid
-from .settings import LOG_LEVELS
+from msgsrv import __version__
+from msgsrv.cli.manpages import Manual, epilog
+from msgsrv.ops import config as config_module, preflight
+from msgsrv.ops.pidfile import running_pid
+from msgsrv.ops.settings import LOG_LEVELS
+from msgsrv.wire.errors import ConfigError
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2  # as msgsrv.daemon's (imported only to run)
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2  # as msgsrv.ops.daemon's (imported only to run)
 EXIT_NOT_RUNNING = 3  # LSB "program is not running"
 
 EXIT_STATUS = (
@@ -109,7 +110,7 @@ def _report_check(config, notes):
 
 
 def _run(config, overrides):
-    from .daemon import Daemon, configure_logging
+    from msgsrv.ops.daemon import Daemon, configure_logging
     echo = bool(config["log_file"]) and _is_terminal(sys.stderr)
     try:
         configure_logging(config.options, echo)
@@ -118,7 +119,7 @@ def _run(config, overrides):
               % (config.path, config["log_file"], exc.strerror or exc), file=sys.stderr)
         return EXIT_FAILURE
     if config["processes"] > 1:
-        from .ops.supervisor import Supervisor
+        from msgsrv.ops.supervisor import Supervisor
         return Supervisor(config, overrides, echo).run(restore_signals=False)
     return Daemon(config, overrides, echo).run(restore_signals=False)
 

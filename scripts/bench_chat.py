@@ -103,7 +103,7 @@ def _serve(kind, ports, stop, cpus):
         stop.wait()
         return
     import logging
-    from msgsrv.server import make_server
+    from msgsrv.net.server import make_server
     logging.basicConfig(level=logging.WARNING, format="  [msgsrv] %(levelname)s %(message)s")
     server = make_server(_msgsrv_config())
     server.serve_in_thread()
@@ -114,7 +114,7 @@ def _serve(kind, ports, stop, cpus):
 
 def _msgsrv_config():
     import configparser
-    from msgsrv import config
+    from msgsrv.ops import config
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str
     parser["service:chat"] = {"handler": "chat", "host": "127.0.0.1", "port": "0",

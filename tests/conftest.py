@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.protocol import encode
-from msgsrv.server import make_server
+from msgsrv.ops import config as config_module
+from msgsrv.wire.frames import encode
+from msgsrv.net.server import make_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,13 +9,15 @@ import time
 
 import pytest
 
-from msgsrv import auth, config as config_module, status
-from msgsrv.access import (AccessRules, PenaltyBox, PenaltyRules, RateLimiter, client_address,
+from msgsrv.wire import auth
+from msgsrv.ops import config as config_module
+from msgsrv.services.status import report as status
+from msgsrv.net.access import (AccessRules, PenaltyBox, PenaltyRules, RateLimiter, client_address,
                            source_key)
-from msgsrv.errors import ConfigError
-from msgsrv.server import make_server
-from msgsrv.settings import Rate, networks, rate
-from msgsrv.stream import FrameStream
+from msgsrv.wire.errors import ConfigError
+from msgsrv.net.server import make_server
+from msgsrv.ops.settings import Rate, networks, rate
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import recv_until_closed, service_config, wait_for
 from tests.test_authed import SECRET, keys_file  # noqa: F401 (fixture)
 

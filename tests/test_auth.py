@@ -1,4 +1,4 @@
-"""Tests for msgsrv.auth: the keys file and the HMAC handshake, without sockets."""
+"""Tests for msgsrv.wire.auth: the keys file and the HMAC handshake, without sockets."""
 
 import hashlib
 import hmac
@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msgsrv import auth
-from msgsrv.auth import (
+from msgsrv.wire import auth
+from msgsrv.wire.auth import (
     FAILURE_DELAY, SCHEME, HandshakeResult, ServerHandshake, answer_hello,
     check_auth_reply, compute_proof, ensure_keys_file, format_key_line,
     generate_secret, load_keys,
 )
-from msgsrv.errors import AuthError, ConfigError, ProtocolError, ServerError
+from msgsrv.wire.errors import AuthError, ConfigError, ProtocolError, ServerError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from msgsrv import auth
+from msgsrv.wire import auth
 from msgsrv.client.framed import FramedClient, resolve_credentials
-from msgsrv.errors import AuthError, ConfigError, ConnectionFailed
-from msgsrv.server import make_server
-from msgsrv.stream import FrameStream
+from msgsrv.wire.errors import AuthError, ConfigError, ConnectionFailed
+from msgsrv.net.server import make_server
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import connect, recv_until_closed, service_config
 
 pytestmark = pytest.mark.timeout(60)

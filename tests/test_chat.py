@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from msgsrv.chatproto import History, Message, Notice, Private, parse_server_line
+from msgsrv.services.chat.protocol import History, Message, Notice, Private, parse_server_line
 from msgsrv.client import ChatClient, ConnectionFailed, RequestTimeout, ServerError
-from msgsrv.client.cli_chat import describe
-from msgsrv.handlers.chat import Outbox, word
+from msgsrv.cli.chat import describe
+from msgsrv.services.chat.handler import Outbox, word
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -482,7 +482,7 @@ def test_cli_chat_reports_a_taken_nick(chat):
 
 
 def test_cli_chat_in_process_until_the_server_closes(chat):
-    from msgsrv.client import cli_chat
+    from msgsrv.cli import chat as cli_chat
 
     server = chat()
     read_fd, write_fd = os.pipe()

@@ -1,4 +1,4 @@
-"""Tests for msgsrv.chatproto: line reading, commands, server-line grammar, flood control."""
+"""Tests for msgsrv.services.chat.protocol: line reading, commands, server-line grammar, flood control."""
 
 import pathlib
 import re
@@ -6,13 +6,13 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from msgsrv.chatproto import (
+from msgsrv.services.chat.protocol import (
     COMMANDS, ERRORS, NOTICES, Action, ChatError, Command, Error, History, Line, LineReader,
     LineTooLong, Message, Notice, Private, TokenBucket, check_nick, check_room, clean_text,
     format_action, format_error, format_event, format_help, format_history, format_message,
     format_notice, format_private, nick_key, parse_line, parse_server_line, room_key, usage,
 )
-from msgsrv.errors import ProtocolError
+from msgsrv.wire.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from msgsrv.chatproto import ChatError, parse_server_line
-from msgsrv.chatroom import ChatState, Member, deliver
+from msgsrv.services.chat.protocol import ChatError, parse_server_line
+from msgsrv.services.chat.state import ChatState, Member, deliver
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ import pytest
 
 from msgsrv.client import ChatClient, ConnectionFailed, FileClient, RequestTimeout
 from msgsrv.client.framed import DEFAULT_HELLO_TIMEOUT, FramedClient
-from msgsrv.errors import ProtocolError
-from msgsrv.sandbox import is_temp_name
+from msgsrv.wire.errors import ProtocolError
+from msgsrv.services.files.sandbox import is_temp_name
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(60)

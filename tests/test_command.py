@@ -11,9 +11,9 @@ import time
 import pytest
 
 from msgsrv.client import CommandClient
-from msgsrv.errors import AuthError, ConfigError, ConnectionFailed, ServerError
-from msgsrv.handlers.command import CODES, CommandHandler
-from msgsrv.server import make_server
+from msgsrv.wire.errors import AuthError, ConfigError, ConnectionFailed, ServerError
+from msgsrv.services.command.handler import CODES, CommandHandler
+from msgsrv.net.server import make_server
 from tests.conftest import ROOT, recv_until_closed, service_config, wait_for
 from tests.processes import alive
 from tests.test_authed import SECRET as AUTHED_SECRET
@@ -167,7 +167,7 @@ def test_keys_file_with_loose_permissions_refuses_start(keys_file):
 # --- who commands run as ------------------------------------------------------------
 
 def test_commands_never_run_as_root_by_accident(keys_file, monkeypatch):
-    monkeypatch.setattr("msgsrv.privileges.os.geteuid", lambda: 0)
+    monkeypatch.setattr("msgsrv.ops.privileges.os.geteuid", lambda: 0)
     with pytest.raises(ConfigError, match=r"^\[service:svc\] commands would run as root "
                                           r"\(uid 0\): set user = NAME in \[service:svc\]"):
         make_server(service_config("command", keys_file=keys_file, **{"command.t": "true"}))
@@ -336,7 +336,7 @@ def test_a_client_reset_kills_the_run(command_service):
 
 
 def test_client_refuses_a_server_that_is_not_a_command_service(start_service, keys_file):
-    from msgsrv.errors import ProtocolError
+    from msgsrv.wire.errors import ProtocolError
     server = start_service("tests.plugins:AuthedEcho", keys_file=keys_file)
     with client(server) as c:
         with pytest.raises(ProtocolError, match="expected a commands reply"):

@@ -9,10 +9,11 @@ from types import MappingProxyType
 
 import pytest
 
-from msgsrv import auth, config
+from msgsrv.wire import auth
+from msgsrv.ops import config
 from msgsrv.client import Result
-from msgsrv.client.__main__ import main
-from msgsrv.server import make_server
+from msgsrv.cli.client import main
+from msgsrv.net.server import make_server
 from tests.conftest import ROOT
 from tests.test_command import client, command_service, keys_file  # noqa: F401 (fixtures)
 

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from hypothesis import given, strategies as st
 
-from msgsrv import commands
-from msgsrv.commands import CommandTable, Placeholder, parse_limits, parse_pattern, parse_template
-from msgsrv.errors import ConfigError, ProtocolError
+from msgsrv.services.command import allowlist as commands
+from msgsrv.services.command.allowlist import CommandTable, Placeholder, parse_limits, parse_pattern, parse_template
+from msgsrv.wire.errors import ConfigError, ProtocolError
 from tests.conftest import service_config
 
 pytestmark = pytest.mark.timeout(30)
@@ -128,8 +128,8 @@ def test_config_errors_name_section_and_key():
 
 
 def test_effective_config_shows_values_as_written():
-    from msgsrv.config import format_effective
-    from msgsrv.config import Config
+    from msgsrv.ops.config import format_effective
+    from msgsrv.ops.config import Config
     service = service_config("command", keys_file="k", **{
         "command.t": "tail -n {n} /var/log/syslog", "pattern.t": "[0-9]{1,4}",
         "limits.t": "timeout=5"})

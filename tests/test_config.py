@@ -4,10 +4,10 @@ import socketserver
 
 import pytest
 
-from msgsrv import config, settings
+from msgsrv.ops import config, settings
 from msgsrv.__main__ import main
-from msgsrv.errors import ConfigError
-from msgsrv.handlers.echo import EchoDatagramHandler, EchoHandler
+from msgsrv.wire.errors import ConfigError
+from msgsrv.services.echo.handler import EchoDatagramHandler, EchoHandler
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,7 +85,7 @@ def test_port_out_of_range_message_names_everything(tmp_path):
     ("handler = no_such_module_xyz:Thing", "", "cannot import 'no_such_module_xyz'"),
     ("handler = tests.test_config:Missing", "", "has no class 'Missing'"),
     ("handler = tests.test_config:NotAHandler", "", "is not a msgsrv Handler"),
-    ("handler = msgsrv.handlers.echo:EchoHandler\ntransport = udp", "",
+    ("handler = msgsrv.services.echo.handler:EchoHandler\ntransport = udp", "",
      "does not support transport udp"),
     ("handler = Bad Name", "", "handler must be a built-in handler name or package.module:Class"),
 ])

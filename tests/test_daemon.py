@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
+from msgsrv.ops import config as config_module
 from msgsrv.client import EchoClient
 from tests.conftest import ROOT, run_msgsrv, wait_for
 

@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
-from msgsrv import config, manpages, settings_doc
-from msgsrv.protocol import CODES
+from msgsrv.ops import config, settings_doc
+from msgsrv.cli import manpages
+from msgsrv.wire.frames import CODES
 from tests.conftest import ROOT, connect, service_config
 
 pytestmark = pytest.mark.timeout(30)
@@ -27,7 +28,7 @@ def test_settings_tables_are_generated_from_declarations():
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
         assert settings_doc.update(text) == text, (
-            "%s settings tables are stale: run python -m msgsrv.settings_doc" % path)
+            "%s settings tables are stale: run python -m msgsrv.ops.settings_doc" % path)
 
 
 def test_every_settings_group_has_a_block_in_the_docs():
@@ -77,7 +78,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_manual_pages_are_generated_from_the_parsers():
     for manual in manpages.manuals():
         assert read("man/" + manual.filename) == manpages.render(manual), (
-            "man/%s is stale: run python -m msgsrv.manpages man/" % manual.filename)
+            "man/%s is stale: run python -m msgsrv.cli.manpages man/" % manual.filename)
 
 
 def test_plugin_example_runs(tmp_path, monkeypatch, start_service):
@@ -110,12 +111,12 @@ def test_manpages_command_writes_then_checks(tmp_path, capsys):
     assert manpages.main(["--check", str(tmp_path)]) == 0
     (tmp_path / "msgsrv.8").write_text("old\n")
     assert manpages.main(["--check", str(tmp_path)]) == 1
-    assert "msgsrv.8 is out of date: run python -m msgsrv.manpages" in capsys.readouterr().err
+    assert "msgsrv.8 is out of date: run python -m msgsrv.cli.manpages" in capsys.readouterr().err
     assert (tmp_path / "msgsrv.8").read_text() == "old\n"
 
 
 def test_msgsrvctl_exit_status_table_matches_the_command():
-    from msgsrv import ctl
+    from msgsrv.cli import msgsrvctl as ctl
     readme = read("docs/OPERATING.rst")
     table = readme[readme.index("Its exit status is that of an LSB init script:"):]
     table = table[:table.index("``--help`` prints the usage")]

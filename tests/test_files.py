@@ -11,14 +11,15 @@ import threading
 
 import pytest
 
-from msgsrv import auth, fileproto
+from msgsrv.wire import auth
+from msgsrv.services.files import protocol as fileproto
 from msgsrv.client import FileClient
-from msgsrv.client.files import part_path
-from msgsrv.errors import AuthError, ConfigError, ConnectionFailed, ProtocolError, ServerError
-from msgsrv.fileproto import LIST_PAGE
-from msgsrv.handlers import files as files_handler
-from msgsrv.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
-from msgsrv.stream import FrameStream
+from msgsrv.services.files.client import part_path
+from msgsrv.wire.errors import AuthError, ConfigError, ConnectionFailed, ProtocolError, ServerError
+from msgsrv.services.files.protocol import LIST_PAGE
+from msgsrv.services.files import handler as files_handler
+from msgsrv.services.files.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import connect, recv_until_closed, service_config, wait_for
 
 pytestmark = pytest.mark.timeout(60)

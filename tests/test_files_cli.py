@@ -9,12 +9,13 @@ import time
 
 import pytest
 
-from msgsrv import auth, config
-from msgsrv.client.__main__ import main
-from msgsrv.client.cli_files import printable
-from msgsrv.client.progress import ProgressBar, format_bytes, format_duration, render
-from msgsrv.sandbox import is_temp_name
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.ops import config
+from msgsrv.cli.client import main
+from msgsrv.cli.files import printable
+from msgsrv.cli.progress import ProgressBar, format_bytes, format_duration, render
+from msgsrv.services.files.sandbox import is_temp_name
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(60)

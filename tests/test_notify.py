@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from msgsrv import notify
+from msgsrv.ops import notify
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -16,15 +16,15 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
+from msgsrv.ops import config as config_module
 from msgsrv.__main__ import main
 from msgsrv.client import EchoClient
-from msgsrv.daemon import Daemon, plan_reload, state_path
-from msgsrv.errors import ConfigError
-from msgsrv.handlers.base import Handler
-from msgsrv.privileges import RunAs, children_identity, drop
-from msgsrv.server import TCPService
-from msgsrv.stream import FrameStream
+from msgsrv.ops.daemon import Daemon, plan_reload, state_path
+from msgsrv.wire.errors import ConfigError
+from msgsrv.net.handler import Handler
+from msgsrv.ops.privileges import RunAs, children_identity, drop
+from msgsrv.net.server import TCPService
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -301,7 +301,7 @@ COMMANDS = "[service:cmd]\nhandler = command\nkeys_file = /nonexistent\ncommand.
                                          ("run_as_root = yes\n", 0)])
 def test_check_refuses_commands_that_would_run_as_root(tmp_path, capsys, monkeypatch, extra, code):
     _nobody()
-    monkeypatch.setattr("msgsrv.privileges.os.geteuid", lambda: 0)
+    monkeypatch.setattr("msgsrv.ops.privileges.os.geteuid", lambda: 0)
     config = write_config(tmp_path / "server.ini", GLOBAL, COMMANDS + extra)
     assert main(["-c", str(config), "--check"]) == code
     err = capsys.readouterr().err
@@ -399,7 +399,7 @@ def test_print_setting_and_pid_helpers(tmp_path, capsys):
     assert "no [msgsrv] setting 'nope'" in capsys.readouterr().err
     assert main(["-c", str(config), "--pid"]) == 3
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from msgsrv.pidfile import Pidfile; "
+        [sys.executable, "-c", "import sys; from msgsrv.ops.pidfile import Pidfile; "
          "Pidfile(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()",
          str(pidfile)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from msgsrv.errors import AlreadyRunning
-from msgsrv.pidfile import Pidfile, read_pid, running_pid
+from msgsrv.wire.errors import AlreadyRunning
+from msgsrv.ops.pidfile import Pidfile, read_pid, running_pid
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(30)
 
 HOLDER = """
 import sys, time
-from msgsrv.pidfile import Pidfile
+from msgsrv.ops.pidfile import Pidfile
 pidfile = Pidfile(sys.argv[1])
 pidfile.acquire()
 print("held", flush=True)

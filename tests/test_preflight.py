@@ -1,12 +1,12 @@
-"""--check runs every check a start runs (msgsrv.preflight), creates nothing, and says what a
+"""--check runs every check a start runs (msgsrv.ops.preflight), creates nothing, and says what a
 start would create; the daemon refuses to start on the same problems with the same messages."""
 
 import os
 
 import pytest
 
-from msgsrv import config as config_module, preflight
-from msgsrv.errors import CheckFailed
+from msgsrv.ops import config as config_module, preflight
+from msgsrv.wire.errors import CheckFailed
 from tests.conftest import run_msgsrv
 
 pytestmark = pytest.mark.timeout(60)

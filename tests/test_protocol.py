@@ -6,8 +6,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from msgsrv.errors import ProtocolError
-from msgsrv.protocol import NEED_DATA, FrameDecoder, Message, encode, error_header
+from msgsrv.wire.errors import ProtocolError
+from msgsrv.wire.frames import NEED_DATA, FrameDecoder, Message, encode, error_header
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from msgsrv import auth
-from msgsrv.protocol import shown
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.wire.frames import shown
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import connect
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from msgsrv import runner
-from msgsrv.commands import Limits
-from msgsrv.handlers.command import output_frame
-from msgsrv.protocol import NEED_DATA, FrameDecoder
+from msgsrv.services.command import process as runner
+from msgsrv.services.command.allowlist import Limits
+from msgsrv.services.command.handler import output_frame
+from msgsrv.wire.frames import NEED_DATA, FrameDecoder
 from tests.conftest import wait_for
 from tests.processes import alive, kill_quietly
 

@@ -1,4 +1,4 @@
-"""Tests for msgsrv.sandbox: walking client paths inside a root, and atomic writes."""
+"""Tests for msgsrv.services.files.sandbox: walking client paths inside a root, and atomic writes."""
 
 import contextlib
 import os
@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msgsrv.errors import ConfigError, ProtocolError
-from msgsrv.sandbox import (
-    TEMP_PREFIX, AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, fsync_directory,
-    is_temp_name, resumable_temp_name, resumable_temp_path,
+from msgsrv.wire.errors import ConfigError, ProtocolError
+from msgsrv.services.files.sandbox import (
+    TEMP_PREFIX, AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name,
+    resumable_temp_name, resumable_temp_path,
 )
+from msgsrv.services.files.transfer import fsync_directory
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""scripts/msgsrvctl (msgsrv.ctl), start.sh and stop.sh driven for real, with temp configs and
+"""scripts/msgsrvctl (msgsrv.cli.msgsrvctl), start.sh and stop.sh driven for real, with temp configs and
 var dirs: the actions and their LSB init-script exit codes."""
 
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from msgsrv.client import EchoClient
-from msgsrv.pidfile import read_pid
+from msgsrv.ops.pidfile import read_pid
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -182,7 +182,7 @@ def test_start_waits_for_ready_whatever_the_log_level(setup):
 
 STUBBORN = """
 import signal, sys, time
-from msgsrv.pidfile import Pidfile
+from msgsrv.ops.pidfile import Pidfile
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 Pidfile(sys.argv[1]).acquire()
 print("held", flush=True)

@@ -9,11 +9,11 @@ import warnings
 
 import pytest
 
-from msgsrv.handlers.base import Handler
-from msgsrv.peer import format_peer
-from msgsrv.pool import Connection, WorkerPool
-from msgsrv.server import PooledTCPService, TCPService, ThreadedTCPService, make_server
-from msgsrv.transport import PlainTransport
+from msgsrv.net.handler import Handler
+from msgsrv.net.peer import format_peer
+from msgsrv.net.pool import Connection, WorkerPool
+from msgsrv.net.server import PooledTCPService, TCPService, ThreadedTCPService, make_server
+from msgsrv.net.transport import PlainTransport
 from tests.conftest import connect, service_config, wait_for
 from tests.test_chat import Peer
 
@@ -189,8 +189,8 @@ def test_a_blocked_udp_plugin_does_not_delay_sigterm(tmp_path, daemon_factory):
 
 
 def test_the_signal_queue_is_bounded_and_drops_are_logged(tmp_path, caplog):
-    from msgsrv import config as config_module
-    from msgsrv.daemon import SIGNAL_QUEUE, Daemon
+    from msgsrv.ops import config as config_module
+    from msgsrv.ops.daemon import SIGNAL_QUEUE, Daemon
     path = tmp_path / "server.ini"
     path.write_text("[service:echo]\nhandler = echo\nhost = 127.0.0.1\nport = 0\n")
     daemon = Daemon(config_module.load(str(path)))

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from msgsrv.protocol import FrameDecoder, encode
-from msgsrv.stream import FrameStream
+from msgsrv.wire.frames import FrameDecoder, encode
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import connect, recv_until_closed, stop_during_a_blocked_transfer, wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 
-from msgsrv import service as service_module
-from msgsrv.chatroom import ChatState, Member
-from msgsrv.errors import ConfigError
-from msgsrv.handlers.authed import AuthenticatedHandler
-from msgsrv.handlers.base import Handler
-from msgsrv.handlers.command import RunSlots
+from msgsrv.net import service as service_module
+from msgsrv.services.chat.state import ChatState, Member
+from msgsrv.wire.errors import ConfigError
+from msgsrv.net.authenticated import AuthenticatedHandler
+from msgsrv.net.handler import Handler
+from msgsrv.services.command.handler import RunSlots
 from tests.conftest import ROOT, service_config, wait_for
 
 pytestmark = pytest.mark.timeout(30)

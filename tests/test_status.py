@@ -7,12 +7,12 @@ import urllib.request
 
 import pytest
 
-from msgsrv import status
-from msgsrv.client.__main__ import main as client_main
-from msgsrv.client.status import StatusClient
-from msgsrv.errors import ServerError
-from msgsrv.registry import Registry
-from msgsrv.stream import FrameStream, check_error
+from msgsrv.services.status import report as status
+from msgsrv.cli.client import main as client_main
+from msgsrv.services.status.client import StatusClient
+from msgsrv.wire.errors import ServerError
+from msgsrv.ops.running import Registry
+from msgsrv.wire.frame_stream import FrameStream, check_error
 from tests.conftest import connect, recv_until_closed, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -96,7 +96,7 @@ def test_default_format_setting(start_service):
 
 
 def test_http_metrics_and_status(start_service):
-    server = start_service("msgsrv.handlers.status:StatusHTTPHandler")
+    server = start_service("msgsrv.services.status.handler:StatusHTTPHandler")
     base = "http://127.0.0.1:%d" % server.port
     with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")

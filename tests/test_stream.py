@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from msgsrv.errors import AuthError, ConnectionFailed, ProtocolError, RequestTimeout, ServerError
-from msgsrv.protocol import Message, encode
-from msgsrv.stream import FrameStream, check_error
+from msgsrv.wire.errors import AuthError, ConnectionFailed, ProtocolError, RequestTimeout, ServerError
+from msgsrv.wire.frames import Message, encode
+from msgsrv.wire.frame_stream import FrameStream, check_error
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from msgsrv.client.terminal import LineEditor, printable, quote_greeting
+from msgsrv.cli.terminal import LineEditor
+from msgsrv.client.base import printable, quote_greeting
 
 
 def feed(editor, data, one_byte_at_a_time=True):

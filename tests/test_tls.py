@@ -12,9 +12,9 @@ import pytest
 from msgsrv.client import EchoClient
 from msgsrv.client.base import connect_tcp
 from msgsrv.client.framed import FramedClient
-from msgsrv.errors import ConfigError, ConnectionFailed, RequestTimeout
-from msgsrv.protocol import encode
-from msgsrv.stream import FrameStream
+from msgsrv.wire.errors import ConfigError, ConnectionFailed, RequestTimeout
+from msgsrv.wire.frames import encode
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import connect, recv_until_closed, stop_during_a_blocked_transfer, wait_for
 
 pytestmark = [pytest.mark.timeout(60),
@@ -142,7 +142,7 @@ def test_plaintext_is_closed_at_its_first_byte(start_service, certs, handler, ca
 
 def test_file_commands_speak_tls_when_asked_and_explain_when_not(start_service, certs,
                                                                   tmp_path, capsys):
-    from msgsrv.client.__main__ import main as client_main
+    from msgsrv.cli.client import main as client_main
     keys = tmp_path / "keys"
     keys.write_text("alice %s\n" % ("a" * 24))
     keys.chmod(0o600)
@@ -235,7 +235,7 @@ def test_bad_certificate_files_are_config_errors(start_service, certs, tmp_path)
 
 
 def test_client_cli_tls_options(start_service, certs, capsys):
-    from msgsrv.client.__main__ import main as client_main
+    from msgsrv.cli.client import main as client_main
     server = tls_service(start_service, certs, tls_client_ca=certs["ca.pem"])
     address = "127.0.0.1:%d" % server.port
     assert client_main(["echo", address, "over", "tls", "--ca-file", certs["ca.pem"],

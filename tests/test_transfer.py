@@ -1,4 +1,4 @@
-"""msgsrv.transfer (hashing alongside I/O), msgsrv.fileproto (requests), msgsrv.fileroot."""
+"""msgsrv.services.files.transfer (hashing alongside I/O), msgsrv.services.files.protocol (requests), msgsrv.services.files.state."""
 
 import hashlib
 import io
@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-from msgsrv import transfer
-from msgsrv.errors import ConnectionFailed, ProtocolError
-from msgsrv.fileproto import CODES, CONFIGURABLE, OPERATIONS, check_request, parse_operations
-from msgsrv.fileroot import DigestCache, QuotaLedger, content_key
-from msgsrv.protocol import encode
-from msgsrv.sandbox import TEMP_PREFIX, Sandbox
-from msgsrv.stream import FrameStream
+from msgsrv.services.files import transfer
+from msgsrv.wire.errors import ConnectionFailed, ProtocolError
+from msgsrv.services.files.protocol import CODES, CONFIGURABLE, OPERATIONS, check_request, parse_operations
+from msgsrv.services.files.state import DigestCache, QuotaLedger, content_key
+from msgsrv.wire.frames import encode
+from msgsrv.services.files.sandbox import TEMP_PREFIX, Sandbox
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
 from tests.test_stream import pair  # noqa: F401  (a fixture)
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from msgsrv.errors import RequestTimeout, ServiceBusy, TooSlow
-from msgsrv.stream import FrameStream
-from msgsrv.transfer_limits import PacedSocket, RateWatch, TransferGate
+from msgsrv.wire.errors import RequestTimeout, ServiceBusy, TooSlow
+from msgsrv.wire.frame_stream import FrameStream
+from msgsrv.net.transfer_limits import PacedSocket, RateWatch, TransferGate
 from tests.conftest import connect, wait_for
 
 pytestmark = pytest.mark.timeout(60)

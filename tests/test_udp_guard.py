@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.daemon import Daemon
-from msgsrv.datagram import DropLog, Listeners, ReplyLimiter, is_local_address, source_refusal
-from msgsrv.registry import Registry
+from msgsrv.ops import config as config_module
+from msgsrv.ops.daemon import Daemon
+from msgsrv.net.datagram import DropLog, Listeners, ReplyLimiter, is_local_address, source_refusal
+from msgsrv.ops.running import Registry
 from tests.conftest import service_config, wait_for
 from tests.hostile.attackers import SpoofedUDP
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from msgsrv.client import EchoClient
-from msgsrv.client.status import StatusClient
-from msgsrv.stream import FrameStream
+from msgsrv.services.status.client import StatusClient
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
 from tests.processes import alive
 
@@ -96,7 +96,7 @@ def test_two_workers_serve_and_the_status_sums_them(tmp_path, daemon_factory):
     for pid in pids:
         assert 'msgsrv_worker_info{worker="%d",' % pid in metrics
         assert 'msgsrv_worker_connections_total{worker="%d",service="echo"}' % pid in metrics
-    table = subprocess.run([sys.executable, "-m", "msgsrv.ctl", "status", "-c",
+    table = subprocess.run([sys.executable, "-m", "msgsrv.cli.msgsrvctl", "status", "-c",
                             str(tmp_path / "server.ini")], cwd=ROOT, capture_output=True,
                            text=True, timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
     assert table.returncode == 0, table.stderr

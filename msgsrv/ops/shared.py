@@ -38,7 +38,7 @@ import struct
 import tempfile
 import threading
 
-from ..errors import TableFull
+from msgsrv.wire.errors import TableFull
 
 STRIPES = 64            # record-lock stripes; the namespace's hash picks one
 _REGISTRY = STRIPES     # the stripe of the worker table and the snapshots

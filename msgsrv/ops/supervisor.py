@@ -30,16 +30,17 @@ import select
 import signal
 import time
 
-from .. import __version__, config as config_module, notify, preflight, status
-from ..daemon import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, STOP_MARGIN, SignalLoop, _summary,
-                      _write_atomically, install_log_handlers, log_handlers, plan_reload,
-                      raise_open_files_limit, reopen_logs, report_fatal, state_path,
-                      drop_privileges, restart_keys_changed, workers_path)
-from ..errors import ConfigError
-from ..peer import format_peer
-from ..pidfile import Pidfile
-from ..server import open_listener
-from . import shared, worker as worker_module
+from msgsrv import __version__
+from msgsrv.net.peer import format_peer
+from msgsrv.net.server import open_listener
+from msgsrv.services.status import report as status
+from msgsrv.wire.errors import ConfigError
+from . import config as config_module, notify, preflight, shared, worker as worker_module
+from .daemon import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, STOP_MARGIN, SignalLoop, _summary,
+                     _write_atomically, drop_privileges, install_log_handlers, log_handlers,
+                     plan_reload, raise_open_files_limit, reopen_logs, report_fatal,
+                     restart_keys_changed, state_path, workers_path)
+from .pidfile import Pidfile
 
 log = logging.getLogger("msgsrv")
 

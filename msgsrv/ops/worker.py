@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .. import status
-from ..daemon import Daemon, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from ..errors import ConfigError
-from ..notify import ENV as NOTIFY_ENV
+from msgsrv.services.status import report as status
+from msgsrv.wire.errors import ConfigError
 from . import shared
+from .daemon import Daemon, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from .notify import ENV as NOTIFY_ENV
 
 log = logging.getLogger("msgsrv")
 

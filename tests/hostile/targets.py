@@ -13,12 +13,12 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
-from msgsrv.client.chat import ChatClient
-from msgsrv.client.command import CommandClient
-from msgsrv.client.files import FileClient
-from msgsrv.client.status import StatusClient
+from msgsrv.services.chat.client import ChatClient
+from msgsrv.services.command.client import CommandClient
+from msgsrv.services.files.client import FileClient
+from msgsrv.services.status.client import StatusClient
 from msgsrv.client.framed import FramedClient
-from msgsrv.stream import FrameStream, check_error
+from msgsrv.wire.frame_stream import FrameStream, check_error
 from tests.conftest import DaemonProcess
 from tests.hostile.procwatch import ProcessProbe
 

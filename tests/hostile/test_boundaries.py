@@ -13,8 +13,8 @@ import time
 import pytest
 
 from msgsrv.client.framed import FramedClient
-from msgsrv.errors import ServerError
-from msgsrv.protocol import NEED_DATA, FrameDecoder
+from msgsrv.wire.errors import ServerError
+from msgsrv.wire.frames import NEED_DATA, FrameDecoder
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.procwatch import PeakRSS

@@ -13,7 +13,7 @@ tests/test_protocol.py, test_chatproto.py and test_auth.py hold the
 example-based tests of these modules and a few fixed-count properties; this
 table is what the long campaign (``MSGSRV_CAMPAIGN=long``, 100,000 examples
 per property and decoder) drives.  A new decoder joins by adding a row; the
-file and command request checks (msgsrv/fileproto.py, msgsrv/commands.py)
+file and command request checks (msgsrv/services/files/protocol.py, msgsrv/services/command/allowlist.py)
 run behind the frame decoder as the services run them.
 """
 
@@ -23,15 +23,17 @@ from typing import Callable
 import pytest
 from hypothesis import given, strategies as st
 
-from msgsrv import auth, commands, fileproto
-from msgsrv.chatproto import (
+from msgsrv.wire import auth
+from msgsrv.services.command import allowlist as commands
+from msgsrv.services.files import protocol as fileproto
+from msgsrv.services.chat.protocol import (
     ERRORS as CHAT_ERRORS, NOTICES, Action, ChatError, Error, History, Line, LineReader,
     LineTooLong, Message as ChatMessage, Notice, Private, clean_text, format_event, parse_line,
     parse_server_line,
 )
-from msgsrv.commands import CommandTable
-from msgsrv.errors import AuthError, ProtocolError, ServerError
-from msgsrv.protocol import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
+from msgsrv.services.command.allowlist import CommandTable
+from msgsrv.wire.errors import AuthError, ProtocolError, ServerError
+from msgsrv.wire.frames import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
 from tests.conftest import service_config
 from tests.hostile import campaign
 

@@ -19,11 +19,11 @@ import tracemalloc
 
 import pytest
 
-from msgsrv.client.chat import ChatClient
-from msgsrv.client.files import FileClient
+from msgsrv.services.chat.client import ChatClient
+from msgsrv.services.files.client import FileClient
 from msgsrv.client.framed import FramedClient
-from msgsrv.errors import ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout
-from msgsrv.protocol import encode
+from msgsrv.wire.errors import ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout
+from msgsrv.wire.frames import encode
 from tests.hostile import campaign
 
 pytestmark = pytest.mark.timeout(campaign.timeout(60))

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from msgsrv.client.command import CommandClient
-from msgsrv.client.files import FileClient
-from msgsrv.errors import ConnectionFailed
-from msgsrv.sandbox import is_temp_name
+from msgsrv.services.command.client import CommandClient
+from msgsrv.services.files.client import FileClient
+from msgsrv.wire.errors import ConnectionFailed
+from msgsrv.services.files.sandbox import is_temp_name
 from tests.conftest import recv_until_closed, wait_for
 from tests.hostile import campaign
 from tests.hostile.targets import KEY_NAME, SECRET

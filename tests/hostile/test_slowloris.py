@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from msgsrv import auth
-from msgsrv.protocol import encode
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.wire.frames import encode
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import recv_until_closed
 from tests.hostile import campaign
 from tests.hostile.attackers import Slowloris, measure_latency, open_tcp

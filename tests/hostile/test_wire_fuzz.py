@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from msgsrv import runner, transfer
+from msgsrv.services.command import process as runner
+from msgsrv.services.files import transfer
 from tests.hostile import campaign
 from tests.hostile.procwatch import PeakRSS, settle
 from tests.hostile.wirefuzz import fuzz, targets_for

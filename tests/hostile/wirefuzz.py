@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List
 
-from msgsrv import auth, chatproto, commands, fileproto, protocol
-from msgsrv.errors import ProtocolError
-from msgsrv.protocol import NEED_DATA, FrameDecoder, encode
+from msgsrv.wire import auth, frames as protocol
+from msgsrv.services.chat import protocol as chatproto
+from msgsrv.services.command import allowlist as commands
+from msgsrv.services.files import protocol as fileproto
+from msgsrv.wire.errors import ProtocolError
+from msgsrv.wire.frames import NEED_DATA, FrameDecoder, encode
 from tests.hostile.attackers import rst_close
 from tests.hostile.targets import KEY_NAME, SECRET
 
