@@ -260,31 +260,35 @@ SERVICE_SETTINGS = (
     Setting("host", host, "127.0.0.1", "Address to listen on."),
     Setting("port", integer(0, 65535), "0", "Port to listen on; 0 picks a free port (logged)."),
     Setting("max_connections", integer(1, 1000000), "1000",
-            "TCP: most connections served at once; more are refused with a reason."),
+            "TCP: most connections served at once (by all worker processes together); more "
+            "are refused with a reason."),
     Setting("max_connections_per_ip", integer(1, 1000000), "100",
-            "TCP: most connections at once from one client address."),
+            "TCP: most connections at once from one client address (all worker processes "
+            "together)."),
     Setting("idle_timeout", seconds(0, 86400 * 7), "300",
             "TCP: a client silent (and not reading) this long is disconnected; 0 disables."),
     Setting("backlog", integer(1, 65535), "1024", "TCP: listen backlog (pending accepts)."),
     Setting("workers", integer(1, 256), "4",
-            "TCP: threads that serve ready connections (more are started while "
-            "handlers block, up to max_threads)."),
+            "TCP: threads that serve ready connections, in each worker process (more are "
+            "started while handlers block, up to max_threads)."),
     Setting("max_threads", integer(1, 10000), "64",
-            "TCP: most threads one service uses, including blocked handlers. A plain "
+            "TCP: most threads one service uses in each worker process, including blocked "
+            "handlers. A plain "
             "socketserver handler has one thread per connection: connections over "
             "max_threads are refused (refused_busy)."),
     Setting("max_pending_output", size(1024, 1 << 30), "1M",
             "TCP: bytes queued for a slow reader before reading from it pauses."),
     Setting("max_transfers", integer(1, 100000), "32",
             "TCP: blocking transfers (file get, put and stat with sha256, command runs) "
-            "at once; more are refused with busy. At most max_threads - workers block "
+            "at once (all worker processes together); more are refused with busy. At most "
+            "max_threads - workers block "
             "whatever this says, so workers threads always serve everyone else."),
     Setting("max_transfers_per_ip", integer(1, 100000), "4",
-            "TCP: blocking transfers at once from one client address; more are refused "
-            "with busy."),
+            "TCP: blocking transfers at once from one client address (all worker processes "
+            "together); more are refused with busy."),
     Setting("transfer_buffer_budget", size(1 << 20, 1 << 40), "32M",
             "TCP: most bytes of transfer buffers all transfers of the service hold "
-            "together (a file upload takes 1.25M, a download or hash 256K, a command "
+            "together, in every worker process (a file upload takes 1.25M, a download or hash 256K, a command "
             "run 384K); a transfer that does not fit is refused with busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
@@ -294,8 +298,8 @@ SERVICE_SETTINGS = (
     Setting("deny", networks, "",
             "Client addresses or CIDR networks this service refuses; deny wins over allow."),
     Setting("rate_limit", rate, "0",
-            "TCP: new connections one client address may open, e.g. 20/s, 100/10s, "
-            "50 per minute; 0: no limit."),
+            "TCP: new connections one client address may open (to any worker process), "
+            "e.g. 20/s, 100/10s, 50 per minute; 0: no limit."),
     Setting("rate_penalty", seconds(0, 86400), "10",
             "TCP: seconds an address over rate_limit is refused."),
     Setting("tls_cert", text, "",
@@ -311,16 +315,19 @@ SERVICE_SETTINGS = (
             "such as echo 7 and chargen 19 would answer back: an endless loop); "
             "0: any port but 0."),
     Setting("reply_rate", rate, "100/s",
-            "UDP: replies one client address gets, e.g. 100/s, once reply_burst is used up; "
-            "more are dropped, so a loop between two servers dies out; 0: no limit."),
+            "UDP: replies one client address gets from each worker process, e.g. 100/s, "
+            "once reply_burst is used up; more are dropped, so a loop between two servers "
+            "dies out; 0: no limit."),
     Setting("reply_burst", integer(1, 1000000), "200",
-            "UDP: replies one client address may get at once before reply_rate applies."),
+            "UDP: replies one client address may get at once (from each worker process) "
+            "before reply_rate applies."),
     Setting("reply_sources_max", integer(1, 10000000), "10000",
-            "UDP: client addresses whose reply_rate is tracked; beyond it the least "
+            "UDP: client addresses whose reply_rate is tracked (by each worker process); "
+            "beyond it the least "
             "recently answered is forgotten (bounded memory under spoofed sources)."),
     Setting("auth_penalty_failures", integer(0, 10000), "10",
             "TCP, services that authenticate: failed authentications from one address "
-            "(IPv6: one /64) within auth_penalty_window after which it is refused for "
+            "(IPv6: one /64; on any worker process) within auth_penalty_window after which it is refused for "
             "auth_penalty_time; 0: off."),
     Setting("auth_penalty_window", seconds(0.1, 86400), "60",
             "Seconds, from an address's first counted failure, within which "
@@ -335,5 +342,6 @@ SERVICE_SETTINGS = (
             "loopback, where tunnels and local proxies put every client."),
     Setting("auth_penalty_sources", integer(1, 10000000), "65536",
             "Most addresses whose failures are remembered; beyond, the one that failed "
-            "least recently is forgotten."),
+            "least recently is forgotten. With processes > 1 the shared table "
+            "(shared_addresses) holds them instead: when full, a new address is not counted."),
 )

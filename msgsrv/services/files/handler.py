@@ -195,7 +195,8 @@ class FileHandler(AuthenticatedHandler):
                 "'read' lets clients that do not authenticate get, list and stat."),
         Setting("max_file_size", size(0), "1G", "Largest file a client may upload."),
         Setting("quota", size(0), "0",
-                "Most bytes all files under root may take together (0: no quota)."),
+                "Most bytes all files under root may take together, one quota for all "
+                "worker processes (0: no quota)."),
         Setting("temp_max_age", seconds(60), "86400",
                 "Seconds an interrupted resumable upload is kept for its client "
                 "(all partial uploads are removed at start)."),
