@@ -14,6 +14,7 @@ import errno
 import math
 import selectors
 import socket
+import threading
 import time
 
 HOST = "127.0.0.1"
@@ -347,3 +348,42 @@ class UdpPingPong:
                 continue
             self.latencies.append(time.perf_counter() - client.started)
             self._send(client)
+
+
+class CommandRuns:
+    """One thread per command client, each running ``command`` again and again from
+    ``start_at`` until ``end_at``; :meth:`run` returns the results as PingPong does
+    (latencies of whole runs; errors: runs that failed or exited non-zero)."""
+
+    def __init__(self, conns, command, start_at, end_at):
+        self.conns, self.command = conns, command
+        self.start_at, self.end_at = start_at, end_at
+        self.latencies, self.errors = [], 0
+        self._lock = threading.Lock()
+
+    def run(self):
+        """Run the clients until ``end_at``; return the result dict."""
+        threads = [threading.Thread(target=self._loop, args=(conn,)) for conn in self.conns]
+        sleep_until(self.start_at)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = max(1e-9, min(time.monotonic(), self.end_at) - self.start_at)
+        return {"latencies": self.latencies, "errors": self.errors, "seconds": seconds}
+
+    def _loop(self, conn):
+        latencies, errors = [], 0
+        while time.monotonic() < self.end_at:
+            started = time.perf_counter()
+            try:
+                ok = conn.run(self.command).exit_code == 0
+            except Exception:  # noqa: BLE001 - counted as an error, the loop goes on
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+        with self._lock:
+            self.latencies += latencies
+            self.errors += errors

@@ -74,6 +74,22 @@ def run_udp(ctx, server, clients_count, size, seconds, reply_timeout):
     return metrics
 
 
+def run_commands(ctx, server, port, key, command, clients_count, seconds):
+    """``clients_count`` authenticated command clients (``key``: name, secret) running
+    ``command`` on ``port`` again and again for ``seconds``.
+
+    Metrics as run_pingpong's latency metrics: ``rt_s`` is runs per second;
+    ``server.cpu_seconds`` is sampled over the window.
+    """
+    jobs = [{"port": port, "conns": share, "key": key, "command": command,
+             "seconds": seconds, "go_timeout": 60.0, "cpus": ctx.plan.load}
+            for share in split(clients_count, ctx.load_procs)]
+    with LoadGroup("command", jobs) as group:
+        group.require("ready", time.monotonic() + 30.0)
+        results, srv_pct, load_pct = _measured_window(group, server, seconds)
+    return _latency_metrics(results, srv_pct, load_pct)
+
+
 class IdleHold:
     """Hold ``conns`` idle TCP connections from load processes, as a context manager.
 
