@@ -311,11 +311,12 @@ class SharedPenaltyBox(PenaltyBox):
 
     def check(self, ip, rules):
         """Seconds ``ip`` is still refused for, or None."""
-        key = rules.key(ip)
-        if key is None:
-            return None
         with self._store.locked():
-            record = self._store.get((key,))
+            latest = self._store.get(_LATEST)
+            if latest is None or latest[0] <= self._clock():
+                return None  # no penalty runs: skip parsing the address
+            key = rules.key(ip)
+            record = self._store.get((key,)) if key is not None else None
             left = record[2] - self._clock() if record is not None else 0.0
         return left if left > 0 else None
 
@@ -331,6 +332,10 @@ class SharedPenaltyBox(PenaltyBox):
             seconds = _count_failure(entry, now, rules)
             self._save((key,), (entry.count, entry.start, entry.until, entry.strikes), now,
                        rules)
+            if seconds is not None:
+                latest = self._store.get(_LATEST)
+                if latest is None or latest[0] < entry.until:
+                    self._save(_LATEST, (entry.until,), now, rules)
         return None if seconds is None else (key, seconds)
 
     def _save(self, key, record, now, rules):
@@ -344,11 +349,15 @@ class SharedPenaltyBox(PenaltyBox):
                         self._full_warned = True
                         log.warning("auth_penalty: new sources are not counted: %s", exc)
                     return
-                self._store.prune(lambda values: not _Source.from_record(values)
-                                  .forgettable(now, rules))
+                # values[1] (a source's start) is 0.0 only in the one-value _LATEST record.
+                self._store.prune(lambda values: values[1] == 0.0 or not _Source.from_record(
+                    values).forgettable(now, rules))
 
     def __len__(self):
         return self._store.record_count()
+
+
+_LATEST = ("latest",)  # a SharedPenaltyBox's record of when its last penalty ends
 
 
 def penalty_box(service_name):

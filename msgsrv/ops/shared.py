@@ -6,10 +6,10 @@ mapping of a ``memfd``).  A limit that must mean the same with N workers as
 with one keeps its state here, through a :class:`SharedStore`:
 
 * *held* counts (connections open, per address too, commands running,
-  transfer slots, bytes reserved) go into a table of totals, and each worker
-  also notes what it added in a table of its own slot.  When a worker dies,
-  even by SIGKILL, the master takes its slot's counts off the totals and
-  zeroes the slot: nothing a dead worker held stays counted.
+  transfer slots, bytes reserved) go into one table; each entry holds the
+  total and, beside it, what each worker slot added.  When a worker dies,
+  even by SIGKILL, the master takes its slot's column off the totals: nothing
+  a dead worker held stays counted.
 * *records* (rate-limit buckets, authentication penalties, the quota's bytes
   in use) go into one table for all: they describe an address or a root, not
   what a worker holds, so they outlive the worker that wrote them.
@@ -44,7 +44,6 @@ STRIPES = 64            # record-lock stripes; the namespace's hash picks one
 _REGISTRY = STRIPES     # the stripe of the worker table and the snapshots
 SNAPSHOT_SIZE = 256 * 1024  # bytes of one worker's status document, at most
 _HEADER = struct.Struct("<Q")                     # entries in use
-_HELD = struct.Struct("<QQq")                     # namespace, key, count
 _RECORD = struct.Struct("<QQdddd")                # namespace, key, four values
 _WORKER = struct.Struct("<qqqdq")                 # pid, generation, index, started, state
 _SNAPSHOT = struct.Struct("<Q")                   # length of the document that follows
@@ -67,11 +66,16 @@ class _Table:
 
     An entry is ``(namespace, key, values...)``; namespace 0 marks a free
     entry.  At most three quarters of the entries are used, so a probe always
-    ends; deletion shifts the following entries back (no tombstones).
-    Callers hold the stripe lock of the namespace.
+    ends; deletion shifts the following entries back (no tombstones).  A
+    count (:meth:`add`) that falls to 0 keeps its entry, so a count going up
+    and down costs no insertion and removal each time; those entries are
+    collected when the table is full.  Callers hold the stripe lock of the
+    namespace.
     """
 
-    def __init__(self, mm, offset, capacity, entry, limit):
+    def __init__(self, mm, offset, capacity, entry, limit, counts=False):
+        self.counts = counts  # a table of counts: entries at 0 may be collected
+        self._values = len(entry.unpack(bytes(entry.size))) - 2
         self._mm = mm
         self._count_at = offset
         self._base = offset + _HEADER.size
@@ -110,12 +114,28 @@ class _Table:
         """Store ``values``; raises TableFull when the entry is new and the table is full."""
         position, old = self._find(ns, key)
         if old is None:
-            count = len(self)
-            if count >= self.limit:
-                raise TableFull("the shared table is full (%d entries: shared_addresses)"
-                                % self.limit)
-            _HEADER.pack_into(self._mm, self._count_at, count + 1)
+            position = self._room(ns, key, position)
         self._entry.pack_into(self._mm, self._at(position), ns, key, *values)
+
+    def _room(self, ns, key, position):
+        """Count one more entry, to go at ``position`` (found again if counts at 0 had
+        to be collected first); TableFull when there is none."""
+        count = len(self)
+        if count >= self.limit and self.counts:
+            self._collect()
+            position, count = self._find(ns, key)[0], len(self)
+        if count >= self.limit:
+            raise TableFull("the shared table is full (%d entries: shared_addresses)"
+                            % self.limit)
+        _HEADER.pack_into(self._mm, self._count_at, count + 1)
+        return position
+
+    def _collect(self):
+        """Remove the counts at 0 (a count table only)."""
+        kept = [entry for entry in self.all() if entry[2]]
+        self.clear()
+        for entry in kept:
+            self.set(entry[0], entry[1], entry[2:])
 
     def delete(self, ns, key):
         """Remove ``(ns, key)`` if present."""
@@ -123,16 +143,20 @@ class _Table:
         if old is not None:
             self._remove(position)
 
-    def add(self, ns, key, delta):
-        """Add ``delta`` to the count of ``(ns, key)`` (a held-counts table); an entry
-        whose count reaches 0 is removed.  Raises TableFull like :meth:`set`."""
+    def add(self, ns, key, delta, column):
+        """Add ``delta`` to the total of ``(ns, key)`` and to its ``column`` (a slot) in a
+        table of counts.  Raises TableFull like :meth:`set`."""
         position, old = self._find(ns, key)
         if old is None:
-            self.set(ns, key, (delta,))
-        elif old[0] + delta:
-            self._entry.pack_into(self._mm, self._at(position), ns, key, old[0] + delta)
+            if not delta:
+                return
+            position = self._room(ns, key, position)
+            values = [0] * self._values
         else:
-            self._remove(position)
+            values = list(old)
+        values[0] += delta
+        values[1 + column] += delta
+        self._entry.pack_into(self._mm, self._at(position), ns, key, *values)
 
     def _remove(self, position):
         _HEADER.pack_into(self._mm, self._count_at, len(self) - 1)
@@ -215,9 +239,9 @@ class Arena:
     def __init__(self, slots, addresses):
         self.slots = slots
         capacity = _power_of_two(addresses * 4 // 3 + 1)
-        held_size = _Table.size(capacity, _HELD)
+        held = struct.Struct("<QQq" + "i" * slots)  # namespace, key, total, per slot
         self._held_at = slots * _WORKER.size
-        self._records_at = self._held_at + (slots + 1) * held_size
+        self._records_at = self._held_at + _Table.size(capacity, held)
         self._snapshots_at = self._records_at + _Table.size(capacity, _RECORD)
         total = self._snapshots_at + (slots + 1) * (_SNAPSHOT.size + SNAPSHOT_SIZE)
         self._fd = _anonymous_file()
@@ -227,9 +251,7 @@ class Arena:
         except OSError:
             os.close(self._fd)
             raise
-        tables = [_Table(self._mm, self._held_at + n * held_size, capacity, _HELD, addresses)
-                  for n in range(slots + 1)]
-        self._held, self.totals = tables[:slots], tables[slots]
+        self.totals = _Table(self._mm, self._held_at, capacity, held, addresses, counts=True)
         self.records = _Table(self._mm, self._records_at, capacity, _RECORD, addresses)
         self._secret = os.urandom(16)
         self._stripes = [_StripeLock(self._fd, n) for n in range(STRIPES + 1)]
@@ -244,10 +266,6 @@ class Arena:
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8,
                                  key=self._secret).digest()
         return int.from_bytes(digest, "little") | 1
-
-    def held(self, slot):
-        """What worker ``slot`` added to the totals."""
-        return self._held[slot]
 
     def stripe(self, index):
         """The lock of stripe ``index`` (0..STRIPES), against every thread of every process."""
@@ -312,13 +330,10 @@ class Arena:
     def free(self, slot):
         """Take what the worker in ``slot`` held off the totals and forget what it
         published: it has exited.  Master only."""
-        held = self._held[slot]
         with self.everything():
-            for ns, key, count in held.all():
-                left = self.totals.get(ns, key)
-                if left is not None:
-                    self.totals.add(ns, key, -min(count, left[0]))
-            held.clear()
+            for entry in self.totals.all():
+                if entry[3 + slot]:
+                    self.totals.add(entry[0], entry[1], -entry[3 + slot], slot)
             _WORKER.pack_into(self._mm, slot * _WORKER.size, 0, 0, 0, 0.0, FREE)
             _SNAPSHOT.pack_into(self._mm, self._snapshot_at(slot), 0)
 
@@ -386,8 +401,8 @@ class LocalStore:
 class SharedStore:
     """A namespace of the arena seen from one worker ``slot`` (see :class:`LocalStore`).
 
-    ``total`` is what all workers hold; ``add`` changes the totals and notes
-    the change in this slot's table; records are common to all.  ``put`` and
+    ``total`` is what all workers hold; ``add`` changes the total and this
+    slot's share of it; records are common to all.  ``put`` and
     ``add`` raise TableFull when a new entry does not fit.  Namespaces with
     the same ``group`` share a stripe, so one critical section may cover them
     all (a service's admission checks its rate limit and its connections).
@@ -395,7 +410,7 @@ class SharedStore:
 
     def __init__(self, arena, slot, namespace, group=None):
         self._arena = arena
-        self._held = arena.held(slot)
+        self._slot = slot
         self._ns = arena.hash(namespace)
         self._lock = arena.stripe(arena.hash(group or namespace) % STRIPES)
         self._keys = {}
@@ -408,8 +423,9 @@ class SharedStore:
         found = self._keys.get(key)
         if found is None:
             found = self._arena.hash("\x1f".join(str(part) for part in key))
-            if len(self._keys) < 64:  # the fixed keys of a limit, not every address
-                self._keys[key] = found
+            if len(self._keys) >= 4096:  # recent addresses, bounded
+                self._keys.clear()
+            self._keys[key] = found
         return found
 
     def total(self, key):
@@ -419,13 +435,7 @@ class SharedStore:
 
     def add(self, key, delta):
         """Change what this worker holds under ``key`` by ``delta``."""
-        key = self._key(key)
-        self._held.add(self._ns, key, delta)
-        try:
-            self._arena.totals.add(self._ns, key, delta)
-        except TableFull:
-            self._held.add(self._ns, key, -delta)
-            raise
+        self._arena.totals.add(self._ns, self._key(key), delta, self._slot)
 
     def get(self, key):
         """The record under ``key``, or None."""

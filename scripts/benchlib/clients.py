@@ -350,20 +350,20 @@ class UdpPingPong:
             self._send(client)
 
 
-class CommandRuns:
-    """One thread per command client, each running ``command`` again and again from
+class Repeat:
+    """One thread per call of ``calls``, each calling it again and again from
     ``start_at`` until ``end_at``; :meth:`run` returns the results as PingPong does
-    (latencies of whole runs; errors: runs that failed or exited non-zero)."""
+    (latencies of the calls that returned True; errors: the others, and raises)."""
 
-    def __init__(self, conns, command, start_at, end_at):
-        self.conns, self.command = conns, command
+    def __init__(self, calls, start_at, end_at):
+        self.calls = calls
         self.start_at, self.end_at = start_at, end_at
         self.latencies, self.errors = [], 0
         self._lock = threading.Lock()
 
     def run(self):
-        """Run the clients until ``end_at``; return the result dict."""
-        threads = [threading.Thread(target=self._loop, args=(conn,)) for conn in self.conns]
+        """Run the calls until ``end_at``; return the result dict."""
+        threads = [threading.Thread(target=self._loop, args=(call,)) for call in self.calls]
         sleep_until(self.start_at)
         for thread in threads:
             thread.start()
@@ -372,12 +372,12 @@ class CommandRuns:
         seconds = max(1e-9, min(time.monotonic(), self.end_at) - self.start_at)
         return {"latencies": self.latencies, "errors": self.errors, "seconds": seconds}
 
-    def _loop(self, conn):
+    def _loop(self, call):
         latencies, errors = [], 0
         while time.monotonic() < self.end_at:
             started = time.perf_counter()
             try:
-                ok = conn.run(self.command).exit_code == 0
+                ok = call()
             except Exception:  # noqa: BLE001 - counted as an error, the loop goes on
                 ok = False
             if ok:
@@ -387,3 +387,16 @@ class CommandRuns:
         with self._lock:
             self.latencies += latencies
             self.errors += errors
+
+
+def one_connection(port, payload=b"x" * 64):
+    """Connect, have ``payload`` echoed once, close; True if it came back whole."""
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+        sock.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            chunk = sock.recv(len(payload) - len(received))
+            if not chunk:
+                return False
+            received += chunk
+        return received == payload

@@ -219,11 +219,19 @@ def _command_job(wid, job, control):
              for _ in range(job["conns"])]
     ready = {"connected": len(conns), "failures": 0, "connect_s": 0.0, "served_s": 0.0}
     try:
-        _measure(wid, job, control, [], ready, lambda start_at: clients.CommandRuns(
-            conns, job["command"], start_at, start_at + job["seconds"]))
+        calls = [lambda conn=conn: conn.run(job["command"]).exit_code == 0 for conn in conns]
+        _measure(wid, job, control, [], ready, lambda start_at: clients.Repeat(
+            calls, start_at, start_at + job["seconds"]))
     finally:
         for conn in conns:
             conn.close()
+
+
+def _churn_job(wid, job, control):
+    ready = {"connected": 0, "failures": 0, "connect_s": 0.0, "served_s": 0.0}
+    calls = [lambda: clients.one_connection(job["port"])] * job["conns"]
+    _measure(wid, job, control, [], ready, lambda start_at: clients.Repeat(
+        calls, start_at, start_at + job["seconds"]))
 
 
 def _close_all(socks):
@@ -231,4 +239,5 @@ def _close_all(socks):
         sock.close()
 
 
-JOB_KINDS = {"tcp": _tcp_job, "udp": _udp_job, "idle": _idle_job, "command": _command_job}
+JOB_KINDS = {"tcp": _tcp_job, "udp": _udp_job, "idle": _idle_job, "command": _command_job,
+             "churn": _churn_job}

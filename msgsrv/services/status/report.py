@@ -235,10 +235,10 @@ def format_table(status):
             notes.append("  %s: %s" % (service["name"], " ".join(details)))
     lines = ["msgsrv %s, pid %s, up %s" % (status["version"], status["pid"],
                                           format_duration(status["uptime"]))]
-    lines += _aligned(rows)
+    lines += _aligned(rows) + notes
     if "workers" in status:
         lines += [""] + _aligned(_worker_rows(status["workers"]))
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def _worker_rows(workers):

@@ -2,8 +2,8 @@
 
 Every row is the same daemon configuration (an echo service and a command
 service running ``/bin/true``) with ``processes = 1``, ``2`` (one listening
-socket per worker, ``SO_REUSEPORT``), and ``2`` with one shared socket
-(``reuse_port = no``).  Nothing is pinned here: the workers need every CPU,
+socket per service that every worker accepts from), and ``2`` with one socket
+per worker (``reuse_port = yes``).  Nothing is pinned here: the workers need every CPU,
 and pinning the one-process row alone would not compare like with like, so
 server and load generator share the machine's CPUs in every row.
 
@@ -23,10 +23,11 @@ from benchlib.registry import experiment
 from benchlib.targets import BENCH_KEY, HOST, REPO_ROOT, TARGETS, ServerProcess, TargetUnavailable
 from benchlib.workers import LoadError
 
-ROWS = ["msgsrv-p1", "msgsrv-p2", "msgsrv-p2-shared"]
+ROWS = ["msgsrv-p1", "msgsrv-p2", "msgsrv-p2-reuseport"]
 ECHO_CONNS = 50
 ECHO_SIZE = 64
 COMMAND_CLIENTS = 8
+CHURN_CLIENTS = 8
 
 
 class _Tree:
@@ -63,11 +64,13 @@ def run_workers(ctx):
 def _measure(ctx, server, seconds):
     echo = loads.run_pingpong(ctx, _Tree(server), ECHO_CONNS, ECHO_SIZE, seconds)
     spread = _spread(server, echo["connected"])
+    churn = loads.run_churn(ctx, _Tree(server), CHURN_CLIENTS, seconds)
     command = _run_commands(ctx, server, seconds)
     return {"echo_rt_s": echo["rt_s"], "echo_us": _per_event_us(echo),
-            "echo_p99_s": echo["p99_s"], "echo_errors": echo["errors"],
-            "spread": spread, "cmd_s": command["rt_s"],
-            "cmd_us": _per_event_us(command), "cmd_errors": command["errors"]}
+            "echo_p99_s": echo["p99_s"], "spread": spread,
+            "conn_s": churn["rt_s"], "conn_us": _per_event_us(churn),
+            "cmd_s": command["rt_s"], "cmd_us": _per_event_us(command),
+            "errors": echo["errors"] + churn["errors"] + command["errors"]}
 
 
 def _per_event_us(metrics):
@@ -103,17 +106,18 @@ def _spread(server, served):
 
 def _table(ctx, seconds, results):
     table = report.Table(
-        "workers: echo %d conns x %d B and command runs (%d clients of /bin/true), %.1f s "
-        "per cell, median of %d rep(s), nothing pinned" % (
-            ECHO_CONNS, ECHO_SIZE, COMMAND_CLIENTS, seconds, ctx.reps),
-        ["server", "echo rt/s", "us/rt", "p99 ms", "spread", "runs/s", "us/run", "err",
-         "x rt/s", "x us/rt", "x runs/s", "x us/run"],
-        notes=["us/rt, us/run = server CPU microseconds per echo round trip / command run, "
-               "summed over the master, its workers and the commands they ran.",
+        "workers: echo %d conns x %d B, connections of one echo (%d clients), command runs "
+        "(%d clients of /bin/true), %.1f s per cell, median of %d rep(s), nothing pinned" % (
+            ECHO_CONNS, ECHO_SIZE, CHURN_CLIENTS, COMMAND_CLIENTS, seconds, ctx.reps),
+        ["server", "echo rt/s", "us/rt", "p99 ms", "spread", "conn/s", "us/conn", "runs/s",
+         "us/run", "err", "x rt/s", "x us/rt", "x conn/s", "x runs/s", "x us/run"],
+        notes=["us/rt, us/conn, us/run = server CPU microseconds per echo round trip, per "
+               "connection, per command run, summed over the master, its workers and the "
+               "commands they ran.",
                "x = this row divided by processes=1 (throughput: >1 is faster; us: <1 is "
                "cheaper).",
                "spread = echo connections each worker accepted (from the status service).",
-               "err = echo errors + command runs that failed."])
+               "err = echo errors + connections that failed + command runs that failed."])
     base = results.get("msgsrv-p1", {})
     for name in ROWS:
         row = results.get(name)
@@ -121,8 +125,9 @@ def _table(ctx, seconds, results):
             continue
         table.add(TARGETS[name].label, report.fmt_int(row["echo_rt_s"]),
                   report.fmt_int(row["echo_us"]), report.fmt_ms(row["echo_p99_s"]),
-                  row["spread"], report.fmt_int(row["cmd_s"]), report.fmt_int(row["cmd_us"]),
-                  report.fmt_int((row["echo_errors"] or 0) + (row["cmd_errors"] or 0)),
+                  row["spread"], report.fmt_int(row["conn_s"]), report.fmt_int(row["conn_us"]),
+                  report.fmt_int(row["cmd_s"]), report.fmt_int(row["cmd_us"]),
+                  report.fmt_int(row["errors"]),
                   *[report.fmt_ratio(stats.ratio(row[key], base.get(key)))
-                    for key in ("echo_rt_s", "echo_us", "cmd_s", "cmd_us")])
+                    for key in ("echo_rt_s", "echo_us", "conn_s", "cmd_s", "cmd_us")])
     return table
