@@ -40,6 +40,10 @@ handler = chat
 
 [service:slow]
 handler = tests.plugins:BlockingFramed
+
+[service:picky]
+handler = tests.plugins:PickyHandler
+refuse_if = {tmp}/refuse
 """
 
 
@@ -47,7 +51,7 @@ def start(tmp_path, daemon_factory, reuse_port="no", **env):
     path = tmp_path / "server.ini"
     path.write_text(CONFIG.format(tmp=tmp_path, reuse_port=reuse_port))
     daemon = daemon_factory(path, env=env or None)
-    daemon.wait_listening(5)
+    daemon.wait_listening(6)
     wait_for(lambda: "ready pid=%d" % daemon.proc.pid in daemon.log, message="ready")
     return daemon
 
@@ -189,9 +193,22 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path, d
     assert not alive(victim)
 
 
+def test_a_worker_that_keeps_dying_at_once_is_replaced_after_a_delay(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    for deaths in (1, 2, 3):
+        victim = next(w["pid"] for w in ready_workers(daemon)["workers"] if w["index"] == 1)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in {w["pid"] for w in ready_workers(daemon)["workers"]},
+                 message="replacement %d" % deaths)
+    assert "died at once 2 times in a row: starting a replacement in 0.5s" in daemon.log
+    assert "died at once 3 times in a row: starting a replacement in 1.0s" in daemon.log
+
+
 def test_sighup_rolls_the_workers_without_refusing_a_connection(tmp_path, daemon_factory):
     daemon = start(tmp_path, daemon_factory)
     before = ready_workers(daemon)
+    config = tmp_path / "server.ini"
+    config.write_text(config.read_text() + "\n[service:extra]\nhandler = echo\n")
     old = {w["pid"] for w in before["workers"]}
     failures, done, stop = [], [0], threading.Event()
 
@@ -220,7 +237,42 @@ def test_sighup_rolls_the_workers_without_refusing_a_connection(tmp_path, daemon
     assert not old & {w["pid"] for w in after["workers"]}
     # The counters keep counting across the roll (the old workers' totals are kept).
     wait_for(lambda: _summed(daemon, "echo", done[0]), message="every connection counted")
-    assert "2 workers replaced" in daemon.log
+    assert "2 workers replaced" in daemon.log and "added: extra" in daemon.log
+    assert echo(_listener(tmp_path, "extra")) == b"hi"
+
+
+def _listener(tmp_path, name):
+    """A listener's address from the master's list beside the pidfile."""
+    for line in (tmp_path / "msgsrv.listeners").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == name:
+            host, _, port = fields[2].rpartition(":")
+            return host, int(port)
+    raise AssertionError("no listener %s" % name)
+
+
+def test_a_refused_reload_leaves_the_workers_serving(tmp_path, daemon_factory):
+    daemon = start(tmp_path, daemon_factory)
+    pids = {w["pid"] for w in ready_workers(daemon)["workers"]}
+    config = tmp_path / "server.ini"
+    good = config.read_text()
+    config.write_text(good.replace("max_connections = 4", "max_connections = many"))
+    daemon.proc.send_signal(signal.SIGHUP)  # refused by the master's check
+    wait_for(lambda: "reload: refused: " in daemon.log, message="the first refusal")
+    assert "max_connections must be a whole number" in daemon.log
+    config.write_text(good)
+    (tmp_path / "refuse").write_text("")
+    daemon.proc.send_signal(signal.SIGHUP)  # refused by a service object in a new worker
+    wait_for(lambda: daemon.log.count("reload: refused: ") == 2, message="the second refusal")
+    assert "could not start: [service:picky] refuse_if:" in daemon.log
+    wait_for(lambda: {w["pid"] for w in status(daemon)["workers"]} == pids,
+             message="only the old workers")
+    assert echo(daemon.listeners["picky"]) == b"hi"
+    os.unlink(str(tmp_path / "refuse"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload: accepted (" in daemon.log, timeout=15, message="the reload")
+    wait_for(lambda: not any(alive(pid) for pid in pids), message="the old workers to exit")
+    assert echo(daemon.listeners["picky"]) == b"hi"
 
 
 def test_sigterm_stops_every_process_and_lets_a_request_finish(tmp_path, daemon_factory):
@@ -259,6 +311,31 @@ def test_workers_exit_when_the_master_is_killed(tmp_path, daemon_factory):
     daemon.proc.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10,
              message="the workers to notice the master is gone")
+
+
+def test_sigusr1_reopens_the_log_in_every_process(tmp_path, daemon_factory):
+    log_path, rotated = tmp_path / "msgsrv.log", tmp_path / "msgsrv.log.1"
+    path = tmp_path / "server.ini"
+    path.write_text("[msgsrv]\nprocesses = 2\nlog_file = %s\npidfile = %s/msgsrv.pid\n"
+                    "[service:echo]\nhandler = echo\n" % (log_path, tmp_path))
+    daemon = daemon_factory(path)
+    wait_for(lambda: log_path.exists() and "ready pid=" in log_path.read_text(), message="ready")
+    address = _listener(tmp_path, "echo")
+    os.rename(str(log_path), str(rotated))
+    daemon.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: log_path.exists() and "told 2 workers" in log_path.read_text(),
+             message="the master's new log")
+    workers = set()
+
+    def both_reopened():
+        assert echo(address) == b"hi"
+        for line in log_path.read_text().splitlines():
+            if "msgsrv.access[" in line:
+                workers.add(line.split("msgsrv.access[")[1].split("]")[0])
+        return len(workers) == 2
+    wait_for(both_reopened, message="both workers writing to the new log")
+    assert "close service=echo" not in rotated.read_text().split("SIGUSR1 received")[-1]
+    assert daemon.stop() == 0
 
 
 def test_only_the_master_talks_to_systemd(tmp_path, daemon_factory):

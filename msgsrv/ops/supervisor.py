@@ -402,6 +402,7 @@ class Supervisor(SignalLoop):
 
     def _announce(self):
         self._phase = "running"
+        self._write_state()  # before "ready": whoever reads that may read the list
         for service in self.config.services:
             sock = self.listeners.first(service)
             log.info("listening service=%s handler=%s transport=%s address=%s",
@@ -409,7 +410,6 @@ class Supervisor(SignalLoop):
                      format_peer(sock.getsockname()))
         log.info("ready pid=%d services=%d processes=%d", os.getpid(), len(self.config.services),
                  self.processes)
-        self._write_state()
         notify.ready()
 
     def _reap(self):
@@ -626,8 +626,8 @@ class Supervisor(SignalLoop):
         self._stop_workers(old)
         self.listeners.keep_only([self.config])
         self._forget_old_configs()
-        log.info("reload: accepted (%s; %d workers replaced)", roll["summary"], len(old))
         self._write_state()
+        log.info("reload: accepted (%s; %d workers replaced)", roll["summary"], len(old))
         notify.ready()
 
     def _abort_roll(self, reason, log_it=True):
