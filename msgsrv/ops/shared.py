@@ -327,6 +327,12 @@ class Arena:
                     found[slot] = self._mm[at + _SNAPSHOT.size:at + _SNAPSHOT.size + length]
         return found
 
+    def view(self):
+        """``(workers, snapshots)`` read together (see :meth:`workers`, :meth:`snapshots`):
+        a worker that exits is in both or in neither."""
+        with self.stripe(_REGISTRY):
+            return self.workers(), self.snapshots()
+
     def free(self, slot):
         """Take what the worker in ``slot`` held off the totals and forget what it
         published: it has exited.  Master only."""

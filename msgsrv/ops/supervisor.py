@@ -89,9 +89,8 @@ def assigned(config, index):
 class Worker:
     """The master's record of one worker process."""
 
-    def __init__(self, pid, slot, index, generation, config):
+    def __init__(self, pid, slot, index, generation):
         self.pid, self.slot, self.index, self.generation = pid, slot, index, generation
-        self.config = config
         self.started = time.monotonic()
         self.started_at = time.time()
         self.ready = False
@@ -205,14 +204,14 @@ class Supervisor(SignalLoop):
         self.started = time.time()
         self.listeners = Listeners(self.processes, self.config["reuse_port"])
         self.arena = None
-        self.generation = 1
+        self.generation = 1      # of the configuration in force
+        self._last_generation = 1
         self.workers = {}        # pid -> Worker
         self._configs = {1: self.config}
         self._quick = collections.Counter()   # index -> deaths at once in a row
         self._respawn_at = {}                 # index -> monotonic time it may start
         self._phase = "starting"              # starting, running, stopping
         self._roll = None                     # the reload in progress
-        self._stop_deadline = None
         self._retired = {}                    # service -> totals of workers that exited
         self._pipes = {}
         self._reports = b""
@@ -347,7 +346,7 @@ class Supervisor(SignalLoop):
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             worker_module.run_child(plan, self.handled_signals())
-        worker = Worker(pid, slot, index, generation, config)
+        worker = Worker(pid, slot, index, generation)
         self.workers[pid] = worker
         log.info("%s started", worker.label())
         return True
@@ -356,8 +355,8 @@ class Supervisor(SignalLoop):
         return self._phase != "starting" or any(w.ready for w in self.workers.values())
 
     def _fds_for_child(self):
-        """Descriptors a worker must close: the master's pipes and pidfile, and the
-        listeners it does not serve (it keeps its own by socket object)."""
+        """Descriptors a worker must close: the master's pipes and its pidfile (the
+        listeners it does not serve are closed by socket object, see worker.Plan)."""
         fds = [self._pipes[name] for name in ("wake_r", "wake_w", "report_r", "lifeline_w")]
         if self.pidfile is not None and self.pidfile.held:
             fds.append(self.pidfile.fileno())
@@ -427,9 +426,10 @@ class Supervisor(SignalLoop):
 
     def _retire(self, worker, code):
         """``worker`` exited: keep its totals, free its slot, then decide what follows."""
-        self._keep_totals(worker.slot)
-        self.arena.free(worker.slot)
-        self._publish_retired()
+        with self.arena.everything():  # a status reader sees it live or retired, never both
+            self._keep_totals(worker.slot)
+            self._publish_retired()
+            self.arena.free(worker.slot)
         lived = time.monotonic() - worker.started
         how = "%s after %.1fs" % (describe_exit(code), lived)
         if worker.stop_deadline is not None or self._phase == "stopping":
@@ -596,7 +596,8 @@ class Supervisor(SignalLoop):
         if new_log:
             install_log_handlers(new_log, new["log_level"])
         old = self.config
-        self.generation += 1
+        self._last_generation += 1
+        self.generation = self._last_generation
         self._configs[self.generation] = new
         self._roll = {"generation": self.generation, "opened": opened,
                       "deadline": time.monotonic() + READY_TIMEOUT,
@@ -622,7 +623,8 @@ class Supervisor(SignalLoop):
 
     def _finish_roll(self):
         roll, self._roll = self._roll, None
-        old = [w for w in self.workers.values() if w.generation < roll["generation"]]
+        old = [w for w in self.workers.values()
+               if w.generation < roll["generation"] and w.stop_deadline is None]
         self._stop_workers(old)
         self.listeners.keep_only([self.config])
         self._forget_old_configs()

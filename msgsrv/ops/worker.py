@@ -166,11 +166,12 @@ class WorkerDaemon(Daemon):
             self._final = self.registry.servers()
             self.context.arena.set_state(self.context.slot, shared.STOPPING)
         super().stop()
-        self.publish(self._final)  # the final counters, kept by the master once we exit
+        self.publish()  # the final counters, kept by the master once we exit
 
-    def publish(self, servers=None):
-        """Publish this worker's status document to its slot (a failure is logged)."""
-        servers = self.registry.servers() if servers is None else servers
+    def publish(self):
+        """Publish this worker's status document to its slot (a failure is logged);
+        once stopping, of the servers it had."""
+        servers = self.registry.servers() if self._final is None else self._final
         document = status.collect(servers, self.registry.started)
         data = json.dumps(document, separators=(",", ":")).encode("utf-8")
         try:
@@ -199,9 +200,9 @@ class StatusPeers:
     def aggregate(self, own):
         """The daemon's status document, with ``own`` (this worker's) among the workers."""
         arena, context = self._plan.context.arena, self._plan.context
-        snapshots = arena.snapshots()
+        table, snapshots = arena.view()
         workers = []
-        for slot, (pid, generation, index, started, state) in sorted(arena.workers().items()):
+        for slot, (pid, generation, index, started, state) in sorted(table.items()):
             document = own if slot == context.slot else _loads(snapshots.get(slot))
             info = {"pid": pid, "index": index, "generation": generation,
                     "state": shared.STATE_NAMES.get(state, "?"), "started": started}
