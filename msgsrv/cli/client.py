@@ -22,6 +22,8 @@ EXIT_STATUS = (
     ("2", "Invalid command line."),
     ("N", "run: the remote command's own status; 124 when it timed out, 128+S when a "
           "signal S killed it."),
+    ("1 (--hosts)", "run, put or status on many hosts: at least one host failed (the summary "
+                    "on standard error says which and how); 0 only if every host succeeded."),
     ("130", "Interrupted (Ctrl-C)."),
 )
 
@@ -58,6 +60,12 @@ MANUAL = Manual(
         "msgsrv(8) daemon, named by HOST:PORT, and prints the answer: echo, chat in a "
         "terminal, remote commands, file transfer, status; keygen adds a key to a keys file. "
         "Failures print one line, never a traceback.",
+        "run, put and status also work on many daemons at once (pdsh style): --hosts names "
+        "a hosts file (one HOST:PORT [KEY] per line, # comments, IPv6 as [ADDR]:PORT) or a "
+        "comma-separated list, and HOST:PORT is left out. At most --fanout hosts are served "
+        "at a time; each line is shown as HOST: line, or with -b identical outputs are shown "
+        "once under the hosts that produced them; a summary of the hosts that failed, and "
+        "how, ends on standard error.",
     ),
     exit_status=EXIT_STATUS,
     environment=(

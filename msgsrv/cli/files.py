@@ -19,6 +19,7 @@ from msgsrv.client.base import parse_address
 from msgsrv.client.base import printable
 from msgsrv.services.files.client import FileClient, part_path, upload_id_for
 from msgsrv.wire.errors import ConnectionFailed, RequestTimeout
+from .fanout import TIMEOUT_HELP, FleetOutput, add_fleet_options, fleet_from_args, no_target
 from .options import add_connection_options, check_key, client_options
 from .progress import ProgressBar, format_bytes
 
@@ -34,13 +35,18 @@ def _address(text):
 
 def _parser(subparsers, name, help_text):
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("address", type=_address, help="HOST:PORT of the file service")
+    if name == "put":  # put --hosts leaves it out: parsed when known to be one
+        parser.add_argument("address", nargs="?",
+                            help="HOST:PORT of the file service (left out with --hosts)")
+    else:
+        parser.add_argument("address", type=_address, help="HOST:PORT of the file service")
     return parser
 
 
 def register(subparsers):
     """Add the ``put``, ``get``, ``ls``, ``rm`` and ``mkdir`` subcommands."""
-    put = _parser(subparsers, "put", "upload a file to a file service")
+    put = _parser(subparsers, "put", "upload a file to a file service (with --hosts: to many, "
+                                     "each copy verified by SHA-256)")
     put.add_argument("local", help="local file to upload")
     put.add_argument("remote", nargs="?", help="remote path (default: the local file's name)")
     put.add_argument("-f", "--overwrite", action="store_true", help="replace an existing file")
@@ -71,7 +77,9 @@ def register(subparsers):
     mkdir.add_argument("path", help="remote directory")
     mkdir.add_argument("-p", "--parents", action="store_true", help="create missing parents")
     mkdir.set_defaults(func=run_mkdir)
-    for parser in (put, get, ls, rm, mkdir):
+    add_connection_options(put, auth=True, timeout_help=TIMEOUT_HELP)
+    add_fleet_options(put)
+    for parser in (get, ls, rm, mkdir):
         add_connection_options(parser, auth=True)
 
 
@@ -145,6 +153,15 @@ def _amount(count):
 
 def run_put(args):
     """Upload ``args.local``; exit status 0 once the server has stored and verified it."""
+    if args.hosts is not None:
+        return put_on_hosts(args)
+    if args.address is None:
+        return no_target()
+    try:
+        args.address = parse_address(args.address)
+    except ValueError as exc:
+        note(str(exc))
+        return 2
     remote = args.remote or posixpath.basename(args.local.rstrip("/"))
     upload_id = None if args.no_resume else upload_id_for(args.local)
     shown = _Terminal(args, remote, upload=True)
@@ -152,6 +169,21 @@ def run_put(args):
         client.put(args.local, remote, overwrite=args.overwrite, upload_id=upload_id,
                    progress=shown.progress, on_resume=shown.resumed)
     return 0
+
+
+def put_on_hosts(args):
+    """``put --hosts``: the file to every host; 0 only if each stored the same SHA-256."""
+    if args.address is not None:  # with --hosts the first word is the local file
+        if args.remote is not None:
+            note("with --hosts, give LOCAL [REMOTE] and no HOST:PORT")
+            return 2
+        args.local, args.remote = args.address, args.local
+    remote = args.remote or posixpath.basename(args.local.rstrip("/"))
+    shown = FleetOutput(args.gather)
+    results = fleet_from_args(args).put(args.local, remote, overwrite=args.overwrite,
+                                        resume=not args.no_resume)
+    shown.show(results)
+    return shown.summary(results)
 
 
 def run_get(args):

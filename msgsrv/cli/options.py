@@ -1,15 +1,20 @@
 """Command-line options shared by the client subcommands."""
 
+from msgsrv.client.base import DEFAULT_TIMEOUT
 from msgsrv.client.framed import (CLI_NAMES, DEFAULT_HELLO_TIMEOUT, ENV_KEY, ENV_KEYS_FILE,
                                   resolve_credentials)
 from msgsrv.wire.errors import AuthError
 
 
-def add_connection_options(parser, auth=False, hello=True, tls=True):
+def add_connection_options(parser, auth=False, hello=True, tls=True, timeout_help=None):
     """Add --timeout, --hello-timeout (with ``hello``), the TLS options (with ``tls``)
-    and, with ``auth``, --key / --keys-file to a subcommand."""
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the server (default: %(default)s)")
+    and, with ``auth``, --key / --keys-file to a subcommand.  With ``timeout_help``
+    --timeout defaults to None (a subcommand that also runs on many hosts chooses)."""
+    if timeout_help is None:
+        parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                            help="seconds to wait for the server (default: %(default)s)")
+    else:
+        parser.add_argument("--timeout", type=float, help=timeout_help)
     if hello:
         parser.add_argument("--hello-timeout", type=float, default=DEFAULT_HELLO_TIMEOUT,
                             help="seconds the server may take to greet us before we decide it "
@@ -35,10 +40,16 @@ def tls_options(args):
             "client_key": args.client_key}
 
 
+def wait_timeout(args):
+    """``--timeout`` for one host: what was given, else the default."""
+    return DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+
+
 def client_options(args):
     """The keyword arguments of a framed client: timeouts, TLS and (if the subcommand
     takes them) the credentials, resolved with messages naming the CLI options."""
-    options = dict(tls_options(args), timeout=args.timeout, hello_timeout=args.hello_timeout)
+    options = dict(tls_options(args), timeout=wait_timeout(args),
+                   hello_timeout=args.hello_timeout)
     if hasattr(args, "key"):
         options["key_name"], options["secret"] = resolve_credentials(
             args.key, None, args.keys_file, names=CLI_NAMES)

@@ -25,12 +25,14 @@ _CLIENTS = {
     "FileInfo": "msgsrv.services.files.client",
     "Transfer": "msgsrv.services.files.client",
     "StatusClient": "msgsrv.services.status.client",
+    "Fleet": "msgsrv.client.fleet",
+    "HostResult": "msgsrv.client.fleet",
 }
 
 __all__ = [
     "ChatClient", "EchoClient", "CommandClient", "Result", "FileClient", "FileInfo", "Transfer",
-    "StatusClient", "MsgsrvError", "ConnectionFailed", "RequestTimeout", "ProtocolError",
-    "ServerError", "AuthError",
+    "StatusClient", "Fleet", "HostResult", "MsgsrvError", "ConnectionFailed", "RequestTimeout",
+    "ProtocolError", "ServerError", "AuthError",
 ]
 
 

@@ -107,9 +107,19 @@ class Timer:
 class Connection:
     """One accepted TCP connection over a transport.  Thread-safe: any thread may send or close.
 
-    Attributes a handler may read: ``address`` (peer), ``bytes_in``,
-    ``bytes_out`` (every byte moved, blocking sections included),
-    ``opened`` (monotonic time), ``reason`` (why it closed).
+    Attributes a handler may read: ``address`` (the peer, or the client a
+    PROXY header named), ``bytes_in``, ``bytes_out`` (every byte moved,
+    blocking sections included), ``opened`` (monotonic time), ``reason``
+    (why it closed).
+
+    Before the handler is attached, an optional ``preamble`` runs, then the
+    transport's handshake, each with its own timer.  The preamble
+    (msgsrv.net.proxy_stage: the PROXY header) has a ``timeout``;
+    ``preamble.step(transport)`` runs on each readiness event and returns
+    None until it is done, then the address the connection is known by;
+    ``preamble.timed_out()`` runs when the timeout passes.  Either raises
+    :class:`~msgsrv.transport.HandshakeRefused` to refuse the connection
+    (the preamble has logged and counted it), and the connection aborts.
 
     The pool drives it through :meth:`acquire`, :meth:`serve`,
     :meth:`release`, :meth:`expire_idle` and the direct-serving pair
@@ -118,7 +128,7 @@ class Connection:
     ``pool.defer_close``, ``pool.finish_close`` and the ``*_blocking`` trio.
     """
 
-    def __init__(self, pool, transport, address):
+    def __init__(self, pool, transport, address, preamble=None):
         transport.sock.setblocking(False)
         self.pool = pool
         self.transport = transport
@@ -136,7 +146,9 @@ class Connection:
         self._out_bytes = 0
         self._mask = _IN | _OUT  # as registered by WorkerPool.add
         self._busy = False
-        self._handshaking = transport.handshaking
+        # Before the handler: the preamble (a PROXY header), then the transport's handshake.
+        self._preamble = preamble
+        self._handshaking = transport.handshaking or preamble is not None
         self._started = False
         self._reading = True
         self._blocking = False
@@ -146,10 +158,11 @@ class Connection:
         self._closed = False
         self._timers = []  # of call_later, to cancel at close (ran or cancelled ones pruned)
         self._deadline_timer = None
-        self._handshake_timer = None
-        if self._handshaking:
-            self._handshake_timer = self.call_later(transport.handshake_timeout,
-                                                    self._handshake_timed_out)
+        self._handshake_timer = self._preamble_timer = None
+        if preamble is not None:
+            self._preamble_timer = self.call_later(preamble.timeout, self._preamble_timed_out)
+        else:
+            self._start_handshake_timer()
 
     # -- what handlers call -------------------------------------------------
 
@@ -380,6 +393,9 @@ class Connection:
 
     def idle_timed_out(self, reason):
         """The idle timeout fired (acquired): the handler decides, once it is attached."""
+        if self._preamble is not None:
+            self._preamble_timed_out()
+            return
         if self._handshaking:
             self._fail_handshake("handshake timeout")
             return
@@ -419,6 +435,9 @@ class Connection:
     # -- internals (called with the lock held where named *_locked) --------
 
     def _handshake(self):
+        if self._preamble is not None and not self._read_preamble(self._preamble.step,
+                                                                  self.transport):
+            return False
         try:
             done = self.transport.handshake()
         except HandshakeRefused as exc:
@@ -429,8 +448,34 @@ class Connection:
             return False
         if done:
             self._handshaking = False
-            self._handshake_timer.cancel()
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
         return done
+
+    def _start_handshake_timer(self):
+        if self.transport.handshaking:
+            self._handshake_timer = self.call_later(self.transport.handshake_timeout,
+                                                    self._handshake_timed_out)
+
+    def _read_preamble(self, call, *args):
+        """Run one preamble call; True once it is done (the address it names is this
+        connection's from now on).  A refusal (logged by the preamble) aborts."""
+        try:
+            address = call(*args)
+        except HandshakeRefused as exc:
+            self.abort(exc.reason)
+            return False
+        if address is None:
+            return False
+        self._preamble_timer.cancel()
+        self._preamble = None
+        self.address = address
+        self._start_handshake_timer()
+        return True
+
+    def _preamble_timed_out(self):
+        if self._preamble is not None:
+            self._read_preamble(self._preamble.timed_out)
 
     def _handshake_timed_out(self):
         if self._handshaking:
@@ -611,14 +656,16 @@ class WorkerPool:
             self.close()
             raise
 
-    def add(self, sock, address, transport=None):
+    def add(self, sock, address, transport=None, preamble=None):
         """Adopt an accepted socket; its handler's connection_made runs in a worker.
 
         ``transport`` carries the bytes (default: a
         :class:`~msgsrv.net.transport.PlainTransport` over ``sock``; msgsrv.net.tls
-        passes a TLS one whose handshake runs first).
+        passes a TLS one whose handshake runs first).  ``preamble``, if given,
+        reads what precedes even that (msgsrv.net.proxy_stage: a PROXY header),
+        with its own deadline; see :class:`Connection`.
         """
-        conn = Connection(self, transport or PlainTransport(sock), address)
+        conn = Connection(self, transport or PlainTransport(sock), address, preamble)
         conn.handler = self.handler_factory(conn)
         with self._conns_lock:
             self._conns[conn.fd] = conn

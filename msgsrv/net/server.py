@@ -2,7 +2,9 @@
 
 :class:`TCPService` admits connections in ``verify_request`` (access rules,
 authentication penalty, rate limit, connection limits, plus any checks added to
-``admission_checks``) and hands them to a :class:`~msgsrv.net.pool.WorkerPool`
+``admission_checks`` or ``connection_checks``; behind a load balancer the
+checks of the client's address wait for its PROXY header, ``proxy_admit``)
+and hands them to a :class:`~msgsrv.net.pool.WorkerPool`
 (msgsrv handlers) or to a thread of their own (plain
 ``socketserver.BaseRequestHandler`` plugins), through TLS when configured.
 Its ``service`` (a :class:`msgsrv.net.service.Service`, created once) holds the
@@ -22,15 +24,17 @@ import threading
 import time
 
 from msgsrv.wire.errors import ConfigError
-from .access import AccessRules, PenaltyRules, RateLimiter, penalty_message
+from .access import AccessRules, PenaltyRules, RateLimiter, client_address, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
 from msgsrv.ops import shared
 from msgsrv.wire.errors import TableFull
 from .handler import Handler
 from .peer import format_peer
 from .pool import WorkerPool
+from .proxy_stage import ProxyPolicy, ProxyStage
 from .service import create_service
 from .tls import ServerTLS
+from .transport import HandshakeRefused
 
 log = logging.getLogger("msgsrv.server")
 access_log = logging.getLogger("msgsrv.access")
@@ -70,6 +74,17 @@ Refusal = collections.namedtuple("Refusal", "counter code reason level")
 
 
 _ALL = ("all",)  # the key of a service's connection count
+
+
+class _Admitted:
+    """An admitted connection: its client address, when it was admitted, the address
+    it counts under in the per-address limit (None until a PROXY header names it)
+    and the PROXY policy it was admitted under (None: no header)."""
+
+    __slots__ = ("address", "opened", "counted", "proxy")
+
+    def __init__(self, address, opened, counted, proxy):
+        self.address, self.opened, self.counted, self.proxy = address, opened, counted, proxy
 
 
 def _family(host):
@@ -209,14 +224,17 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
     def __init__(self, config, bind_and_activate=True, global_options=None):
         self._init_service(config, global_options)
         self.request_queue_size = config["backlog"]
+        #: Checks of the client's address (with PROXY: the address its header names).
         self.admission_checks = [self._check_access, self._check_penalty, self._check_rate,
-                                 self._check_limits]
+                                 self._check_per_ip]
+        #: Checks of the connection itself, whoever it comes from.
+        self.connection_checks = [self._check_total]
         self._lock = threading.Condition()
-        self._admitted = {}  # socket -> (client address, monotonic time admitted)
+        self._admitted = {}  # socket -> _Admitted
         # Connections counted against max_connections(_per_ip): by this process, or
         # by every worker process of the daemon (msgsrv.ops.shared).
         self._counts = shared.store("connections:" + config.name, group=config.name)
-        self.rate = self.tls = None
+        self.rate = self.tls = self.proxy = None
         self._apply_policy(self._load_policy(config, self.global_options))
         # Created before the bind: a failed bind calls server_close, which releases it.
         self._released = False
@@ -240,12 +258,12 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                                                              config["rate_penalty"]):
                 rate = RateLimiter(config["rate_limit"], config["rate_penalty"],
                                    store=shared.store("rate:" + config.name, group=config.name))
-        tls = check_transport_options(config, self._tls_failed)
+        tls, proxy = check_transport_options(config, self._tls_failed)
         return (AccessRules.from_options(config.options, global_options), rate, tls,
-                PenaltyRules.from_options(config.options))
+                PenaltyRules.from_options(config.options), proxy)
 
     def _apply_policy(self, policy):
-        self.access, self.rate, self.tls, self.penalty_rules = policy
+        self.access, self.rate, self.tls, self.penalty_rules, self.proxy = policy
 
     def _tls_failed(self, reason):
         self.counters.incr("refused_tls")
@@ -254,28 +272,114 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
 
     def verify_request(self, request, client_address):
         """Admit the connection or refuse it: counted, logged, told to the client if
-        the protocol has a way (never over TLS, where the client expects a handshake)."""
-        ip = client_address[0]
+        the protocol has a way (never over TLS, where the client expects a handshake).
+
+        With ``proxy_protocol`` on, only a ``proxy_trusted`` peer is admitted here
+        (and counted against ``max_connections``); the checks of the client's
+        address wait for the header that names it (:meth:`proxy_admit`).
+        """
+        proxy = self.proxy
         with self._lock, self._counts.locked():
-            for check in self.admission_checks:
-                refusal = check(ip)
-                if refusal is not None:
-                    break
+            if proxy is None:
+                refusal = self._first_refusal(self.admission_checks + self.connection_checks,
+                                              client_address[0])
             else:
-                refusal = self._hold(ip)
+                refusal = self._first_refusal(
+                    [lambda ip: self._check_proxy_peer(ip, proxy)] + self.connection_checks,
+                    client_address[0])
+            counted = client_address[0] if proxy is None else None
             if refusal is None:
-                self._admitted[request] = (client_address, time.monotonic())
-                self.counters.incr("connections_total")
+                refusal = self._hold(_ALL)
+                if refusal is None and counted is not None:
+                    refusal = self._count_admitted(counted)
+                    if refusal is not None:
+                        self._counts.add(_ALL, -1)
+            if refusal is None:
+                self._admitted[request] = _Admitted(client_address, time.monotonic(), counted,
+                                                    proxy)
                 return True
+        self._refused(request, client_address, refusal)
+        return False
+
+    @staticmethod
+    def _first_refusal(checks, ip):
+        for check in checks:
+            refusal = check(ip)
+            if refusal is not None:
+                return refusal
+        return None
+
+    def _count_admitted(self, ip):
+        """Count a connection from ``ip`` against max_connections_per_ip (None), or the
+        Refusal when the shared table has no room for the address."""
+        refusal = self._hold(("ip", ip))
+        if refusal is None:
+            self.counters.incr("connections_total")
+        return refusal
+
+    def _hold(self, key):
+        try:
+            self._counts.add(key, 1)
+        except TableFull as exc:
+            return Refusal("busy", "busy", str(exc), logging.WARNING)
+        return None
+
+    def _refused(self, request, address, refusal):
         self.counters.incr("refused_" + refusal.counter)
-        log.log(refusal.level, "%s: refused %s: %s", self.name, format_peer(client_address),
+        log.log(refusal.level, "%s: refused %s: %s", self.name, format_peer(address),
                 refusal.reason)
         if refusal.code and self.tls is None:
             self._tell_refused(request, refusal)
-        return False
+
+    # -- PROXY protocol: the stage's two calls back (msgsrv.net.proxy_stage) -------
+
+    def proxy_admit(self, key, peer, header):
+        """The PROXY ``header`` of the connection ``key`` from ``peer`` is in: run the
+        checks of the client it names (the peer itself for LOCAL and UNKNOWN headers)
+        and return the address to serve it under.  Raises HandshakeRefused, logged
+        and counted as at accept, when the client is refused."""
+        address = peer if header.local else header.source
+        self.counters.incr("proxy_local" if header.local else "proxy_headers")
+        with self._lock, self._counts.locked():
+            refusal = self._first_refusal(self.admission_checks, address[0])
+            entry = self._admitted.get(key)
+            if refusal is None and entry is not None:
+                refusal = self._count_admitted(address[0])
+            if refusal is None and entry is not None:
+                entry.address, entry.counted = address, address[0]
+                return address
+        if refusal is None:  # the connection was released meanwhile (server closing)
+            raise HandshakeRefused("closed")
+        self._refused(key, address, refusal)
+        raise HandshakeRefused("refused " + refusal.counter, refusal.reason)
+
+    def proxy_refused(self, peer, counter, reason):
+        """Count (``refused_<counter>``) and log a connection from ``peer`` refused for
+        its PROXY header (missing, malformed, too slow)."""
+        self.counters.incr("refused_" + counter)
+        log.warning("%s: refused %s: %s", self.name, format_peer(peer), reason)
+
+    def _proxy_stage(self, key, peer):
+        """The PROXY header stage of an admitted connection, or None if it needs none."""
+        with self._lock:
+            entry = self._admitted.get(key)
+        if entry is None or entry.proxy is None:
+            return None
+        return ProxyStage(entry.proxy, self, key, peer)
 
     def _tell_refused(self, request, refusal):
         """Tell a refused client why, where the handler's protocol has a way."""
+
+    def _check_proxy_peer(self, ip, proxy):
+        try:
+            trusted = proxy.trusts(client_address(ip))
+        except ValueError:
+            trusted = False
+        if trusted:
+            return None
+        return Refusal("proxy_untrusted", None, "not in proxy_trusted (proxy_protocol = %s: "
+                       "connections come through the load balancers only)" % proxy.mode,
+                       logging.INFO)
 
     def _check_access(self, ip):
         reason = self.access.refusal(ip) if self.access else None
@@ -317,39 +421,29 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                     "%gs (auth_penalty_*)", self.name, source, rules.failures, rules.window,
                     seconds)
 
-    def _check_limits(self, ip):
+    def _check_total(self, ip):
         if self._counts.total(_ALL) >= self.config["max_connections"]:
             return Refusal("busy", "busy", "too many connections (max_connections=%d)"
                            % self.config["max_connections"], logging.WARNING)
+        return None
+
+    def _check_per_ip(self, ip):
         if self._counts.total(("ip", ip)) >= self.config["max_connections_per_ip"]:
             return Refusal("busy", "busy", "too many connections from %s "
                            "(max_connections_per_ip=%d)"
                            % (ip, self.config["max_connections_per_ip"]), logging.WARNING)
         return None
 
-    def _hold(self, ip):
-        """Count an admitted connection from ``ip``; a Refusal when the shared table
-        of addresses has no room for it."""
-        try:
-            self._counts.add(("ip", ip), 1)
-        except TableFull as exc:
-            return Refusal("busy", "busy", str(exc), logging.WARNING)
-        try:
-            self._counts.add(_ALL, 1)
-        except TableFull as exc:
-            self._counts.add(("ip", ip), -1)
-            return Refusal("busy", "busy", str(exc), logging.WARNING)
-        return None
-
     def _release(self, request):
-        """Forget an admitted connection; return its (address, opened) or None."""
+        """Forget an admitted connection; return its _Admitted entry or None."""
         with self._lock:
             entry = self._admitted.pop(request, None)
             if entry is None:
                 return None
             with self._counts.locked():
-                self._counts.add(("ip", entry[0][0]), -1)
                 self._counts.add(_ALL, -1)
+                if entry.counted is not None:
+                    self._counts.add(("ip", entry.counted), -1)
             self._lock.notify_all()
             return entry
 
@@ -357,6 +451,12 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         # TLS wraps the accepted socket in a new object: account for it under that.
         with self._lock:
             self._admitted[new] = self._admitted.pop(old)
+
+    def connections_from(self, ip):
+        """Connections counted against ``max_connections_per_ip`` for ``ip`` (by every
+        worker process of the daemon, when it has several)."""
+        with self._counts.locked():
+            return self._counts.total(("ip", ip))
 
     @property
     def connection_count(self):
@@ -369,7 +469,8 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         entry = self._release(request)
         if entry is not None:
             access_log.info("close service=%s peer=%s duration=%.3f in=- out=- outcome=closed",
-                            self.name, format_peer(entry[0]), time.monotonic() - entry[1])
+                            self.name, format_peer(entry.address),
+                            time.monotonic() - entry.opened)
         super().shutdown_request(request)
 
 
@@ -418,7 +519,8 @@ class PooledTCPService(TCPService):
         if self.tls is not None:
             transport = self.tls.wrap(request)
             self._rekey(request, transport.sock)
-        self.pool.add(request, client_address, transport)
+        key = request if transport is None else transport.sock
+        self.pool.add(request, client_address, transport, self._proxy_stage(key, client_address))
 
     def _pooled_closed(self, conn):
         self._release(conn.sock)
@@ -451,7 +553,7 @@ class ThreadedTCPService(socketserver.ThreadingMixIn, TCPService):
 
     def __init__(self, config, bind_and_activate=True, global_options=None):
         super().__init__(config, bind_and_activate, global_options)
-        self.admission_checks.append(self._check_threads)
+        self.connection_checks.append(self._check_threads)
 
     def _check_threads(self, ip):
         if len(self._admitted) >= self.config["max_threads"]:
@@ -466,7 +568,15 @@ class ThreadedTCPService(socketserver.ThreadingMixIn, TCPService):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
-        """The TLS handshake (if any) runs here, in the connection's own thread."""
+        """The PROXY header and the TLS handshake (if any) run here, in the connection's
+        own thread."""
+        stage = self._proxy_stage(request, client_address)
+        if stage is not None:
+            try:
+                client_address = stage.read_blocking(request)
+            except HandshakeRefused:
+                self.shutdown_request(request)
+                return
         tls = self.tls
         if tls is not None:
             try:
@@ -643,19 +753,24 @@ class UDPService(_ServiceMixin, socketserver.UDPServer):
 
 
 def check_transport_options(config, on_tls_failure=None):
-    """Load what the transport of the service ``config`` needs: its ServerTLS (TCP with
-    ``tls_cert``; else None).  Raises ConfigError naming the service when the TLS files
-    cannot be loaded, or TLS is asked of a UDP service."""
+    """Load what the transport of the service ``config`` needs: ``(tls, proxy)``, its
+    ServerTLS (TCP with ``tls_cert``; else None) and its PROXY protocol ProxyPolicy
+    (None when off).  Raises ConfigError naming the service when the TLS files
+    cannot be loaded, TLS or PROXY headers are asked of a UDP service, or
+    ``proxy_protocol`` is on with no ``proxy_trusted`` peer."""
+    where = "[service:%s]" % config.name
     if config.transport == "udp":
-        for key in ("tls_cert", "tls_client_ca"):
-            if config[key]:
-                raise ConfigError("[service:%s] %s needs transport tcp (TLS over UDP is "
-                                  "not supported)" % (config.name, key))
-        return None
+        for key, what in (("tls_cert", "TLS"), ("tls_client_ca", "TLS"),
+                          ("proxy_protocol", "the PROXY protocol")):
+            if config[key] and config[key] != "off":
+                raise ConfigError("%s %s needs transport tcp (%s over UDP is not supported)"
+                                  % (where, key, what))
+        return None, None
+    proxy = ProxyPolicy.from_options(where, config.options)
     try:
-        return ServerTLS.from_options(config.options, on_tls_failure)
+        return ServerTLS.from_options(config.options, on_tls_failure), proxy
     except ConfigError as exc:
-        raise ConfigError("[service:%s] %s" % (config.name, exc)) from None
+        raise ConfigError("%s %s" % (where, exc)) from None
 
 
 def listen_error(config, exc):

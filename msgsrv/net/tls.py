@@ -172,6 +172,10 @@ class TLSTransport:
             raise HandshakeRefused("refused plaintext", not_tls(data[0]))
         return True
 
+    def raw_recv(self, size, flags=0):
+        """``recv`` on the kernel socket under the TLS layer (what precedes the handshake)."""
+        return socket.socket.recv(self.sock, size, flags)
+
     def handshake_failed(self, reason):
         """Count a failed or timed-out handshake (the connection logs and aborts)."""
         if self._on_failure is not None:

@@ -22,6 +22,9 @@ interface, the same for a plain socket and for non-blocking TLS
     ``os.sendfile`` works on its descriptor.
 ``blocking_socket()``
     What a blocking section uses (``sendall``, ``recv_into``, timeouts).
+``raw_recv(size, flags=0)``
+    Non-blocking ``recv`` on the kernel socket beneath any TLS layer (with
+    ``MSG_PEEK`` too): what precedes the handshake, such as a PROXY header.
 
 Plain sockets bind ``recv`` and ``send`` to the socket's own methods, so the
 connection's hot path makes no extra Python call.  :class:`Channel` is what
@@ -34,8 +37,9 @@ import socket
 
 
 class HandshakeRefused(OSError):
-    """A transport refuses its peer during the handshake; ``reason`` is what it is
-    counted and closed as, ``detail`` (or None) what the log line adds."""
+    """A transport (or a connection's preamble) refuses its peer before the handler is
+    attached; ``reason`` is what it is counted and closed as, ``detail`` (or None) what
+    the log line adds."""
 
     def __init__(self, reason, detail=None):
         super().__init__(reason if detail is None else "%s: %s" % (reason, detail))
@@ -54,7 +58,7 @@ class PlainTransport:
 
     def __init__(self, sock):
         self.sock = sock
-        self.recv = sock.recv
+        self.recv = self.raw_recv = sock.recv
         self.send = sock.send
 
     @staticmethod

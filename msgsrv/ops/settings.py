@@ -288,8 +288,9 @@ SERVICE_SETTINGS = (
             "together); more are refused with busy."),
     Setting("transfer_buffer_budget", size(1 << 20, 1 << 40), "32M",
             "TCP: most bytes of transfer buffers all transfers of the service hold "
-            "together, in every worker process (a file upload takes 1.25M, a download or hash 256K, a command "
-            "run 384K); a transfer that does not fit is refused with busy."),
+            "together, in every worker process (a file upload takes 1.25M, a download or "
+            "hash 256K, a command run 384K); a transfer that does not fit is refused with "
+            "busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
     Setting("allow", networks, "",
@@ -310,6 +311,21 @@ SERVICE_SETTINGS = (
             "signed by one of them (mutual TLS)."),
     Setting("tls_handshake_timeout", seconds(0.1, 600), "10",
             "TCP: seconds a client has to complete the TLS handshake."),
+    Setting("proxy_protocol", choice("off", "v1", "v2", "any"), "off",
+            "TCP: every connection starts with a PROXY protocol header from a load "
+            "balancer (HAProxy send-proxy: v1, send-proxy-v2: v2; any: either), read "
+            "before anything else, TLS included; the client it names replaces the peer "
+            "address everywhere (access rules, limits, logs). Needs proxy_trusted."),
+    Setting("proxy_trusted", networks, "",
+            "TCP: addresses or CIDR networks of the load balancers allowed to send a PROXY "
+            "header (empty: none); with proxy_protocol on, connections from anywhere else "
+            "are refused (refused_proxy_untrusted)."),
+    Setting("proxy_timeout", seconds(0.1, 600), "3",
+            "TCP: seconds a load balancer has to send the whole PROXY header; later, the "
+            "connection is closed (refused_proxy_timeout)."),
+    Setting("proxy_max_header", size(52, 65551), "1K",
+            "TCP: largest PROXY v2 header accepted, TLVs included (v1 lines are at most "
+            "107 bytes); a larger one is refused (refused_proxy_malformed)."),
     Setting("udp_min_source_port", integer(0, 65535), "1024",
             "UDP: datagrams from a lower source port are not answered (system services "
             "such as echo 7 and chargen 19 would answer back: an endless loop); "
@@ -327,8 +343,8 @@ SERVICE_SETTINGS = (
             "recently answered is forgotten (bounded memory under spoofed sources)."),
     Setting("auth_penalty_failures", integer(0, 10000), "10",
             "TCP, services that authenticate: failed authentications from one address "
-            "(IPv6: one /64; on any worker process) within auth_penalty_window after which it is refused for "
-            "auth_penalty_time; 0: off."),
+            "(IPv6: one /64; on any worker process) within auth_penalty_window after which "
+            "it is refused for auth_penalty_time; 0: off."),
     Setting("auth_penalty_window", seconds(0.1, 86400), "60",
             "Seconds, from an address's first counted failure, within which "
             "auth_penalty_failures must happen."),

@@ -9,7 +9,7 @@ For each row of DECODERS, with hypothesis:
   plus one header);
 * valid input round-trips: encode -> decode in any chunking gives it back.
 
-tests/test_protocol.py, test_chatproto.py and test_auth.py hold the
+tests/unit/test_protocol.py, test_chatproto.py and test_auth.py hold the
 example-based tests of these modules and a few fixed-count properties; this
 table is what the long campaign (``MSGSRV_CAMPAIGN=long``, 100,000 examples
 per property and decoder) drives.  A new decoder joins by adding a row; the
@@ -17,6 +17,7 @@ file and command request checks (msgsrv/services/files/protocol.py, msgsrv/servi
 run behind the frame decoder as the services run them.
 """
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +33,7 @@ from msgsrv.services.chat.protocol import (
     parse_server_line,
 )
 from msgsrv.services.command.allowlist import CommandTable
+from msgsrv.net import proxy_protocol
 from msgsrv.wire.errors import AuthError, ProtocolError, ServerError
 from msgsrv.wire.frames import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
 from tests.conftest import service_config
@@ -160,6 +162,29 @@ def _attempt(handshake, message):
     return result.outcome  # the reply's nonce is fresh each time, so only the outcome compares
 
 
+PROXY_MAX_V2 = 128
+PROXY_BOUND = max(proxy_protocol.V1_MAX, PROXY_MAX_V2)
+
+
+def decode_proxy_header(chunks):
+    """The PROXY header stage's reading: the header, then every byte after it (whatever
+    the chunking, the client's bytes arrive intact); or the error code."""
+    decoder = proxy_protocol.ProxyHeaderDecoder(max_v2=PROXY_MAX_V2)
+    try:
+        for index, chunk in enumerate(chunks):
+            result = decoder.feed(chunk)
+            assert decoder.buffered <= PROXY_BOUND, decoder.buffered
+            if result is not proxy_protocol.NEED_DATA:
+                rest = result.leftover + b"".join(chunks[index + 1:])
+                return [(result.version, result.command, result.source, result.destination,
+                         result.tlvs, result.size), rest], None
+        decoder.eof()
+    except proxy_protocol.ProxyHeaderError as exc:
+        assert exc.code in proxy_protocol.CODES, exc.code
+        return [], exc.code
+    raise AssertionError("eof() returned without a header")
+
+
 # Request validation behind the frame decoder: each delivered header is checked as the
 # service checks it, and the outcome (the checked request or the refusal code) compared.
 
@@ -276,6 +301,39 @@ def server_lines_round_trip(case, cuts):
         assert decode_server_lines(chunks) == (expected, None)
 
 
+proxy_hosts = st.one_of(
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)).map(
+        lambda pair: tuple(str(ipaddress.IPv4Address(n)) for n in pair)),
+    st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 2**128 - 1)).map(
+        lambda pair: tuple(str(ipaddress.IPv6Address(n)) for n in pair)))
+proxy_cases = st.tuples(
+    st.sampled_from([1, 2]), proxy_hosts, st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
+    st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=12)), max_size=3),
+    st.booleans(), st.binary(max_size=40))
+
+
+def _proxy_bytes(case):
+    version, hosts, ports, tlvs, local, rest = case
+    source, destination = (hosts[0], ports[0]), (hosts[1], ports[1])
+    if version == 1:
+        header = proxy_protocol.encode_v1(*(() if local else (source, destination)))
+    else:
+        header = proxy_protocol.encode_v2(*((None, None) if local else (source, destination)),
+                                          tlvs=tlvs)
+    return header, rest
+
+
+def proxy_round_trip(case, cuts):
+    version, hosts, ports, tlvs, local, rest = case
+    header, rest = _proxy_bytes(case)
+    addresses = (None, None) if local else ((hosts[0], ports[0]), (hosts[1], ports[1]))
+    kept_tlvs = () if local or version == 1 else tuple(tlvs)
+    expected = ([(version, "local" if local and version == 2 else "proxy") + addresses
+                 + (kept_tlvs, len(header)), rest], None)
+    for chunks in splittings(header + rest, cuts).values():
+        assert decode_proxy_header(chunks) == expected
+
+
 file_paths = st.text(max_size=12)
 sizes = st.integers(0, fileproto.MAX_SIZE)
 file_requests = st.one_of(
@@ -364,6 +422,8 @@ DECODERS = [
                st.lists(server_events, max_size=5),
                server_lines_round_trip, lambda case: b"".join(map(format_event, case))),
     DecoderRow("auth", decode_auth, auth_cases, auth_round_trip, _auth_sample),
+    DecoderRow("proxy-header", decode_proxy_header, proxy_cases, proxy_round_trip,
+               lambda case: b"".join(_proxy_bytes(case))),
     DecoderRow("file-requests", decode_file_requests, st.lists(file_requests, max_size=4),
                _requests_round_trip(decode_file_requests, _file_expected),
                lambda case: b"".join(encode(h, **REQUEST_LIMITS) for h in case)),

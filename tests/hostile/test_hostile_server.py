@@ -1,6 +1,6 @@
 """The client library against a scripted hostile server.
 
-tests/test_files.py covers malformed file replies (bad offsets, sizes,
+tests/service/test_files.py covers malformed file replies (bad offsets, sizes,
 listings) and a server vanishing mid-upload; this module adds the attacks of
 a server that wants to hurt its client: paths that point elsewhere, data
 nobody asked for, a 4 GiB length prefix, an endless line, and silence.

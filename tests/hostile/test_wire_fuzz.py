@@ -13,7 +13,7 @@ from tests.hostile.wirefuzz import fuzz, targets_for
 pytestmark = pytest.mark.timeout(campaign.timeout(90))
 
 #: The daemons fuzzed, one per test: the transports and the handshake; the built-in services.
-GROUPS = {"core": ["echo", "echo-udp", "authed"],
+GROUPS = {"core": ["echo", "echo-udp", "authed", "echo-proxy"],
           "services": ["file", "command", "status", "chat"]}
 OVERRIDES = {"echo-udp": {"max_datagram": "2048"},
              "authed": {"max_header": "4K", "max_body": "64K"},

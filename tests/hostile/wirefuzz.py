@@ -12,6 +12,7 @@ replayed.  Use :func:`fuzz` with targets built by :func:`targets_for`.
 
 import collections
 import concurrent.futures
+import ipaddress
 import json
 import random
 import re
@@ -25,6 +26,8 @@ from msgsrv.wire import auth, frames as protocol
 from msgsrv.services.chat import protocol as chatproto
 from msgsrv.services.command import allowlist as commands
 from msgsrv.services.files import protocol as fileproto
+from msgsrv.net import proxy_protocol
+from msgsrv.net.access import client_address
 from msgsrv.wire.errors import ProtocolError
 from msgsrv.wire.frames import NEED_DATA, FrameDecoder, encode
 from tests.hostile.attackers import rst_close
@@ -239,6 +242,49 @@ def stream_echo_target(address, reply_timeout=10.0):
         return _traceback(reply), data, reply
     corpus = [b"ping\n", encode({"type": "ping"}), b"\x00" * 32, b"GET / HTTP/1.0\r\n\r\n"]
     return Target("echo", run, corpus)
+
+
+def proxied_echo_target(address, max_header, reply_timeout=10.0):
+    """Echo behind the PROXY protocol: after a valid header naming an allowed client
+    (127.0.0.0/8, or LOCAL: the prober itself) the rest comes back exactly; after
+    anything else, not a byte, and the connection closes."""
+    def run(make_input, rng):
+        data = make_input(b"")
+        expected = _proxied_echo(data, max_header)
+        with socket.create_connection(address, timeout=reply_timeout) as sock:
+            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.2, len(expected) + 1)
+        if how == "we-reset" or (how == "reset" and not expected and not reply):
+            return None, data, reply  # a refused header is aborted: a reset is fine
+        if how != "eof":
+            return "ended by %s instead of EOF" % how, data, reply
+        if reply != expected:
+            return "%d bytes back, %d expected" % (len(reply), len(expected)), data, reply
+        return None, data, reply
+    claim = (("127.0.0.3", 5000), address)
+    corpus = [proxy_protocol.encode_v2(*claim) + b"ping\n",
+              proxy_protocol.encode_v1(*claim) + b"hello",
+              proxy_protocol.encode_v2(tlvs=[(4, b"pad")]) + b"x" * 40,
+              proxy_protocol.encode_v2(*claim, tlvs=[(1, b"h2"), (0xE0, b"\x00" * 9)]) + b"y",
+              proxy_protocol.encode_v1(("::ffff:127.0.0.9", 1), ("::1", 2)) + b"z",
+              proxy_protocol.encode_v1() + b"GET / HTTP/1.0\r\n\r\n"]
+    return Target("echo-proxy", run, corpus)
+
+
+def _proxied_echo(data, max_header):
+    """What the proxied echo must send back for ``data`` (then EOF)."""
+    decoder = proxy_protocol.ProxyHeaderDecoder(max_v2=max_header)
+    try:
+        header = decoder.feed(data)
+    except proxy_protocol.ProxyHeaderError:
+        return b""
+    if header is proxy_protocol.NEED_DATA:
+        return b""  # the header never completes: our half-close ends it
+    if header.local or client_address(header.source[0]) in _LOOPBACK:
+        return header.leftover
+    return b""
+
+
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
 def datagram_echo_target(address, max_datagram, reply_timeout=2.0):
@@ -472,6 +518,8 @@ def _one(target, seed, index):
 #: A new service joins the fuzzer with one row here.
 TARGETS = {
     "echo": lambda address, options: [stream_echo_target(address)],
+    "echo-proxy": lambda address, options: [
+        proxied_echo_target(address, int(options.get("proxy_max_header", 512)))],
     "echo-udp": lambda address, options: [
         datagram_echo_target(address, int(options.get("max_datagram", 65507)))],
     "authed": lambda address, options: [

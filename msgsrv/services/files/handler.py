@@ -23,16 +23,14 @@ import json
 import logging
 import os
 import stat
-import threading
 import time
 
-from msgsrv.ops import shared
 from msgsrv.plugin import (AuthedService, AuthenticatedHandler, ConfigError, ProtocolError, Setting,
                            choice, encode, format_peer, octal_mode, seconds, size, text, word_list)
 from . import transfer
 from .protocol import LIST_PAGE, OPERATIONS, check_request, parse_operations
-from .sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name
-from .state import DigestCache, QuotaLedger, content_key
+from .sandbox import AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_reserved_name
+from .state import DigestCache, QuotaLedger, RootLock, content_key
 
 log = logging.getLogger("msgsrv.files")
 
@@ -118,19 +116,22 @@ def _open_root(name, root):
 
 class FileService(AuthedService):
     """A file service's shared state: the root's descriptor (``sandbox``), the
-    checksum cache, the quota ledger and the commit lock.
+    checksum cache, the quota ledger and the commit lock (a
+    :class:`~msgsrv.services.files.state.RootLock`, shared with every daemon serving the
+    same root).
 
     A reload keeps them all; a changed ``root`` is applied by opening the
     new root (requests already running finish in the old one, whose
-    descriptor closes when they are done), with a quota ledger of its own.
+    descriptor closes when they are done), with a lock file and a quota
+    ledger of its own.
     """
 
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
         self.sandbox = self._prepare_root(config)
-        self.quota = self._ledger(self.sandbox, config)
+        self.commit_lock = RootLock(self.sandbox)
+        self.quota = QuotaLedger(self.sandbox, config["quota"], self.commit_lock)
         self.digests = DigestCache()
-        self.commit_lock = threading.Lock()
         self.last_cleanup = time.monotonic()
         _warn_unknown_keys(config, self.keys)
 
@@ -144,36 +145,38 @@ class FileService(AuthedService):
         except OSError as exc:
             raise ConfigError("%s root %r: %s" % (self.where, root, exc.strerror or exc)) from None
         sandbox = _open_root(self.name, root)
-        context = shared.current()
-        if context is None or context.first:
-            removed = cleanup_temp_files(sandbox)
-            if removed:
-                log.info("%s: removed %d partial uploads", self.name, removed)
+        removed = remove_abandoned(sandbox, config["temp_max_age"])
+        if removed:
+            log.info("%s: removed %d partial uploads", self.name, removed)
         return sandbox
-
-    def _ledger(self, sandbox, config):
-        store = shared.store("quota:%s:%s" % (self.name, os.path.abspath(config["root"])),
-                             group=self.name)
-        return QuotaLedger(sandbox, config["quota"], store)
 
     def prepare_keyed(self, config, global_options, keys):
         _warn_unknown_keys(config, keys)
         limit = config["quota"]
-        sandbox, quota = self.sandbox, self.quota
+        sandbox, lock, quota = self.sandbox, self.commit_lock, self.quota
         if config["root"] != self.config["root"]:
             sandbox = self._prepare_root(config)
-            quota = self._ledger(sandbox, config)
+            lock = RootLock(sandbox, self.commit_lock.thread_lock)
+            quota = QuotaLedger(sandbox, limit, lock)
         elif limit and not quota.limit:
-            quota = self._ledger(sandbox, config)  # usage was not counted without a quota
+            quota = QuotaLedger(sandbox, limit, lock)  # usage was not counted without a quota
 
         def apply():
-            self.sandbox, self.quota = sandbox, quota
+            self.sandbox, self.commit_lock, self.quota = sandbox, lock, quota
             quota.limit = limit
         return apply
 
     def close(self):
-        """Close the root's descriptor (a request still running is refused ``busy``)."""
+        """Close the root's descriptors (a request still running is refused ``busy``)."""
         self.sandbox.close()
+        self.commit_lock.close()
+
+
+def remove_abandoned(sandbox, temp_max_age):
+    """Remove the temp files writers left behind: the parts of resumable uploads older
+    than ``temp_max_age`` (kept until then for a resume, on any daemon serving the
+    root), and every other temp file no writer holds (it was left by one that died)."""
+    return cleanup_temp_files(sandbox, resumable_max_age=temp_max_age)
 
 
 class FileHandler(AuthenticatedHandler):
@@ -198,8 +201,9 @@ class FileHandler(AuthenticatedHandler):
                 "Most bytes all files under root may take together, one quota for all "
                 "worker processes (0: no quota)."),
         Setting("temp_max_age", seconds(60), "86400",
-                "Seconds an interrupted resumable upload is kept for its client "
-                "(all partial uploads are removed at start)."),
+                "Seconds an interrupted resumable upload is kept for its client, who may "
+                "resume it on any daemon serving the root (other partial uploads are "
+                "removed at start)."),
         Setting("file_mode", octal_mode, "0640",
                 "Permission bits of uploaded files (octal; the daemon's umask is ignored)."),
         Setting("dir_mode", octal_mode, "0750",
@@ -426,14 +430,17 @@ class FileHandler(AuthenticatedHandler):
         writer.file.flush()
         os.fsync(writer.file.fileno())  # the slow part, outside the lock
         inode = os.fstat(writer.file.fileno()).st_ino
-        with self.service.commit_lock:
-            # Checked again: another upload may have landed while this one streamed.
+        lock, quota = self.service.commit_lock, self.service.quota
+        with lock.held() as held:
+            # Checked again: another upload (here or on another daemon) may have landed
+            # while this one streamed.
             old = self._check_destination(dest, overwrite, if_sha256)
+            quota.check(writer.size - old, held)
             writer.commit()
+            quota.changed(writer.size - old, held)
         st = dest.lstat()
         if st is not None and st.st_ino == inode:
             self.service.digests.put(st, digest)
-        self.service.quota.changed(writer.size - old)
 
     def _clean_if_due(self):
         age = self.options["temp_max_age"]
@@ -441,7 +448,7 @@ class FileHandler(AuthenticatedHandler):
         if now - self.service.last_cleanup < min(age / 4, 3600):
             return
         self.service.last_cleanup = now
-        removed = cleanup_temp_files(self.sandbox, age)
+        removed = remove_abandoned(self.sandbox, age)
         if removed:
             log.info("%s: removed %d abandoned uploads", self.server.name, removed)
 
@@ -449,7 +456,7 @@ class FileHandler(AuthenticatedHandler):
         with self.sandbox.locate(path, allow_root=True) as where, \
                 where.open_directory() as listed:
             names = sorted(name for name in os.listdir(listed.dir_fd)
-                           if not is_temp_name(name) and _encodable(name)
+                           if not is_reserved_name(name) and _encodable(name)
                            and (after is None or name > after))
             entries = []
             for name in names[:LIST_PAGE]:
@@ -478,7 +485,7 @@ class FileHandler(AuthenticatedHandler):
 
     def _op_delete(self, path):
         with self.sandbox.locate(path) as where:
-            with self.service.commit_lock:
+            with self.service.commit_lock.held() as held:
                 st = where.lstat()
                 if st is None:
                     raise ProtocolError("not-found", "%s does not exist" % _shown(path))
@@ -490,9 +497,9 @@ class FileHandler(AuthenticatedHandler):
                         raise ProtocolError("not-empty", "%s is a directory that is not empty"
                                             % _shown(path)) from None
                     raise
+                if stat.S_ISREG(st.st_mode):
+                    self.service.quota.changed(-st.st_size, held)
             where.fsync()
-        if stat.S_ISREG(st.st_mode):
-            self.service.quota.changed(-st.st_size)
         log.info("%s: %s deleted %s", self.server.name, self.identity, _shown(path))
         return ({"type": "ok", "path": path},)
 
@@ -505,19 +512,19 @@ class FileHandler(AuthenticatedHandler):
 
     def _op_rename(self, path, to, overwrite):
         with self.sandbox.locate(path) as source, self.sandbox.locate(to) as dest:
-            with self.service.commit_lock:
+            with self.service.commit_lock.held() as held:
                 moved, replaced = source.lstat(), dest.lstat()
                 if moved is None:
                     raise ProtocolError("not-found", "%s does not exist" % _shown(path))
                 if replaced is not None and not overwrite and not os.path.samestat(moved, replaced):
                     raise ProtocolError("exists", "%s exists (ask to overwrite)" % _shown(to))
                 _rename(source, dest)
+                if replaced is not None and stat.S_ISREG(replaced.st_mode) \
+                        and not os.path.samestat(moved, replaced):
+                    self.service.quota.changed(-replaced.st_size, held)
             source.fsync()
             if not os.path.samestat(os.fstat(source.dir_fd), os.fstat(dest.dir_fd)):
                 dest.fsync()
-        if replaced is not None and stat.S_ISREG(replaced.st_mode) \
-                and not os.path.samestat(moved, replaced):
-            self.service.quota.changed(-replaced.st_size)
         log.info("%s: %s renamed %s to %s", self.server.name, self.identity, _shown(path),
                  _shown(to))
         return ({"type": "ok", "path": path, "to": to},)

@@ -37,8 +37,10 @@ How a file service uses this module (POSIX hosts)::
     # at start-up, and now and then: forget abandoned uploads
     cleanup_temp_files(sandbox, max_age_seconds=retention)
 
-Temp files are named ``TEMP_PREFIX + ...``; ``locate`` refuses such names and
-a ``list`` operation hides entries for which ``is_temp_name`` is true.
+Temp files are named ``TEMP_PREFIX + ...`` (those of resumable uploads
+``RESUMABLE_PREFIX + ...``); the root's lock file is ``ROOT_LOCK_NAME``.
+``locate`` refuses these reserved names and a ``list`` operation hides
+entries for which ``is_reserved_name`` is true.
 
 Every writer holds an exclusive ``flock`` on its temp file while open, so two
 connections cannot append to one resumable upload at once, and
@@ -75,6 +77,8 @@ from msgsrv.wire.errors import ConfigError, ProtocolError
 from .transfer import fsync_dir
 
 TEMP_PREFIX = ".msgsrv-tmp-"
+RESUMABLE_PREFIX = TEMP_PREFIX + "up-"
+ROOT_LOCK_NAME = ".msgsrv-lock"
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 
@@ -94,6 +98,11 @@ class PathRefused(ProtocolError):
 def is_temp_name(name):
     """Return True if the file name ``name`` is (or poses as) a msgsrv temp file."""
     return name.startswith(TEMP_PREFIX)
+
+
+def is_reserved_name(name):
+    """Return True for the names msgsrv keeps for itself: temp files and the lock file."""
+    return name.startswith(TEMP_PREFIX) or name == ROOT_LOCK_NAME
 
 
 def _shown(client_path):
@@ -133,7 +142,9 @@ class Sandbox:
         with self._lock:  # never while a walk duplicates it: its number could be reused
             self._close()
 
-    def _dup_root(self):
+    def dup_root(self):
+        """A duplicate of the root's descriptor, for the caller to close;
+        ``ProtocolError("busy")`` after ``close()``."""
         with self._lock:
             if not self._close.alive:
                 raise ProtocolError("busy", "the service is stopping")
@@ -166,7 +177,7 @@ class Sandbox:
         parts = _split(client_path)
         if not parts and not allow_root:
             _refuse_root(client_path)
-        fd = self._dup_root()
+        fd = self.dup_root()
         try:
             for done in range(1, len(parts)):
                 fd = _descend(fd, parts, done, client_path, parents_mode)
@@ -184,7 +195,7 @@ class Sandbox:
         again.  ``dir_fd`` is valid until the next item is asked for.
         Entries that vanish or cannot be read meanwhile are skipped.
         """
-        top = self._dup_root()
+        top = self.dup_root()
         stack = [[top, None, set()]]
         try:
             stack[0][2].add(_identity(os.fstat(top)))
@@ -462,24 +473,25 @@ def _check_component(part, client_path):
     if size > MAX_NAME_BYTES:
         raise PathRefused("path %s has a name longer than %d bytes (got %d)"
                           % (_shown(client_path), MAX_NAME_BYTES, size))
-    if is_temp_name(part):
-        raise PathRefused("path %s uses a reserved name (%s...)"
-                          % (_shown(client_path), TEMP_PREFIX))
+    if is_reserved_name(part):
+        raise PathRefused("path %s uses a reserved name (%s... or %s)"
+                          % (_shown(client_path), TEMP_PREFIX, ROOT_LOCK_NAME))
 
 
 def resumable_temp_name(dest_name, upload_id):
     """Return the fixed temp file name of upload ``upload_id`` to the file ``dest_name``.
 
-    The name is ``TEMP_PREFIX`` + 32 hex digits of SHA-256 over the target's
-    name and the id, so every connection resuming the same upload finds the
-    same file (in the target's directory). Fold the client identity into
+    The name is ``RESUMABLE_PREFIX`` + 32 hex digits of SHA-256 over the
+    target's name and the id, so every connection resuming the same upload
+    finds the same file (in the target's directory), on any daemon serving
+    the same root. Fold the client identity into
     ``upload_id`` if ids are only unique per client. Raises ``ValueError`` if
     ``upload_id`` is not a non-empty string.
     """
     if not isinstance(upload_id, str) or not upload_id:
         raise ValueError("upload_id must be a non-empty string (got %r)" % (upload_id,))
     key = ("%s\0%s" % (dest_name, upload_id)).encode("utf-8", "surrogatepass")
-    return TEMP_PREFIX + hashlib.sha256(key).hexdigest()[:32]
+    return RESUMABLE_PREFIX + hashlib.sha256(key).hexdigest()[:32]
 
 
 def resumable_temp_path(dest_path, upload_id):
@@ -506,16 +518,13 @@ class AtomicWriter:
     """
 
     def __init__(self, dest, *, mode=0o640):
-        temp = TEMP_PREFIX + secrets.token_hex(16)
         dir_fd = _dup_for(dest)
         try:
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=dir_fd)
+            fd, temp = _create_locked(dir_fd)
         except BaseException:
             os.close(dir_fd)
             raise
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             self._attach(fd, dir_fd, temp, dest.name, mode, keep=False)
         except BaseException:
             os.close(fd)
@@ -615,6 +624,26 @@ def _dup_for(dest):
     return os.dup(dest.dir_fd)
 
 
+def _create_locked(dir_fd):
+    """A new temp file in ``dir_fd``, locked and still under its name: a clean-up (of
+    this process or another sharing the root) may remove a file between its creation
+    and its lock, and then another is made."""
+    for _attempt in range(3):
+        temp = TEMP_PREFIX + secrets.token_hex(16)
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _still_named(fd, dir_fd, temp):
+                return fd, temp
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(dir_fd, temp)
+            raise
+        os.close(fd)
+    raise ProtocolError("busy", "new temp files keep being removed; try again")
+
+
 def _open_locked(dir_fd, temp):
     """Open ``temp`` for append holding its lock, making sure the name still points at it."""
     for _attempt in range(3):
@@ -658,19 +687,28 @@ def _unlink_quietly(dir_fd, name):
         pass
 
 
-def cleanup_temp_files(sandbox, max_age_seconds=None):
+def cleanup_temp_files(sandbox, max_age_seconds=None, *, resumable_max_age=None):
     """Remove msgsrv temp files under ``sandbox``'s root; return how many were removed.
 
     Removes every temp file if ``max_age_seconds`` is None, else those whose
-    mtime is older than that. Walks with ``Sandbox.walk`` (never follows a
-    symlink, never leaves the root), never removes a directory or a name
-    without ``TEMP_PREFIX``, and skips temp files a writer holds open.
-    Errors on single entries are skipped, not raised.
+    mtime is older than that; with ``resumable_max_age`` the parts of
+    resumable uploads (``RESUMABLE_PREFIX``) are kept until they are that old
+    instead.  Walks with ``Sandbox.walk`` (never follows a symlink, never
+    leaves the root), never removes a directory or a name without
+    ``TEMP_PREFIX``, and skips temp files a writer holds open, in this
+    process or any other sharing the root (a writer that finds its new file
+    removed between creating and locking it makes another).  Errors on
+    single entries are skipped, not raised.
     """
-    cutoff = None if max_age_seconds is None else time.time() - max_age_seconds
+    now = time.time()
+    cutoff = None if max_age_seconds is None else now - max_age_seconds
+    resumable_cutoff = cutoff if resumable_max_age is None else now - resumable_max_age
     removed = 0
     for dir_fd, name, st in sandbox.walk():
-        if is_temp_name(name) and _remove_if_stale(dir_fd, name, st, cutoff):
+        if not is_temp_name(name):
+            continue
+        limit = resumable_cutoff if name.startswith(RESUMABLE_PREFIX) else cutoff
+        if _remove_if_stale(dir_fd, name, st, limit):
             removed += 1
     return removed
 
@@ -704,7 +742,7 @@ def _unlink_unless_locked(dir_fd, name):
 
 
 __all__ = [
-    "TEMP_PREFIX", "MAX_PATH_BYTES", "MAX_NAME_BYTES", "PathRefused", "Sandbox", "Location",
-    "AtomicWriter", "is_temp_name", "resumable_temp_name", "resumable_temp_path",
-    "cleanup_temp_files",
+    "TEMP_PREFIX", "RESUMABLE_PREFIX", "ROOT_LOCK_NAME", "MAX_PATH_BYTES", "MAX_NAME_BYTES",
+    "PathRefused", "Sandbox", "Location", "AtomicWriter", "is_temp_name", "is_reserved_name",
+    "resumable_temp_name", "resumable_temp_path", "cleanup_temp_files",
 ]

@@ -5,7 +5,8 @@ The JSON document (docs/PROTOCOL.rst, "Status service")::
 
     {"version": "0.1.0", "pid": 1234, "started": 1700000000.0, "uptime": 12.5,
      "services": [{"name": "echo", "handler": "echo", "transport": "tcp",
-                   "address": "127.0.0.1:9000", "tls": false, "uptime": 12.5,
+                   "address": "127.0.0.1:9000", "tls": false, "proxy_protocol": "off",
+                   "uptime": 12.5,
                    "connections": 1, "connections_total": 5,
                    "refused": {"busy": 0, "access": 0, "rate": 0, "auth_penalty": 0,
                                "tls": 0},
@@ -27,6 +28,9 @@ from msgsrv.net.peer import format_peer
 
 #: Refusal reasons always reported (others appear when counted).
 REFUSAL_REASONS = ("busy", "access", "rate", "auth_penalty", "tls")
+#: ... and those of a service reading PROXY headers (``proxy_protocol`` on).
+PROXY_REFUSAL_REASONS = ("proxy_untrusted", "proxy_missing", "proxy_malformed",
+                         "proxy_timeout")
 _STANDARD = ("connections_total", "bytes_in", "bytes_out", "errors")
 FORMATS = ("json", "prometheus")
 
@@ -54,7 +58,9 @@ def servers_of(server):
 def service_status(server, now):
     """One service's entry of the status document."""
     counters = server.counters.snapshot()
-    refused = dict.fromkeys(REFUSAL_REASONS, 0)
+    proxy = server.config["proxy_protocol"]
+    refused = dict.fromkeys(REFUSAL_REASONS + (PROXY_REFUSAL_REASONS if proxy != "off" else ()),
+                            0)
     extra = {}
     for name, value in sorted(counters.items()):
         if name.startswith("refused_"):
@@ -64,7 +70,7 @@ def service_status(server, now):
     entry = {"name": server.name, "handler": server.config["handler"],
              "transport": server.config.transport,
              "address": format_peer(server.server_address),
-             "tls": getattr(server, "tls", None) is not None,
+             "tls": getattr(server, "tls", None) is not None, "proxy_protocol": proxy,
              "uptime": round(now - server.started, 3),
              "connections": getattr(server, "connection_count", None)}
     entry.update((name, counters.get(name, 0)) for name in _STANDARD)

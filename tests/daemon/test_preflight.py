@@ -97,3 +97,11 @@ def test_identity_when_not_root(tmp_path, monkeypatch):
     path.write_text("[msgsrv]\nuser = 0\n")
     assert preflight.check(config_module.load(str(path))) == [
         "not started as root (uid 1000): user and group would be ignored ([msgsrv])"]
+
+
+def test_check_refuses_a_proxy_header_nobody_may_send(tmp_path):
+    path = tmp_path / "proxy.ini"
+    path.write_text("[msgsrv]\n[service:echo]\nhandler = echo\nproxy_protocol = any\n")
+    check = run_msgsrv("-c", str(path), "--check")
+    assert check.returncode != 0
+    assert "[service:echo] proxy_protocol = any needs proxy_trusted" in check.stderr

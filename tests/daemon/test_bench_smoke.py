@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(150)
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                      "scripts", "bench.py")
 ANCHORS = ("stdlib-threading", "asyncio-streams")
 

@@ -19,7 +19,7 @@ from msgsrv.net.server import make_server
 from msgsrv.ops.settings import Rate, networks, rate
 from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import recv_until_closed, service_config, wait_for
-from tests.test_authed import SECRET, keys_file  # noqa: F401 (fixture)
+from tests.service.test_authed import SECRET, keys_file  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -539,7 +539,7 @@ def test_bucket_rejects_bad_settings(rate, burst):
 # ---------------------------------------------------------------------------
 # The spec names everything the tables hold
 
-SPEC = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.rst").read_text("utf-8")
+SPEC = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.rst").read_text("utf-8")
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

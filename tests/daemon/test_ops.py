@@ -479,10 +479,10 @@ def test_failed_takeover_brings_the_old_service_back(inproc, tmp_path, monkeypat
 
 def test_unexpected_prepare_error_refuses_the_reload(inproc, tmp_path, caplog):
     FlakyPrepare.fail = False
-    daemon = inproc(GLOBAL + "[service:flaky]\nhandler = tests.test_ops:FlakyPrepare\n")
+    daemon = inproc(GLOBAL + "[service:flaky]\nhandler = tests.daemon.test_ops:FlakyPrepare\n")
     before = daemon.config
     (tmp_path / "inproc.ini").write_text(
-        GLOBAL + "[service:flaky]\nhandler = tests.test_ops:FlakyPrepare\nmax_connections = 3\n")
+        GLOBAL + "[service:flaky]\nhandler = tests.daemon.test_ops:FlakyPrepare\nmax_connections = 3\n")
     FlakyPrepare.fail = True
     try:
         daemon.handle_hup()

@@ -18,7 +18,8 @@ from msgsrv.services.files.client import part_path
 from msgsrv.wire.errors import AuthError, ConfigError, ConnectionFailed, ProtocolError, ServerError
 from msgsrv.services.files.protocol import LIST_PAGE
 from msgsrv.services.files import handler as files_handler
-from msgsrv.services.files.sandbox import TEMP_PREFIX, is_temp_name, resumable_temp_path
+from msgsrv.services.files.sandbox import (TEMP_PREFIX, is_reserved_name, is_temp_name,
+                                           resumable_temp_path)
 from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import connect, recv_until_closed, service_config, wait_for
 
@@ -66,6 +67,11 @@ def sha(data):
 
 def temp_files(root):
     return [name for _, dirs, names in os.walk(root) for name in dirs + names if is_temp_name(name)]
+
+
+def visible(root):
+    """The names in ``root`` a client may see (not the lock file nor temp files), sorted."""
+    return sorted(name for name in os.listdir(root) if not is_reserved_name(name))
 
 
 def raw_session(server, name="alice"):
@@ -506,7 +512,7 @@ def test_read_only_service_refuses_writes(serve, root):
         sink = io.BytesIO()
         c.get("f", sink)
         allowed = {op["name"]: op["allowed"] for op in c.capabilities()["operations"]}
-    assert sink.getvalue() == b"data" and sorted(os.listdir(root)) == ["f"]
+    assert sink.getvalue() == b"data" and visible(root) == ["f"]
     assert allowed == {"get": True, "put": False, "list": True, "stat": True, "delete": False,
                        "mkdir": False, "rename": False, "help": True}
 
@@ -628,7 +634,7 @@ def test_stat_mkdir_rename_delete(server, root):
             c.rename("b", "b/c/inside")
         assert info.value.code == "bad-path"
         c.delete("a")
-    assert sorted(os.listdir(root)) == ["b", "g"] and (root / "g").read_bytes() == b"hello"
+    assert visible(root) == ["b", "g"] and (root / "g").read_bytes() == b"hello"
 
 
 def test_help_and_malformed_requests(server):

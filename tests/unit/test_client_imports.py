@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 CLIENT_MODULES = ["msgsrv.client", "msgsrv.client.base", "msgsrv.client.framed",
-                  "msgsrv.services.chat.client", "msgsrv.services.command.client",
+                  "msgsrv.client.fleet", "msgsrv.services.chat.client", "msgsrv.services.command.client",
                   "msgsrv.services.echo.client", "msgsrv.services.files.client",
                   "msgsrv.services.status.client"]
 # What a client may load: the wire format, its own modules and what they share with servers.

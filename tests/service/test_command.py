@@ -16,8 +16,8 @@ from msgsrv.services.command.handler import CODES, CommandHandler
 from msgsrv.net.server import make_server
 from tests.conftest import ROOT, recv_until_closed, service_config, wait_for
 from tests.processes import alive
-from tests.test_authed import SECRET as AUTHED_SECRET
-from tests.test_authed import test_replayed_proof_is_refused as replayed_proof_is_refused
+from tests.service.test_authed import SECRET as AUTHED_SECRET
+from tests.service.test_authed import test_replayed_proof_is_refused as replayed_proof_is_refused
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,6 +1,7 @@
 """Tests for msgsrv.services.files.sandbox: walking client paths inside a root, and atomic writes."""
 
 import contextlib
+import fcntl
 import os
 import socket
 import stat
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 
 from msgsrv.wire.errors import ConfigError, ProtocolError
 from msgsrv.services.files.sandbox import (
-    TEMP_PREFIX, AtomicWriter, PathRefused, Sandbox, cleanup_temp_files, is_temp_name,
-    resumable_temp_name, resumable_temp_path,
+    RESUMABLE_PREFIX, TEMP_PREFIX, AtomicWriter, PathRefused, Sandbox, cleanup_temp_files,
+    is_temp_name, resumable_temp_name, resumable_temp_path,
 )
 from msgsrv.services.files.transfer import fsync_directory
 
@@ -445,7 +446,7 @@ def test_resumable_temp_names_are_deterministic(tmp_path):
     assert first == resumable_temp_name("big.iso", "alice:42")
     assert resumable_temp_path(tmp_path / "big.iso", "alice:42") == tmp_path / first
     assert is_temp_name(first)
-    assert len(first) == len(TEMP_PREFIX) + 32
+    assert first.startswith(RESUMABLE_PREFIX) and len(first) == len(RESUMABLE_PREFIX) + 32
     assert first != resumable_temp_name("big.iso", "alice:43")
     assert first != resumable_temp_name("other.iso", "alice:42")
     # The separator keeps (name, id) pairs apart that concatenate alike.
@@ -572,3 +573,21 @@ def test_fsync_directory(tmp_path):
         fsync_directory(tmp_path / "f")
     with pytest.raises(FileNotFoundError):
         fsync_directory(tmp_path / "missing")
+
+
+def test_a_new_temp_file_cleaned_up_before_its_writer_locks_it_is_made_again(
+        tmp_path, here, monkeypatch):
+    real_flock, removed = fcntl.flock, []
+
+    def flock(fd, operation):
+        if not removed and operation == fcntl.LOCK_EX:  # the writer, between create and lock
+            with Sandbox(tmp_path) as box:
+                removed.append(cleanup_temp_files(box))  # another daemon starting up
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with AtomicWriter(here("out.bin")) as writer:
+        writer.write(b"kept")
+        writer.commit()
+    assert removed == [1] and (tmp_path / "out.bin").read_bytes() == b"kept"
+    assert [name for name in os.listdir(tmp_path) if is_temp_name(name)] == []

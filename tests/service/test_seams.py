@@ -15,7 +15,7 @@ from msgsrv.net.pool import Connection, WorkerPool
 from msgsrv.net.server import PooledTCPService, TCPService, ThreadedTCPService, make_server
 from msgsrv.net.transport import PlainTransport
 from tests.conftest import connect, service_config, wait_for
-from tests.test_chat import Peer
+from tests.service.test_chat import Peer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,10 +16,8 @@ from msgsrv.ops import shared
 from msgsrv.ops.settings import Rate
 from msgsrv.ops.supervisor import backoff
 from msgsrv.services.command.handler import RunSlots
-from msgsrv.services.files.sandbox import Sandbox
-from msgsrv.services.files.state import QuotaLedger
 from msgsrv.services.status import report
-from msgsrv.wire.errors import ProtocolError, ServiceBusy, TableFull
+from msgsrv.wire.errors import ServiceBusy, TableFull
 
 
 @pytest.fixture
@@ -115,22 +113,6 @@ def test_transfer_slots_budget_and_per_address_limit_span_the_workers(arena):
     assert (first.active, first.reserved) == (2, 700)
     second.release("10.0.0.1", 100)
     assert (first.active, first.reserved) == (1, 600)
-
-
-def test_a_quota_is_counted_once_and_held_for_all(arena, tmp_path):
-    (tmp_path / "data").write_bytes(b"x" * 100)
-    first_store, second_store = workers(arena, "quota:files:/root")
-    first = QuotaLedger(Sandbox(tmp_path), 300, first_store)
-    (tmp_path / "more").write_bytes(b"y" * 50)  # the second worker does not walk again
-    second = QuotaLedger(Sandbox(tmp_path), 300, second_store)
-    assert first.used == second.used == 100
-    with first.reserve(150):
-        assert second.available == 50
-        with pytest.raises(ProtocolError, match="quota"):
-            with second.reserve(60):
-                pass
-    second.changed(120)
-    assert first.used == 220 and first.available == 80
 
 
 def test_rate_limit_counts_connections_to_any_worker(arena):

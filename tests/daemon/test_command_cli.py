@@ -15,7 +15,7 @@ from msgsrv.client import Result
 from msgsrv.cli.client import main
 from msgsrv.net.server import make_server
 from tests.conftest import ROOT
-from tests.test_command import client, command_service, keys_file  # noqa: F401 (fixtures)
+from tests.service.test_command import client, command_service, keys_file  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -87,7 +87,7 @@ class LegacyPlugin(Handler):
 
 def test_legacy_prepare_service_is_staged_until_applied_and_warned_once(start_service,
                                                                          caplog, monkeypatch):
-    name = "tests.test_service:LegacyPlugin"
+    name = "tests.service.test_service:LegacyPlugin"
     monkeypatch.setattr(service_module, "_warned", set())
     with caplog.at_level(logging.WARNING, "msgsrv.service"):
         server = start_service(name, idle_timeout=30)
@@ -166,5 +166,5 @@ def test_a_legacy_subclass_of_a_builtin_handler_keeps_both(start_service, tmp_pa
     keys = tmp_path / "keys"
     keys.write_text("alice %s\n" % ("a" * 20))
     keys.chmod(0o600)
-    server = start_service("tests.test_service:LegacyAuthed", keys_file=str(keys))
+    server = start_service("tests.service.test_service:LegacyAuthed", keys_file=str(keys))
     assert server.motd == "hello from svc" and set(server.service.keys) == {"alice"}

@@ -17,6 +17,7 @@ from msgsrv.cli.progress import ProgressBar, format_bytes, format_duration, rend
 from msgsrv.services.files.sandbox import is_temp_name
 from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
+from tests.service.test_files import visible
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,7 +68,7 @@ def test_cli_put_get_ls_rm(served, keys_file, tmp_path, capsys):
     assert [line.split()[-1] for line in lines] == ["copy.txt", "report.txt", "sub/"]
     assert lines[0].split()[:2] == ["-", "9"] and lines[2].startswith("d ")
     assert cli("rm", address, "copy.txt", "sub", keys_file=keys_file) == 0
-    assert sorted(os.listdir(root)) == ["report.txt"]
+    assert visible(root) == ["report.txt"]
     assert cli("rm", address, "copy.txt", keys_file=keys_file) == 1
     assert capsys.readouterr().err.count("\n") == 1
 
@@ -215,7 +216,7 @@ def test_kill_9_during_a_put_leaves_no_partial_file(daemon_factory, keys_file, t
     assert len(_temp_sizes(root)) == 1
     restarted = daemon_factory(ini)
     restarted.wait_listening(1)
-    assert _temp_sizes(root) == [] and sorted(os.listdir(root)) == ["f"]
+    assert _temp_sizes(root) == [] and visible(root) == ["f"]
     assert "removed 1 partial uploads" in restarted.log
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from msgsrv import _moved
 from msgsrv.ops import config as config_module
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # setup.cfg turns these warnings into errors for the rest of the suite.
 pytestmark = pytest.mark.filterwarnings("default::DeprecationWarning")
 

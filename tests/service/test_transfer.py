@@ -16,7 +16,7 @@ from msgsrv.wire.frames import encode
 from msgsrv.services.files.sandbox import TEMP_PREFIX, Sandbox
 from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import ROOT, wait_for
-from tests.test_stream import pair  # noqa: F401  (a fixture)
+from tests.service.test_stream import pair  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -83,8 +83,8 @@ def test_port_out_of_range_message_names_everything(tmp_path):
     ("handler = echo\nhost = not a host!", "", "host must be an IP address or host name"),
     ("port = 1", "", "handler is required"),
     ("handler = no_such_module_xyz:Thing", "", "cannot import 'no_such_module_xyz'"),
-    ("handler = tests.test_config:Missing", "", "has no class 'Missing'"),
-    ("handler = tests.test_config:NotAHandler", "", "is not a msgsrv Handler"),
+    ("handler = tests.unit.test_config:Missing", "", "has no class 'Missing'"),
+    ("handler = tests.unit.test_config:NotAHandler", "", "is not a msgsrv Handler"),
     ("handler = msgsrv.services.echo.handler:EchoHandler\ntransport = udp", "",
      "does not support transport udp"),
     ("handler = Bad Name", "", "handler must be a built-in handler name or package.module:Class"),
@@ -123,7 +123,7 @@ def test_missing_file(tmp_path):
 
 def test_plain_socketserver_handler_plugs_in_on_both_transports(tmp_path):
     for transport in ("tcp", "udp"):
-        cfg = load_text(tmp_path, "[service:p]\nhandler = tests.test_config:PlainHandler\n"
+        cfg = load_text(tmp_path, "[service:p]\nhandler = tests.unit.test_config:PlainHandler\n"
                                   "transport = %s\n" % transport)
         assert cfg.services[0].handler_class is PlainHandler
 
