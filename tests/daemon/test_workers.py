@@ -144,6 +144,7 @@ def test_max_connections_holds_across_the_workers(tmp_path, daemon_factory):
         if all(holding.values()):
             break
         held.pop().close()
+        wait_for(lambda: _holding(daemon, "limited", 3), message="the closed one released")
     assert all(holding.values()), holding
     for _ in range(8):  # with a limit per worker, some would reach the one holding fewer
         with socket.create_connection(address, timeout=5) as refused:
