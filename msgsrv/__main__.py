@@ -100,11 +100,14 @@ def _config_path(given):
 
 
 def _report_check(config, notes):
+    for service in config.disabled:
+        print("msgsrv: warning: %s" % service.message, file=sys.stderr)
     for note in notes:
         print("msgsrv: note: %s" % note, file=sys.stderr)
     count = len(config.services)
-    print("msgsrv: %s: every start-up check passed (%d service%s)"
-          % (config.path, count, "" if count == 1 else "s"), file=sys.stderr)
+    disabled = ", %d disabled" % len(config.disabled) if config.disabled else ""
+    print("msgsrv: %s: every start-up check passed (%d service%s%s)"
+          % (config.path, count, "" if count == 1 else "s", disabled), file=sys.stderr)
     sys.stdout.write(config_module.format_effective(config))
     return EXIT_OK
 

@@ -1,5 +1,6 @@
 """Who may connect: allow/deny address rules, a per-address connection rate limit
-and a per-source penalty for failed authentications.
+and a per-source penalty for failed authentications; the token bucket they,
+the UDP reply limit and the chat's flood control share.
 
 All are pure (no sockets, an injectable clock) and answer for one client
 address at a time; :class:`msgsrv.net.server.TCPService` consults them in its
@@ -9,13 +10,13 @@ admission checks before a connection gets a handler.
 import collections
 import ipaddress
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Tuple
 
 from msgsrv.ops import shared
-from msgsrv.services.chat.protocol import bucket_take
 from msgsrv.wire.errors import TableFull
 
 log = logging.getLogger("msgsrv.access")
@@ -29,6 +30,47 @@ def client_address(text):
     address = ipaddress.ip_address(text.split("%", 1)[0])
     mapped = getattr(address, "ipv4_mapped", None)
     return mapped or address
+
+
+class TokenBucket:
+    """Flood control: ``burst`` takes at once, refilled at ``rate`` tokens per second.
+
+    Raises ValueError unless ``rate`` is a positive finite number and
+    ``burst`` is at least 1. ``clock`` returns seconds (monotonic).
+    """
+
+    # Float refills can land a hair under a whole token after an exact wait.
+    _EPSILON = 1e-9
+
+    def __init__(self, rate, burst, clock=time.monotonic):
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+            raise ValueError("'rate' must be a positive number of tokens per second "
+                             "(got %r)" % (rate,))
+        if not (isinstance(burst, (int, float)) and math.isfinite(burst) and burst >= 1):
+            raise ValueError("'burst' must be a number >= 1 (got %r)" % (burst,))
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def take(self):
+        """Take one token and return 0.0, or take none and return the seconds until one is due."""
+        self._tokens, self._stamp, wait = bucket_take(self._tokens, self._stamp, self._clock(),
+                                                      self.rate, self.burst)
+        return wait
+
+
+def bucket_take(tokens, stamp, now, rate, burst):
+    """One take from a bucket that held ``tokens`` at time ``stamp``, refilled at ``rate``
+    per second up to ``burst``: ``(tokens, stamp, wait)`` after it, ``wait`` 0.0 when
+    a token was taken, else the seconds until one is due (nothing taken)."""
+    if now > stamp:
+        tokens = min(burst, tokens + (now - stamp) * rate)
+        stamp = now
+    if tokens >= 1 - TokenBucket._EPSILON:
+        return max(0.0, tokens - 1), stamp, 0.0
+    return tokens, stamp, (1 - tokens) / rate
 
 
 class AccessRules:

@@ -293,6 +293,7 @@ class Daemon(SignalLoop):
         old, new = raise_open_files_limit()
         if new > old:
             log.info("raised the open-files limit from %d to %d", old, new)
+        self._announce_disabled(self.config, ())
         bound = []
         try:
             for service in self.config.services:
@@ -309,6 +310,17 @@ class Daemon(SignalLoop):
             raise
         for server in bound:
             self._serve(server)
+
+    def _announce_disabled(self, config, before):
+        """Say once, in the log and on the terminal, which optional services are left out
+        (those not already left out by the ``before`` config)."""
+        self.registry.disabled = {service.name: service for service in config.disabled}
+        known = {service.name for service in before}
+        for service in config.disabled:
+            if service.name not in known:
+                log.warning("%s", service.message)
+                if not stderr_gets_logs():
+                    print("msgsrv: %s" % service.message, file=sys.stderr, flush=True)
 
     def _create(self, service, config):
         return make_server(service, bind_and_activate=False, global_options=config.options)
@@ -497,10 +509,13 @@ class Daemon(SignalLoop):
             summary = self.reload()
         except (ConfigError, OSError) as exc:
             log.error("reload: refused: %s", exc)
+            self.registry.note_reload("refused", str(exc))
         except Exception as exc:  # a service object's reload broke: keep serving
             log.exception("reload: refused: unexpected error: %s", exc)
+            self.registry.note_reload("refused", "unexpected error: %s" % exc)
         else:
             log.info("reload: accepted (%s)", summary)
+            self.registry.note_reload("accepted", summary)
         self._write_state()
         notify.ready()
 
@@ -579,6 +594,7 @@ class Daemon(SignalLoop):
             log.warning("reload: %s changed; it takes effect at the next start", key)
         old = self.config
         self.config = new
+        self._announce_disabled(new, old.disabled)
         for name in plan.removed + plan.restarted:
             self._drain(self.registry.remove(name), close_now=True)
         failed = []

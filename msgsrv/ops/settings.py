@@ -39,6 +39,14 @@ class Setting:
         return self.name[:-1]
 
 
+class SecretError(ValueError):
+    """A parse error about a value holding a secret: ``shown`` replaces the value in messages."""
+
+    def __init__(self, rule, shown):
+        super().__init__(rule)
+        self.shown = shown
+
+
 def integer(low, high=None):
     """Parser for a whole number in ``low..high`` (``high`` None: no upper bound)."""
     rule = "must be %d..%d" % (low, high) if high is not None else "must be >= %d" % low
@@ -135,6 +143,17 @@ def word_list(value):
     return tuple(word for word in re.split(r"[\s,]+", value.strip()) if word)
 
 
+def directories(value):
+    """Parser for directories separated by commas or new lines, made absolute
+    (relative ones are relative to the working directory)."""
+    found = []
+    for item in re.split(r"[,\n]", value):
+        path = os.path.abspath(item.strip()) if item.strip() else None
+        if path is not None and path not in found:
+            found.append(path)
+    return tuple(found)
+
+
 def networks(value):
     """Parser for a list of IPv4/IPv6 addresses and CIDR networks (``all``: every address).
 
@@ -220,6 +239,16 @@ def processes(value):
         raise ValueError("must be auto or a whole number 1..%d" % MAX_PROCESSES)
     return count
 
+# Declared once for [msgsrv] and every service: a client must pass both lists
+# (msgsrv.net.access.AccessRules), so a service's own list never replaces the global one.
+ALLOW = Setting("allow", networks, "",
+                "Client addresses or CIDR networks accepted (empty: all; all: every "
+                "address). In [msgsrv] it applies to every service on top of the "
+                "service's own list: a client must match both.")
+DENY = Setting("deny", networks, "",
+               "Client addresses or CIDR networks refused; deny wins over allow. In "
+               "[msgsrv] it applies to every service on top of the service's own list.")
+
 GLOBAL_SETTINGS = (
     Setting("log_level", choice(*LOG_LEVELS), "info", "Least severe level that is logged."),
     Setting("log_file", text, "", "Log file path; empty logs to standard error."),
@@ -246,19 +275,25 @@ GLOBAL_SETTINGS = (
             "processes > 1: entries of each table the workers share (client addresses "
             "holding connections in one worker; rate-limit and penalty records of all); "
             "a connection that does not fit is refused with busy. Takes effect at a start."),
-    Setting("allow", networks, "",
-            "Client addresses or CIDR networks every service accepts (empty: all); "
-            "a service's own list must match too."),
-    Setting("deny", networks, "",
-            "Client addresses or CIDR networks every service refuses; deny wins over allow."),
+    ALLOW,
+    DENY,
+    Setting("plugin_path", directories, "",
+            "Directories searched first for handler plugins (package.module:Class), at "
+            "start and at every reload, separated by commas; none may be writable by "
+            "every user."),
 )
 
 SERVICE_SETTINGS = (
     Setting("handler", handler_spec, None,
-            "Built-in handler name (echo, chat, command, file, status) or package.module:Class."),
+            "Built-in handler name (echo, chat, command, file, status, web) or "
+            "package.module:Class."),
     Setting("transport", choice("tcp", "udp"), "tcp", "tcp or udp."),
     Setting("host", host, "127.0.0.1", "Address to listen on."),
     Setting("port", integer(0, 65535), "0", "Port to listen on; 0 picks a free port (logged)."),
+    Setting("optional", boolean, "no",
+            "yes: when the handler needs an extra that is not installed (pip install "
+            "msgsrv[EXTRA]), the daemon starts without this service and says so once; "
+            "no: that is a configuration error."),
     Setting("max_connections", integer(1, 1000000), "1000",
             "TCP: most connections served at once (by all worker processes together); more "
             "are refused with a reason."),
@@ -293,11 +328,8 @@ SERVICE_SETTINGS = (
             "busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
-    Setting("allow", networks, "",
-            "Client addresses or CIDR networks this service accepts (empty: all; "
-            "all: every address)."),
-    Setting("deny", networks, "",
-            "Client addresses or CIDR networks this service refuses; deny wins over allow."),
+    ALLOW,
+    DENY,
     Setting("rate_limit", rate, "0",
             "TCP: new connections one client address may open (to any worker process), "
             "e.g. 20/s, 100/10s, 50 per minute; 0: no limit."),

@@ -79,11 +79,28 @@ def serves_in_one_process(service):
     return bool(check(service)) if check is not None else False
 
 
+def one_process_services(config):
+    """The names of ``config``'s services that run in worker 0 only: those that must,
+    and those naming one of them as a sibling (it is in no other worker)."""
+    names = {service.name for service in config.services if serves_in_one_process(service)}
+    while True:
+        more = {service.name for service in config.services
+                if service.name not in names and names & set(_siblings(service))}
+        if not more:
+            return names
+        names |= more
+
+
+def _siblings(service):
+    return [service[key] for key, _ in getattr(service.handler_class, "siblings", ())
+            if service.options.get(key)]
+
+
 def assigned(config, index):
     """The services worker ``index`` serves: every one for worker 0, the others those
     that can be split."""
-    return [service for service in config.services
-            if index == 0 or not serves_in_one_process(service)]
+    alone = one_process_services(config) if index else ()
+    return [service for service in config.services if service.name not in alone]
 
 
 class Worker:
@@ -122,17 +139,19 @@ class Listeners:
         self.per_worker = per_worker
         self._by_key = {}
 
-    def _count(self, service):
-        return self.processes if self.per_worker and not serves_in_one_process(service) else 1
+    def _count(self, service, config):
+        if self.per_worker and service.name not in one_process_services(config):
+            return self.processes
+        return 1
 
-    def key(self, service):
+    def key(self, service, config):
         """One set per transport, host, port and count (per service name for port 0)."""
         port = service["port"] or "0:" + service.name
-        return (service.transport, service["host"], port, self._count(service))
+        return (service.transport, service["host"], port, self._count(service, config))
 
-    def first(self, service):
-        """The (first) socket open for ``service``'s address, or None."""
-        sockets = self._by_key.get(self.key(service))
+    def first(self, service, config):
+        """The (first) socket open for ``service`` of ``config``, or None."""
+        sockets = self._by_key.get(self.key(service, config))
         return sockets[0] if sockets else None
 
     def open_for(self, config):
@@ -141,7 +160,7 @@ class Listeners:
         opened = []
         try:
             for service in config.services:
-                key = self.key(service)
+                key = self.key(service, config)
                 if key not in self._by_key:
                     self._by_key[key] = self._open(service, key[-1])
                     opened.append(key)
@@ -167,13 +186,14 @@ class Listeners:
         """``{service name: socket}`` worker ``index`` serves for ``config``."""
         found = {}
         for service in assigned(config, index):
-            sockets = self._by_key[self.key(service)]
+            sockets = self._by_key[self.key(service, config)]
             found[service.name] = sockets[index % len(sockets)]
         return found
 
     def keep_only(self, configs):
         """Close every listener no config of ``configs`` uses."""
-        wanted = {self.key(service) for config in configs for service in config.services}
+        wanted = {self.key(service, config) for config in configs
+                  for service in config.services}
         self.close([key for key in self._by_key if key not in wanted])
 
     def close(self, keys=None):
@@ -403,7 +423,7 @@ class Supervisor(SignalLoop):
         self._phase = "running"
         self._write_state()  # before "ready": whoever reads that may read the list
         for service in self.config.services:
-            sock = self.listeners.first(service)
+            sock = self.listeners.first(service, self.config)
             log.info("listening service=%s handler=%s transport=%s address=%s",
                      service.name, service["handler"], service.transport,
                      format_peer(sock.getsockname()))
@@ -659,7 +679,7 @@ class Supervisor(SignalLoop):
             return
         lines = []
         for service in self.config.services:
-            sock = self.listeners.first(service)
+            sock = self.listeners.first(service, self.config)
             if sock is not None:
                 lines.append("%s %s %s %s\n" % (service.name, service.transport,
                                                 format_peer(sock.getsockname()),

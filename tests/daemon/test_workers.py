@@ -180,6 +180,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path, d
     before = {w["pid"] for w in ready_workers(daemon)["workers"]}
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not alive(victim), message="the worker to die")  # not still accepting
     answered = 0
 
     def replaced():

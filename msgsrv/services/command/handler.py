@@ -14,13 +14,12 @@ import json
 import logging
 
 from msgsrv.ops import privileges, shared
-from msgsrv.plugin import (AuthedService, AuthenticatedHandler, ConfigError, ProtocolError,
-                           ServiceBusy, encode, format_peer)
+from msgsrv.plugin import (REPLY_LIMITS, AuthedService, AuthenticatedHandler, ConfigError,
+                           ProtocolError, ServiceBusy, encode, format_peer)
 from . import allowlist, process
 
 log = logging.getLogger("msgsrv.command")
 
-_MAX_FRAME = {"max_header": 1 << 30, "max_body": 1 << 40}
 
 #: wire code -> meaning, for every error frame this service sends besides the frame codes.
 CODES = dict(allowlist.CODES, **{
@@ -32,7 +31,7 @@ CODES = dict(allowlist.CODES, **{
 
 def output_frame(stream, data):
     """The frame carrying one chunk of a command's ``stream`` output."""
-    return encode({"type": "output", "stream": stream}, data, **_MAX_FRAME)
+    return encode({"type": "output", "stream": stream}, data, **REPLY_LIMITS)
 
 
 def exit_header(outcome):
@@ -170,7 +169,7 @@ class CommandHandler(AuthenticatedHandler):
     def _execute(self, plan, stdin):
         self._input_error = None
         greeting = encode({"type": "started", "command": plan.name, "argv": list(plan.argv),
-                           "timeout": _json_seconds(plan.limits.timeout)}, **_MAX_FRAME)
+                           "timeout": _json_seconds(plan.limits.timeout)}, **REPLY_LIMITS)
         with self.conn.blocking(self.options["io_timeout"]) as sock:
             proc = self._spawn(plan, stdin)
             run = process.ProcessRun(proc, sock, plan.limits, io_timeout=self.options["io_timeout"],

@@ -19,7 +19,7 @@ log = logging.getLogger("msgsrv.status")
 
 FORMAT = Setting("format", choice(*report.FORMATS), "json",
                  "Answer format when a request names none: json or prometheus.")
-_CONTENT_TYPES = {"json": "application/json",
+CONTENT_TYPES = {"json": "application/json",
                   "prometheus": "text/plain; version=0.0.4; charset=utf-8"}
 
 
@@ -78,7 +78,7 @@ class StatusHTTPHandler(http.server.BaseHTTPRequestHandler):
         body = render(self.server, fmt)
         self.server.counters.incr("requests")
         self.send_response(200)
-        self.send_header("Content-Type", _CONTENT_TYPES[fmt])
+        self.send_header("Content-Type", CONTENT_TYPES[fmt])
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
