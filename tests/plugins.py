@@ -8,6 +8,7 @@ from msgsrv.net.authenticated import AuthenticatedHandler
 from msgsrv.net.handler import FramedHandler, Handler
 from msgsrv.net.service import Service
 from msgsrv.ops.settings import Setting, text
+from msgsrv.services.chat.handler import ChatService
 from msgsrv.wire.errors import ConfigError
 
 
@@ -127,6 +128,16 @@ class PickyHandler(Handler):
 
     settings = (Setting("refuse_if", text, "", "Path that makes the service refuse."),)
     service_class = PickyService
+
+    def data_received(self, data):
+        self.conn.send(data)
+
+
+class ChatFriend(Handler):
+    """An echo handler naming a chat service as its sibling (as the web console does)."""
+
+    settings = (Setting("chat", text, "", "The chat service this one talks to."),)
+    siblings = (("chat", ChatService),)
 
     def data_received(self, data):
         self.conn.send(data)

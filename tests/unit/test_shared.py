@@ -5,6 +5,7 @@ limit must mean the same across them as in one process, and what a worker
 held must be given back when its slot is freed (the master, when it died).
 """
 
+import configparser
 import contextlib
 
 import pytest
@@ -12,9 +13,9 @@ from hypothesis import given, settings, strategies as st
 
 from msgsrv.net.access import PenaltyRules, RateLimiter, SharedPenaltyBox
 from msgsrv.net.transfer_limits import TransferGate
-from msgsrv.ops import shared
+from msgsrv.ops import config as config_module, shared
 from msgsrv.ops.settings import Rate
-from msgsrv.ops.supervisor import backoff
+from msgsrv.ops.supervisor import assigned, backoff, one_process_services
 from msgsrv.services.command.handler import RunSlots
 from msgsrv.services.status import report
 from msgsrv.wire.errors import ServiceBusy, TableFull
@@ -212,3 +213,24 @@ def test_entries_hash_apart_for_every_process_key():
     with contextlib.closing(shared.Arena(slots=1, addresses=1024)) as one, \
             contextlib.closing(shared.Arena(slots=1, addresses=1024)) as other:
         assert one.hash("ip\x1f10.0.0.1") != other.hash("ip\x1f10.0.0.1")  # keyed per daemon
+
+
+def _config(chat_options=""):
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string("[service:echo]\nhandler = echo\n[service:chat]\nhandler = chat\n%s\n"
+                       "[service:friend]\nhandler = tests.plugins:ChatFriend\nchat = chat\n"
+                       % chat_options)
+    return config_module.from_parser(parser, "<test>")
+
+
+def test_memory_chat_and_the_services_naming_it_run_in_worker_0_only():
+    config = _config()
+    assert one_process_services(config) == {"chat", "friend"}
+    assert [s.name for s in assigned(config, 0)] == ["echo", "chat", "friend"]
+    assert [s.name for s in assigned(config, 1)] == ["echo"]
+
+
+def test_chat_on_redis_runs_in_every_worker():
+    config = _config("backend = redis://127.0.0.1:6379/0")
+    assert one_process_services(config) == set()
+    assert [s.name for s in assigned(config, 1)] == ["echo", "chat", "friend"]
