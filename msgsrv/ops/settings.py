@@ -266,11 +266,12 @@ GLOBAL_SETTINGS = (
     Setting("processes", processes, "1",
             "Worker processes serving every listener (auto: one per usable CPU, at most "
             "64); 1 serves in the daemon's own process. Takes effect at a start."),
-    Setting("reuse_port", boolean, "no",
-            "processes > 1: no: every worker accepts from one listening socket per service "
-            "(a worker that is down, busy or stuck leaves the connections to the others); "
-            "yes: one socket per worker (SO_REUSEPORT: the kernel hashes connections over "
-            "them, without waking every worker for each). Takes effect at a start."),
+    Setting("reuse_port", boolean, "yes",
+            "processes > 1: yes: one listening socket per worker and service (SO_REUSEPORT: "
+            "the kernel spreads connections evenly over them); no: every worker accepts "
+            "from one socket per service (a worker that is down or stuck leaves the "
+            "connections to the others, but the spread can be very uneven). Takes effect "
+            "at a start."),
     Setting("shared_addresses", integer(1024, 1 << 22), "16384",
             "processes > 1: entries of each table the workers share (client addresses "
             "holding connections in one worker; rate-limit and penalty records of all); "

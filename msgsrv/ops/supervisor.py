@@ -3,8 +3,8 @@ processes that serve them, and supervises them, as gunicorn's arbiter does.
 
 * **Listeners.**  The master binds every listener (so privileged ports and
   the switch of user work as with one process), then forks; the workers
-  inherit the sockets and accept from the same queue (with ``reuse_port``,
-  each worker from a socket of its own: :class:`Listeners`).  The master never
+  inherit the sockets (with ``reuse_port``, one per worker and service, as
+  :class:`Listeners` says; else one per service, all accepting from it).  The master never
   closes a listener while a service keeps its address, so a reload or a
   replaced worker never refuses a connection: one that arrives while no
   worker accepts waits in the listen backlog.

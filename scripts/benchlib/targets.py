@@ -38,7 +38,7 @@ TARGETS = collections.OrderedDict((t.name, t) for t in [
     # The workers experiment: msgsrv with 1 or 2 worker processes (echo and command).
     Target("msgsrv-p1", "msgsrv processes=1", "tcp", "workers", True),
     Target("msgsrv-p2", "msgsrv processes=2", "tcp", "workers", True),
-    Target("msgsrv-p2-reuseport", "msgsrv processes=2 reuse_port=yes", "tcp", "workers", True),
+    Target("msgsrv-p2-shared", "msgsrv processes=2 reuse_port=no", "tcp", "workers", True),
 ])
 
 MSGSRV_INI = """\
@@ -132,8 +132,8 @@ def _workers_command(target, port, workdir):
     with open(path, "w") as ini:
         ini.write(WORKERS_INI.format(processes=processes, workdir=workdir, host=HOST, port=port,
                                      command_port=command_port, status_port=status_port,
-                                     reuse_port="yes" if target.name.endswith("reuseport")
-                                     else "no"))
+                                     reuse_port="no" if target.name.endswith("shared")
+                                     else "yes"))
     return [sys.executable, "-m", "msgsrv", "--config", path]
 
 

@@ -47,7 +47,7 @@ refuse_if = {tmp}/refuse
 """
 
 
-def start(tmp_path, daemon_factory, reuse_port="no", **env):
+def start(tmp_path, daemon_factory, reuse_port="yes", **env):
     path = tmp_path / "server.ini"
     path.write_text(CONFIG.format(tmp=tmp_path, reuse_port=reuse_port))
     daemon = daemon_factory(path, env=env or None)
@@ -83,7 +83,7 @@ def test_two_workers_serve_and_the_status_sums_them(tmp_path, daemon_factory):
     pids = {w["pid"] for w in document["workers"]}
     assert len(pids) == 2 and daemon.proc.pid not in pids
     served = 0
-    while served < 200:  # the first worker to accept takes the connection
+    while served < 200:  # SO_REUSEPORT spreads connections by their addresses and ports
         for _ in range(20):
             assert echo(daemon.listeners["echo"]) == b"hi"
         served += 20
@@ -130,7 +130,7 @@ def _entry(worker, name, *default):
 
 
 def test_max_connections_holds_across_the_workers(tmp_path, daemon_factory):
-    daemon = start(tmp_path, daemon_factory, reuse_port="yes")  # hashed over 2 sockets
+    daemon = start(tmp_path, daemon_factory)  # hashed over one socket per worker
     ready_workers(daemon)
     address = daemon.listeners["limited"]
     held = []

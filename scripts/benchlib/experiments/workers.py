@@ -2,8 +2,8 @@
 
 Every row is the same daemon configuration (an echo service and a command
 service running ``/bin/true``) with ``processes = 1``, ``2`` (one listening
-socket per service that every worker accepts from), and ``2`` with one socket
-per worker (``reuse_port = yes``).  Nothing is pinned here: the workers need every CPU,
+socket per worker, ``SO_REUSEPORT``), and ``2`` with one socket per service
+that every worker accepts from (``reuse_port = no``).  Nothing is pinned here: the workers need every CPU,
 and pinning the one-process row alone would not compare like with like, so
 server and load generator share the machine's CPUs in every row.
 
@@ -23,10 +23,10 @@ from benchlib.registry import experiment
 from benchlib.targets import BENCH_KEY, HOST, REPO_ROOT, TARGETS, ServerProcess, TargetUnavailable
 from benchlib.workers import LoadError
 
-ROWS = ["msgsrv-p1", "msgsrv-p2", "msgsrv-p2-reuseport"]
+ROWS = ["msgsrv-p1", "msgsrv-p2", "msgsrv-p2-shared"]
 ECHO_CONNS = 50
 ECHO_SIZE = 64
-COMMAND_CLIENTS = 8
+COMMAND_CLIENTS = 32
 CHURN_CLIENTS = 8
 
 
