@@ -335,8 +335,8 @@ class Daemon(SignalLoop):
             raise listen_error(server.config, exc) from None
 
     def _serve(self, server):
+        self.registry.add(server)  # first: its first connection may ask for the registry
         server.serve_in_thread()
-        self.registry.add(server)
         log.log(self.listening_level, "listening service=%s handler=%s transport=%s address=%s",
                 server.name, server.config["handler"], server.config.transport,
                 format_peer(server.server_address))

@@ -65,7 +65,7 @@ def ready_workers(daemon, count=2):
     """The status document once ``count`` workers are ready (and published)."""
     def ready():
         document = status(daemon)
-        workers = [w for w in document["workers"] if w["state"] == "ready"]
+        workers = [w for w in document.get("workers", ()) if w["state"] == "ready"]
         return document if len(workers) == count and all(w["services"] for w in workers) \
             else None
     return wait_for(ready, timeout=10, message="%d ready workers" % count)
