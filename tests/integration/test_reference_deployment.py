@@ -81,6 +81,11 @@ def children(pid):
     return found
 
 
+def expected_workers():
+    """What ``processes = auto`` gives a daemon started :func:`on_cpus` (WORKERS)."""
+    return min(WORKERS, len(os.sched_getaffinity(0)))
+
+
 @contextlib.contextmanager
 def on_cpus(count):
     """Processes started inside run on at most ``count`` of this thread's CPUs (they
@@ -129,12 +134,8 @@ class Deployment:
         }
         for port in list(BALANCED.values()) + list(DIRECT.values()):
             mapping["port = %d" % port] = "port = 0"
-        text = example("msgsrv.ini")
-        from msgsrv.ops.settings import GLOBAL_SETTINGS  # TEMPORARY until workers is merged
-        if "processes" not in {s.name for s in GLOBAL_SETTINGS}:
-            text = text.replace("processes = auto\n", "")
         path = directory / "server.ini"
-        path.write_text(localize(text, mapping))
+        path.write_text(localize(example("msgsrv.ini"), mapping))
         return path
 
     def haproxy_config(self, proxy, ports):
@@ -198,9 +199,9 @@ def deployment(tmp_path, redis_server, daemon_factory):
             deployed.daemons[host] = daemon_factory(config)
     for daemon in deployed.daemons.values():
         daemon.wait_listening(len(BALANCED) + len(DIRECT))
-    for daemon in deployed.daemons.values():
-        wait_for(lambda: " connected after " in daemon.log, 10,
-                 message="the daemon's chat to connect to redis")
+    for daemon in deployed.daemons.values():  # the chat of every worker has its own link
+        wait_for(lambda: daemon.log.count(" connected after ") >= expected_workers(), 10,
+                 message="the chat of every worker to connect to redis")
     yield deployed
     for daemon in deployed.daemons.values():  # all at once: each waits for its own clients
         daemon.proc.terminate()
@@ -270,6 +271,7 @@ def test_one_session_of_every_service_through_the_reference_deployment(deploymen
     with StatusClient(*haproxy.address("status"), timeout=5) as status:
         document = status.status()
         status_port = local_port(status)
+    assert document["processes"] == len(document["workers"]) == expected_workers()
     services = {s["name"]: s for s in document["services"]}
     assert sorted(services) == sorted(list(BALANCED) + list(DIRECT))
     assert "proxy_untrusted" in services["echo"]["refused"]  # reads PROXY headers

@@ -23,13 +23,6 @@ def example(name):
 
 def services():
     """msgsrv.ini's services by name, loaded as the daemon loads them."""
-    from msgsrv.ops.settings import GLOBAL_SETTINGS  # TEMPORARY until workers is merged
-    if "processes" not in {s.name for s in GLOBAL_SETTINGS}:
-        import configparser
-        parser = configparser.ConfigParser(interpolation=None)
-        parser.optionxform = str
-        parser.read_string(example("msgsrv.ini").replace("processes = auto\n", ""))
-        return {s.name: s for s in config.from_parser(parser).services}
     return {s.name: s for s in config.load(os.path.join(EXAMPLES, "msgsrv.ini")).services}
 
 
