@@ -274,8 +274,8 @@ def test_one_session_of_every_service_through_the_reference_deployment(deploymen
     assert document["processes"] == len(document["workers"]) == expected_workers()
     services = {s["name"]: s for s in document["services"]}
     assert sorted(services) == sorted(list(BALANCED) + list(DIRECT))
-    assert "proxy_untrusted" in services["echo"]["refused"]  # reads PROXY headers
-    assert "proxy_untrusted" not in services["ops"]["refused"]  # does not
+    assert services["echo"]["proxy_protocol"] == "v2" and services["ops"]["proxy_protocol"] == "off"
+    assert "proxy_untrusted" in services["echo"]["refused"]
     assert services["status"]["counters"]["proxy_headers"] >= 1
     deployment.served_by("status", status_port)
 
