@@ -7,6 +7,7 @@ names stay.  The built-in services (:mod:`msgsrv.services`) import from here
 too, so each is written the way a plugin would be.
 """
 
+from msgsrv.net.access import TokenBucket
 from msgsrv.net.authenticated import AuthedService, AuthenticatedHandler
 from msgsrv.net.handler import DatagramHandler, FramedHandler, Handler
 from msgsrv.net.peer import format_peer
@@ -15,7 +16,7 @@ from msgsrv.ops.settings import (Setting, boolean, choice, integer, networks, oc
                                  size, text, word_list)
 from msgsrv.wire.errors import (ConfigError, ConnectionFailed, MsgsrvError, ProtocolError,
                                 RequestTimeout, ServiceBusy, TooSlow)
-from msgsrv.wire.frames import encode, shown
+from msgsrv.wire.frames import REPLY_LIMITS, encode, shown
 
 __all__ = [
     # handlers: one per connection (pooled, framed, authenticated) or per datagram
@@ -28,6 +29,8 @@ __all__ = [
     # errors: ProtocolError(code, text) becomes an error reply; ConfigError refuses a config
     "MsgsrvError", "ConfigError", "ProtocolError", "ServiceBusy", "RequestTimeout", "TooSlow",
     "ConnectionFailed",
-    # frames and text
-    "encode", "shown", "format_peer",
+    # flood control: TokenBucket(rate, burst).take() -> 0.0 or seconds to wait
+    "TokenBucket",
+    # frames (REPLY_LIMITS: encode() limits for frames a server builds) and text
+    "encode", "REPLY_LIMITS", "shown", "format_peer",
 ]

@@ -28,6 +28,36 @@ from .service import Service, chain
 log = logging.getLogger("msgsrv.auth")
 
 
+#: The setting naming a service's keys file (every service that authenticates has it).
+KEYS_FILE = Setting("keys_file", text, "var/keys/msgsrv.keys",
+                    "File of NAME SECRET lines (mode 0600). Created with one random key "
+                    "'admin' if missing; relative paths are from the working directory.")
+
+
+def load_service_keys(config):
+    """The keys of the ServiceConfig ``config``'s ``keys_file``, which is created (logged)
+    if missing; raises ConfigError naming the service and the key."""
+    path = config["keys_file"]
+    try:
+        if auth.ensure_keys_file(path):
+            log.warning("%s: created keys file %s with key 'admin' (mode 0600); "
+                        "clients use that name and the secret in the file", config.name, path)
+        return auth.load_keys(path)
+    except ConfigError as exc:
+        raise ConfigError("[service:%s] keys_file: %s" % (config.name, exc)) from None
+
+
+def check_keys_file(service):
+    """An existing keys file of ``service`` must load (modes, format); ConfigError if not.
+    A missing one is fine: the service creates it."""
+    path = service["keys_file"]
+    if os.path.lexists(path):
+        try:
+            auth.load_keys(path)
+        except ConfigError as exc:
+            raise ConfigError("[service:%s] keys_file: %s" % (service.name, exc)) from None
+
+
 class AuthedService(Service):
     """A service with a keys file: ``keys`` (name -> secret), swapped on reload.
 
@@ -41,15 +71,7 @@ class AuthedService(Service):
     def load_keys(self, config):
         """Create the keys file if missing (logged), then return its keys
         (ConfigError naming ``keys_file``)."""
-        path = config["keys_file"]
-        try:
-            if auth.ensure_keys_file(path):
-                log.warning("%s: created keys file %s with key 'admin' (mode 0600); "
-                            "clients use that name and the secret in the file",
-                            config.name, path)
-            return auth.load_keys(path)
-        except ConfigError as exc:
-            raise ConfigError("%s keys_file: %s" % (self.where, exc)) from None
+        return load_service_keys(config)
 
     def prepare_reconfigure(self, config, global_options):
         keys = self.load_keys(config)
@@ -68,9 +90,7 @@ class AuthenticatedHandler(FramedHandler):
     service_class = AuthedService
 
     settings = FramedHandler.settings + (
-        Setting("keys_file", text, "var/keys/msgsrv.keys",
-                "File of NAME SECRET lines (mode 0600). Created with one random key "
-                "'admin' if missing; relative paths are from the working directory."),
+        KEYS_FILE,
         Setting("auth_timeout", seconds(0.1, 3600), "10",
                 "Seconds a client has to authenticate after connecting."),
         Setting("max_auth_failures", integer(1, 100), "3",
@@ -80,12 +100,7 @@ class AuthenticatedHandler(FramedHandler):
     @classmethod
     def check_service(cls, service, global_options):
         """An existing keys file must load (modes, format); a missing one is created."""
-        path = service["keys_file"]
-        if os.path.lexists(path):
-            try:
-                auth.load_keys(path)
-            except ConfigError as exc:
-                raise ConfigError("[service:%s] keys_file: %s" % (service.name, exc)) from None
+        check_keys_file(service)
 
     @classmethod
     def creates(cls, service):

@@ -16,8 +16,7 @@ import collections
 import socket
 import time
 
-from msgsrv.services.chat.protocol import TokenBucket
-from .access import client_address
+from .access import TokenBucket, client_address
 
 #: Seconds between two log lines about drops of one reason.
 DROP_LOG_PERIOD = 60.0

@@ -23,7 +23,8 @@ import socketserver
 from msgsrv.ops.settings import Setting, seconds, size
 from msgsrv.wire.errors import ConnectionFailed, ProtocolError, RequestTimeout, ServiceBusy, TooSlow
 from msgsrv.wire.frame_stream import FrameStream
-from msgsrv.wire.frames import NEED_DATA, FrameDecoder, encode, error_header, shown
+from msgsrv.wire.frames import (MAX_BODY_CEILING, MAX_HEADER_CEILING, NEED_DATA, REPLY_LIMITS,
+                                FrameDecoder, encode, error_header, shown)
 from .peer import format_peer
 from .transfer_limits import PacedSocket, RateWatch
 
@@ -81,6 +82,12 @@ class Handler:
         return ()
 
     @classmethod
+    def start_notes(cls, service):
+        """Lines ``--check`` prints as notes about ``service`` (its ServiceConfig): what a
+        start will do that the operator should know (access it will require...)."""
+        return ()
+
+    @classmethod
     def release_service(cls, server):
         """Deprecated (use ``Service.close``): called once when the service has stopped."""
 
@@ -129,9 +136,9 @@ class FramedHandler(Handler):
     body_types = None
 
     settings = (
-        Setting("max_header", size(64, 16 << 20), "64K",
+        Setting("max_header", size(64, MAX_HEADER_CEILING), "64K",
                 "Largest frame header accepted (bytes of JSON)."),
-        Setting("max_body", size(0, 1 << 30), "1M",
+        Setting("max_body", size(0, MAX_BODY_CEILING), "1M",
                 "Largest frame body accepted (file data is streamed, not framed)."),
         Setting("io_timeout", seconds(0.1, 3600), "30",
                 "Seconds a blocking transfer waits for the peer before giving up."),
@@ -257,7 +264,7 @@ class FramedHandler(Handler):
 
     def reply(self, header, body=b""):
         """Queue one frame for the peer (never blocks)."""
-        return self.conn.send(encode(header, body, max_header=1 << 30, max_body=1 << 40))
+        return self.conn.send(encode(header, body, **REPLY_LIMITS))
 
     def reply_error(self, code, message, **extra):
         """Queue an error frame; the connection stays open."""

@@ -72,7 +72,7 @@ class Timer:
     connection closed or after ``cancel()``.
     """
 
-    __slots__ = ("due", "conn", "callback", "cancelled", "queued")
+    __slots__ = ("due", "conn", "callback", "cancelled", "queued", "soon")
 
     def __init__(self, due, conn, callback):
         self.due = due
@@ -80,6 +80,7 @@ class Timer:
         self.callback = callback
         self.cancelled = False
         self.queued = False  # in the pool's heap (changed under its lock)
+        self.soon = False    # of call_soon: retried at once when the connection was busy
 
     def __lt__(self, other):
         return self.due < other.due
@@ -157,6 +158,7 @@ class Connection:
         self._aborting = False
         self._closed = False
         self._timers = []  # of call_later, to cancel at close (ran or cancelled ones pruned)
+        self._soon_waiting = False  # a call_soon timer found this connection busy
         self._deadline_timer = None
         self._handshake_timer = self._preamble_timer = None
         if preamble is not None:
@@ -278,6 +280,19 @@ class Connection:
         self.pool.schedule(timer)
         return timer
 
+    def call_soon(self, callback):
+        """From any thread: run ``callback()`` as soon as a worker can (acquired, like a timer).
+
+        ``call_later(0, ...)`` that also wakes the pool's poll, and is retried
+        as soon as a handler call running at that moment ends; returns the
+        :class:`Timer`.  A shared backend's reply (another thread) resumes
+        its connection this way.
+        """
+        timer = self.call_later(0, callback)
+        timer.soon = True
+        self.pool.wake()
+        return timer
+
     def cancel_timers(self):
         """Cancel every timer of this connection (it closed: nothing may run for it)."""
         for timer in self._timers:
@@ -367,6 +382,9 @@ class Connection:
             self._busy = False
             if self._closed:
                 return
+            if self._soon_waiting:
+                self._soon_waiting = False
+                self.pool.wake()  # a call_soon timer met this call: run it now, not later
             if self._draining is not None:
                 # The request that was running is answered: finish as close() would.
                 self._closing = True
@@ -377,6 +395,14 @@ class Connection:
                 self._update_mask_locked()
                 return
         self.pool.finish_close(self)
+
+    def retry_soon(self):
+        """A call_soon timer found this connection busy: wake the pool when the call ends."""
+        with self._lock:
+            busy = self._busy
+            self._soon_waiting = busy
+        if not busy:
+            self.pool.wake()  # the call ended meanwhile
 
     def expire_idle(self, now, idle_timeout):
         """Idle sweep (not acquired): True if nothing moved for ``idle_timeout`` seconds.
@@ -757,6 +783,11 @@ class WorkerPool:
             if timer.queued:
                 self._cancelled += 1
 
+    def wake(self):
+        """Make the polling worker return now and run due timers (any thread)."""
+        with contextlib.suppress(OSError, TypeError):
+            os.write(self._wake_w, b"t")
+
     def defer_close(self, conn):
         """Called with ``conn``'s lock held: finishing runs handler code, so a worker does it."""
         self._deferred.append(conn)
@@ -975,8 +1006,10 @@ class WorkerPool:
         conn = timer.conn
         if not conn.acquire():
             if not conn.closed:  # busy (a handler call, a blocking section): try again soon
-                timer.due = now + _POLL_TIMEOUT
+                timer.due = now if timer.soon else now + _POLL_TIMEOUT
                 self.schedule(timer)
+                if timer.soon:
+                    conn.retry_soon()
             return
         self._call_acquired(conn, timer.run, "timer error", "handler error")
 

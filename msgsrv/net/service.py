@@ -10,12 +10,17 @@ running service, and returns an *applier*; the daemon calls the appliers of
 every service only once all of them were prepared, so a refused reload
 changes nothing.  A handler class names its service class with
 ``service_class``; the guide is docs/PLUGINS.rst.
+
+A service finds the other services of its daemon by name with
+:meth:`Service.sibling` (the web console finds the chat service's state so).
 """
 
 import logging
+from types import MappingProxyType
 
+from msgsrv.ops import shared
 from msgsrv.wire.errors import ConfigError
-from .access import PenaltyBox
+from .access import penalty_box
 from .handler import Handler
 from .transfer_limits import TransferGate
 
@@ -51,12 +56,34 @@ class Service:
     #: Keys a reload may not change (the value in force stays until a restart).
     fixed_keys = ()
 
+    @classmethod
+    def serves_in_one_process(cls, config):
+        """Whether the service ``config`` must run in one worker process only, when
+        the daemon has several (``processes``): True when its state cannot be split
+        between processes.  False by default: each worker has a service object of
+        its own, and the built-in limits are shared between them."""
+        return False
+
     def __init__(self, config, global_options):
         self.name = config.name
         self.config = config
         self.global_options = global_options
-        self.penalties = PenaltyBox()  # the rules come with each reload
-        self.transfers = TransferGate(*_transfer_limits(config))
+        self.penalties = penalty_box(self.name)  # the rules come with each reload
+        self.transfers = TransferGate(*_transfer_limits(config),
+                                      store=shared.store("transfers:" + self.name, self.name))
+        #: The service's counters (shown by status), shared with its server.
+        self.counters = None
+        #: The running services this one can see: the daemon's
+        #: :class:`~msgsrv.ops.running.Registry`, or a :class:`Solo`
+        #: holding only its own server when that runs without a daemon.
+        self.directory = None
+
+    def sibling(self, name):
+        """The service object of the running service called ``name`` in the same daemon,
+        or None (not running, or this service runs without a daemon)."""
+        if self.directory is None or not name:
+            return None
+        return self.directory.service(name)
 
     @property
     def where(self):
@@ -152,6 +179,34 @@ def create_service(config, global_options, server):
 
     Raises ConfigError when the service refuses its options.
     """
+    service = _new_service(config, global_options, server)
+    service.counters = server.counters
+    if service.directory is None:
+        service.directory = Solo(server)
+    return service
+
+
+class Solo:
+    """The directory of a server running without a daemon: that server alone (the daemon's
+    is msgsrv.ops.running.Registry)."""
+
+    disabled = MappingProxyType({})
+    last_reload = None
+
+    def __init__(self, server):
+        self._server = server
+        self.started = server.started
+
+    def servers(self):
+        """``[server]``."""
+        return [self._server]
+
+    def service(self, name):
+        """The server's service object if it is called ``name``, else None."""
+        return self._server.service if name == self._server.name else None
+
+
+def _new_service(config, global_options, server):
     handler_class = config.handler_class
     service_class = getattr(handler_class, "service_class", None) or Service
     if not _is_legacy(handler_class):

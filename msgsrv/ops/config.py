@@ -7,8 +7,11 @@ naming the file, the section, the key, the rule and the value.
 """
 
 import configparser
+import importlib
 import os
 import re
+import stat
+import sys
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Tuple
@@ -51,12 +54,33 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class DisabledService:
+    """An ``optional = yes`` service whose handler cannot run here: ``reason`` says
+    what it needs (``needs pip install msgsrv[web]``); ``options`` as parsed."""
+
+    name: str
+    handler: str
+    reason: str
+    options: Mapping[str, Any]
+
+    @property
+    def message(self):
+        """``[service:NAME] disabled: REASON``, what the daemon and --check say."""
+        return "[%s%s] disabled: %s" % (SERVICE_PREFIX, self.name, self.reason)
+
+
+@dataclass(frozen=True)
 class Config:
-    """A validated configuration: global options and the services, in file order."""
+    """A validated configuration: global options and the services, in file order.
+
+    ``disabled`` lists the optional services left out (their handler's extra is
+    not installed); they are not in ``services``.
+    """
 
     path: str
     options: Mapping[str, Any]
     services: Tuple[ServiceConfig, ...]
+    disabled: Tuple[DisabledService, ...] = ()
 
     def __getitem__(self, key):
         return self.options[key]
@@ -129,12 +153,40 @@ def from_parser(parser, path="<config>"):
     global_raw = {k: v for k, v in raw_global.items() if k in _GLOBAL_NAMES}
     inherited = {k: v for k, v in raw_global.items() if k not in _GLOBAL_NAMES}
     options = parse_section(where, GLOBAL_SETTINGS, global_raw)
+    extend_import_path(where, options["plugin_path"])
     parse_section(where, SERVICE_SETTINGS, inherited, partial=True)
-    services = tuple(
-        _service(path, section[len(SERVICE_PREFIX):], inherited, dict(parser.items(section)))
-        for section in parser.sections() if section.startswith(SERVICE_PREFIX))
+    parsed = [_service(path, section[len(SERVICE_PREFIX):], inherited, dict(parser.items(section)))
+              for section in parser.sections() if section.startswith(SERVICE_PREFIX)]
+    services = tuple(s for s in parsed if isinstance(s, ServiceConfig))
+    disabled = tuple(s for s in parsed if isinstance(s, DisabledService))
     _check_duplicates(path, services)
-    return Config(path, MappingProxyType(options), services)
+    _check_siblings(path, services, disabled)
+    return Config(path, MappingProxyType(options), services, disabled)
+
+
+def extend_import_path(where, directories):
+    """Put the ``plugin_path`` directories first on ``sys.path`` (each once), so the
+    handlers named next can be imported from them.
+
+    Raises ConfigError naming the key when one is not a directory or is writable
+    by every user (any local user could then run code in the daemon).  A
+    directory dropped from the setting stays on the path: modules imported from
+    it stay imported anyway.
+    """
+    for path in directories:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError("%s plugin_path: cannot use %s (%s)"
+                              % (where, path, exc.strerror or exc)) from None
+        if not stat.S_ISDIR(mode):
+            raise ConfigError("%s plugin_path: %s is not a directory" % (where, path))
+        if mode & stat.S_IWOTH:
+            raise ConfigError("%s plugin_path: %s is writable by every user" % (where, path))
+    new = [path for path in directories if path not in sys.path]
+    if new:
+        sys.path[:0] = new
+        importlib.invalidate_caches()
 
 
 def _check_sections(parser, path):
@@ -161,7 +213,11 @@ def _service(path, name, inherited, raw):
     options = parse_section(where, SERVICE_SETTINGS, common)
     try:
         handler_class = services.resolve(options["handler"], options["transport"])
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:
+        if options["optional"]:
+            return DisabledService(name, options["handler"], str(exc), MappingProxyType(options))
+        raise ConfigError("%s handler %s" % (where, exc)) from None
+    except ValueError as exc:
         raise ConfigError("%s handler %s" % (where, exc)) from None
     declared = services.declared_settings(handler_class)
     shadowing = sorted(s.name for s in declared if s.name in _COMMON_NAMES)
@@ -170,7 +226,13 @@ def _service(path, name, inherited, raw):
                           % (where, options["handler"], ", ".join(shadowing)))
     extra = {k: v for k, v in raw.items() if k not in _COMMON_NAMES}
     options.update(parse_section(where, declared, extra))
-    return ServiceConfig(name, handler_class, MappingProxyType(options))
+    missing = services.missing_requirement(handler_class)
+    if missing is None:
+        return ServiceConfig(name, handler_class, MappingProxyType(options))
+    if options["optional"]:
+        return DisabledService(name, options["handler"], missing, MappingProxyType(options))
+    raise ConfigError("%s handler %s %s (or set optional = yes to start without this service)"
+                      % (where, options["handler"], missing))
 
 
 _COMMON_NAMES = {s.name for s in SERVICE_SETTINGS}
@@ -226,7 +288,8 @@ def _parse_one(where, key, setting: Setting, text):
     try:
         return setting.parse(text)
     except ValueError as exc:
-        raise ConfigError("%s %s %s (got %r)" % (where, key, exc, text)) from None
+        shown = getattr(exc, "shown", text)  # a SecretError hides what it refused
+        raise ConfigError("%s %s %s (got %r)" % (where, key, exc, shown)) from None
 
 
 def _check_duplicates(path, services):
@@ -242,6 +305,28 @@ def _check_duplicates(path, services):
         seen[key] = service.name
 
 
+def _check_siblings(path, services, disabled):
+    """Each setting a handler declares in ``siblings`` names a service of this file with
+    the right kind of service object (empty: none)."""
+    by_name = {service.name: service for service in services}
+    left_out = {service.name for service in disabled}
+    for service in services:
+        for key, required in getattr(service.handler_class, "siblings", ()):
+            name = service[key]
+            if not name or name in left_out:
+                continue
+            where = "%s: [%s%s] %s" % (path, SERVICE_PREFIX, service.name, key)
+            other = by_name.get(name)
+            if other is None:
+                raise ConfigError("%s names no service of this file (got %r; services: %s)"
+                                  % (where, name, ", ".join(sorted(by_name))))
+            kind = getattr(other.handler_class, "service_class", None)
+            if not (isinstance(kind, type) and issubclass(kind, required)):
+                raise ConfigError("%s must name a service whose handler has a %s (got %r, "
+                                  "handler %s)" % (where, required.__name__, name,
+                                                   other["handler"]))
+
+
 def format_effective(config):
     """Render the effective configuration (defaults filled in) as INI text."""
     lines = ["[%s]" % GLOBAL_SECTION]
@@ -253,6 +338,10 @@ def format_effective(config):
                 lines += ["%s.%s = %s" % (key, sub, _show(v)) for sub, v in value.items()]
             else:
                 lines.append("%s = %s" % (key, _show(value)))
+    for service in config.disabled:
+        lines += ["", "[%s%s]" % (SERVICE_PREFIX, service.name), "# " + service.message]
+        lines += ["%s = %s" % (key, _show(value)) for key, value in service.options.items()
+                  if not isinstance(value, dict)]
     return "\n".join(lines) + "\n"
 
 

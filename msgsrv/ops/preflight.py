@@ -106,6 +106,8 @@ def _check_service(notes, service, global_options):
     check_service = getattr(handler, "check_service", None)
     if check_service is not None:
         check_service(service, global_options)
+    for text in getattr(handler, "start_notes", lambda service: ())(service):
+        notes.add(text, where)
     creates = getattr(handler, "creates", None)
     for key, what in (creates(service) if creates is not None else ()):
         path = service[key]

@@ -1,4 +1,9 @@
-"""The daemon's running services, in one thread-safe place the status service can read."""
+"""The daemon's running services, in one thread-safe place the status service can read.
+
+A service object sees it as its ``directory`` (:meth:`Registry.service` finds
+a sibling by name); a server running without a daemon gets a
+msgsrv.net.service.Solo.
+"""
 
 import collections
 import threading
@@ -17,16 +22,36 @@ class Registry:
 
     def __init__(self):
         self.started = time.time()
+        #: With several worker processes: what gathers the others' status (else None).
+        self.peers = None
         self._lock = threading.Lock()
         self._servers = collections.OrderedDict()
         self._addresses = {}
+        #: ``{name: DisabledService}``: the optional services left out (msgsrv.config).
+        self.disabled = {}
+        #: The last reload: ``{"time": epoch, "outcome": "accepted"|"refused",
+        #: "detail": text}``, or None before the first.
+        self.last_reload = None
 
     def add(self, server):
-        """Register a running (bound) server under its ``name`` (replacing one of that name)."""
+        """Register a running (bound) server under its ``name`` (replacing one of that name);
+        its service object, if any, sees this registry as its ``directory``."""
         server.registry = self
+        service = getattr(server, "service", None)
+        if service is not None:
+            service.directory = self
         with self._lock:
             self._servers[server.name] = server
             self._index()
+
+    def service(self, name):
+        """The service object of the running server called ``name``, or None."""
+        server = self.get(name)
+        return getattr(server, "service", None)
+
+    def note_reload(self, outcome, detail):
+        """Remember the outcome of a reload (``accepted`` or ``refused``) and its summary."""
+        self.last_reload = {"time": time.time(), "outcome": outcome, "detail": detail}
 
     def remove(self, name):
         """Unregister and return the server called ``name`` (None if unknown)."""
@@ -74,3 +99,4 @@ class Registry:
     def __len__(self):
         with self._lock:
             return len(self._servers)
+

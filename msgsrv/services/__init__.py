@@ -13,7 +13,11 @@ A handler is one of:
   thread-per-connection on TCP, inline per datagram on UDP.
 
 A handler class may declare ``settings``: a tuple of
-:class:`msgsrv.ops.settings.Setting` for its own keys.
+:class:`msgsrv.ops.settings.Setting` for its own keys; ``requires``, the modules
+it needs beyond the standard library, and ``extra``, the ``pip install
+msgsrv[EXTRA]`` that brings them (its module must import without them);
+``siblings``, ``(key, service class)`` pairs: settings naming another
+service of the same file that must have that kind of service object.
 """
 
 import importlib
@@ -27,6 +31,7 @@ BUILTIN = {
     "command": {"tcp": "msgsrv.services.command.handler:CommandHandler"},
     "file": {"tcp": "msgsrv.services.files.handler:FileHandler"},
     "status": {"tcp": "msgsrv.services.status.handler:StatusHandler"},
+    "web": {"tcp": "msgsrv.services.web.handler:WebHandler"},
 }
 
 
@@ -82,6 +87,20 @@ def _check_transport(spec, cls, transport):
     if transport not in transports:
         raise ValueError("%r does not support transport %s (supports: %s)"
                          % (spec, transport, ", ".join(transports)))
+
+
+def missing_requirement(cls):
+    """Why ``cls`` cannot run here (``needs pip install msgsrv[web]``), or None when every
+    module it ``requires`` imports."""
+    for name in getattr(cls, "requires", ()):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            extra = getattr(cls, "extra", None)
+            if extra:
+                return "needs pip install msgsrv[%s]" % extra
+            return "needs the Python module %s (%s)" % (name, exc)
+    return None
 
 
 def declared_settings(cls):

@@ -17,6 +17,13 @@ from .errors import ProtocolError
 PREFIX = struct.Struct(">I")
 DEFAULT_MAX_HEADER = 64 * 1024
 DEFAULT_MAX_BODY = 1024 * 1024
+#: The largest limits a receiver may be configured with (the framed services'
+#: ``max_header`` and ``max_body`` settings): no msgsrv peer accepts more.
+MAX_HEADER_CEILING = 16 << 20
+MAX_BODY_CEILING = 1 << 30
+#: ``encode`` limits for frames a server builds itself (replies, command output):
+#: what the largest receiver accepts, so a sender never emits what it would refuse.
+REPLY_LIMITS = {"max_header": MAX_HEADER_CEILING, "max_body": MAX_BODY_CEILING}
 BODY_SIZE = "body_size"
 #: Bytes one recv() call asks for, server and client (larger buffers are
 #: mmap-allocated per call: measurably slower).

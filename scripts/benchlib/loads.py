@@ -74,6 +74,32 @@ def run_udp(ctx, server, clients_count, size, seconds, reply_timeout):
     return metrics
 
 
+def run_commands(ctx, server, port, key, command, clients_count, seconds):
+    """``clients_count`` authenticated command clients (``key``: name, secret) running
+    ``command`` on ``port`` again and again for ``seconds``.
+
+    Metrics as run_pingpong's latency metrics: ``rt_s`` is runs per second;
+    ``server.cpu_seconds`` is sampled over the window.
+    """
+    return _repeated(ctx, server, "command", clients_count, seconds,
+                     {"port": port, "key": key, "command": command})
+
+
+def run_churn(ctx, server, clients_count, seconds):
+    """``clients_count`` clients each opening a connection, having 64 bytes echoed and
+    closing it, again and again for ``seconds``; ``rt_s`` is connections per second."""
+    return _repeated(ctx, server, "churn", clients_count, seconds, {"port": server.port})
+
+
+def _repeated(ctx, server, kind, clients_count, seconds, job):
+    jobs = [dict(job, conns=share, seconds=seconds, go_timeout=60.0, cpus=ctx.plan.load)
+            for share in split(clients_count, ctx.load_procs)]
+    with LoadGroup(kind, jobs) as group:
+        group.require("ready", time.monotonic() + 30.0)
+        results, srv_pct, load_pct = _measured_window(group, server, seconds)
+    return _latency_metrics(results, srv_pct, load_pct)
+
+
 class IdleHold:
     """Hold ``conns`` idle TCP connections from load processes, as a context manager.
 

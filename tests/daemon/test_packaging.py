@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.timeout(180)
 
 COMMANDS = ("msgsrv", "msgsrvctl", "msgsrv-client")
-SOURCES = ("setup.py", "setup.cfg", "README.rst", "msgsrv", "man")
+SOURCES = ("setup.py", "setup.cfg", "MANIFEST.in", "README.rst", "msgsrv", "man")
 
 
 def _run(argv, **kwargs):
@@ -81,3 +81,12 @@ def test_manual_pages_are_installed(venv):
         installed = venv / "share" / "man" / ("man%d" % section) / page
         with open(os.path.join(ROOT, "man", page), encoding="utf-8") as stream:
             assert installed.read_text() == stream.read(), page
+
+
+def test_the_web_console_files_are_installed(venv, tmp_path):
+    from msgsrv.services.web import assets
+    shipped = sorted(assets.load())
+    listed = _run([venv / "bin" / "python", "-c", "from msgsrv.services.web import assets; "
+                   "print(' '.join(sorted(assets.load())))"], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == shipped and "dashboard.js" in shipped

@@ -132,13 +132,42 @@ def framed_session(address):
     return sock
 
 
+def web_session(address):
+    """The web console: one keep-alive GET of /status.json; return the open socket."""
+    sock = socket.create_connection(address, timeout=10)
+    try:
+        sock.sendall(b"GET /status.json HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (
+            address[0].encode(), address[1]))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Refused("the web console closed before answering")
+            got += chunk
+        if got.startswith(b"HTTP/1.1 503 "):
+            raise Refused("refused: %r" % got.split(b"\r\n\r\n", 1)[-1][:200])
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+        length = int(re.search(rb"(?i)\r\ncontent-length: (\d+)", head).group(1))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Refused("the web console closed in the middle of an answer")
+            body += chunk
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One service of the hostile daemon.
 
     ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, ``line``
     (the chat line protocol), ``proxied`` (raw TCP whose clients come through a
-    load balancer: each connection starts with a PROXY header), or
+    load balancer: each connection starts with a PROXY header), ``http`` (the web
+    console), or
     ``fault`` (a test handler that crashes on request; not a service row);
     ``options`` are its config keys (``{keys_file}`` is filled in);
     ``session(address)`` is what a normal fresh client does: it returns the
@@ -192,6 +221,8 @@ SERVICES = {
                            command_session, authed=True),
     "status": ServiceSpec("status", "framed", {"handler": "status"}, status_session),
     "chat": ServiceSpec("chat", "line", {"handler": "chat", "line_rate": "0"}, chat_session),
+    # Alone (chat empty) so that it runs without a chat service; the fuzz group names one.
+    "web": ServiceSpec("web", "http", {"handler": "web", "chat": ""}, web_session),
     # Test handlers that crash on request (tests/hostile/plugins.py, tests/plugins.py).
     "crash": ServiceSpec("crash", "fault", {"handler": "tests.hostile.plugins:CrashOnRequest"},
                          stream_session),
@@ -203,7 +234,8 @@ SERVICES = {
                                {"handler": "tests.plugins:CrashingThreadHandler"}, None),
 }
 #: The TCP services (the rows of connection-limit tables).
-TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed", "line")]
+TCP_SERVICES = [name for name, spec in SERVICES.items()
+                if spec.kind in ("stream", "framed", "line", "http")]
 
 
 def service_options(name, keys_file, **overrides):

@@ -397,6 +397,90 @@ def _valid_auth_stream(hello, name, secret, request):
 auth_cases = st.tuples(key_names, secrets, st.fixed_dictionaries({"type": st.text(max_size=8)}))
 
 
+# The web console's HTTP reader and WebSocket (the web extra; left out without it).
+
+try:
+    from msgsrv.services.web import http as web_http, websocket as web_socket
+    from wsproto.connection import Connection as WsConnection, ConnectionType
+    from wsproto.events import TextMessage
+except ImportError:
+    web_http = None
+
+WEB_LIMITS = dict(request_line=128, headers=256, body=64)
+WEB_STATUSES = {400, 413, 414, 431, 501, 505}
+
+
+def decode_http_requests(chunks):
+    """Requests parsed and answered as they come, then the status that ended the stream."""
+    conn, outcomes = web_http.HttpConnection(web_http.Limits(**WEB_LIMITS)), []
+    bound = WEB_LIMITS["request_line"] + WEB_LIMITS["headers"] + WEB_LIMITS["body"]
+    try:
+        for chunk in list(chunks) + [b""]:
+            conn.feed(chunk)
+            assert conn.buffered <= bound + len(chunk), conn.buffered
+            while True:
+                request = conn.next_request()
+                if request is web_http.NEED_DATA or request is web_http.CLOSED:
+                    break
+                outcomes.append((request.method, request.target, request.body))
+                conn.respond(204)
+                if not conn.next_cycle():
+                    return outcomes, "closed"
+    except web_http.HttpError as exc:
+        assert exc.status in WEB_STATUSES, exc.status
+        return outcomes, exc.status
+    return outcomes, None
+
+
+http_requests = st.lists(st.tuples(
+    st.sampled_from(["GET", "POST"]), st.from_regex(r"\A/[a-z0-9./?=&-]{0,40}\Z"),
+    st.binary(max_size=64)), max_size=4)
+
+
+def _http_bytes(case):
+    return b"".join(b"%s %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
+                    % (method.encode(), target.encode(), len(body), body)
+                    for method, target, body in case)
+
+
+def http_round_trip(case, cuts):
+    expected = [(method, target, body) for method, target, body in case]
+    for chunks in splittings(_http_bytes(case), cuts).values():
+        assert decode_http_requests(chunks) == (expected, None)
+
+
+WS_MAX = 64
+
+
+def decode_websocket(chunks):
+    """Whole messages and the close the WebSocket ends with."""
+    ws, events = web_socket.WebSocket(WS_MAX), []
+    for chunk in list(chunks) + [b""]:
+        events += ws.feed(chunk)
+    return events, None
+
+
+ws_messages = st.lists(st.tuples(st.text(max_size=20).filter(
+    lambda t: len(t.encode()) <= WS_MAX), st.integers(1, 4)), max_size=4)
+
+
+def _ws_bytes(case):
+    peer, data = WsConnection(ConnectionType.CLIENT), b""
+    for text, parts in case:  # each message in ``parts`` fragments
+        size = max(1, -(-len(text) // parts))
+        pieces = [text[i:i + size] for i in range(0, len(text), size)] or [""]
+        for index, piece in enumerate(pieces):
+            data += peer.send(TextMessage(data=piece, message_finished=index == len(pieces) - 1))
+    return data
+
+
+def websocket_round_trip(case, cuts):
+    expected = [web_socket.Message(text) for text, _ in case]
+    expected.append(web_socket.Closed(1006, "connection lost"))
+    for chunks in splittings(_ws_bytes(case), cuts).values():
+        assert decode_websocket(chunks) == (expected, None)
+
+
 @dataclass(frozen=True)
 class DecoderRow:
     """One decoder: how to run it, a valid-case strategy and its round-trip check."""
@@ -406,6 +490,7 @@ class DecoderRow:
     cases: object  # hypothesis strategy of valid cases
     round_trip: Callable
     sample: Callable  # case -> valid bytes to mutate (near-valid hostile input)
+    max_bytes: int = 600  # longest hostile input (fed one byte at a time too)
 
 
 def _auth_sample(case):
@@ -431,6 +516,14 @@ DECODERS = [
                _requests_round_trip(decode_command_requests, _command_expected),
                lambda case: b"".join(encode(h, **REQUEST_LIMITS) for h in case)),
 ]
+if web_http is not None:
+    DECODERS += [
+        # h11 and wsproto cost more per byte fed: shorter inputs keep the short run short.
+        DecoderRow("web-http", decode_http_requests, http_requests, http_round_trip, _http_bytes,
+                   max_bytes=300),
+        DecoderRow("web-websocket", decode_websocket, ws_messages, websocket_round_trip,
+                   _ws_bytes, max_bytes=200),
+    ]
 IDS = [row.name for row in DECODERS]
 
 
@@ -438,8 +531,8 @@ IDS = [row.name for row in DECODERS]
 def hostile_bytes(draw, row):
     """Arbitrary bytes, or a valid input of ``row`` with random edits and cuts."""
     if draw(st.booleans()):
-        return draw(st.binary(max_size=600))
-    data = bytearray(row.sample(draw(row.cases)))
+        return draw(st.binary(max_size=row.max_bytes))
+    data = bytearray(row.sample(draw(row.cases))[:row.max_bytes])
     for _ in range(draw(st.integers(0, 4))):
         if data:
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))

@@ -346,18 +346,77 @@ def framed_target(name, address, *, authed, phase, reply_timeout=10.0, types=FRA
     return Target("%s/%s" % (name, phase), run, corpus, answers=(phase == "pre-auth" and authed))
 
 
-def chat_target(address, reply_timeout=10.0):
-    """The chat line service: mutated lines after the welcome; every whole line back parses."""
+def _checked_run(address, reply_timeout, check):
+    """A Target's run: the input on a fresh connection, a half-close, then ``check(reply)``
+    (None, or what is wrong with it) once the service closed."""
     def run(make_input, rng):
         with socket.create_connection(address, timeout=reply_timeout) as sock:
             data = make_input(b"")
             reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.15)
         if how == "stalled":
             return "no EOF within %gs after a half-close" % reply_timeout, data, reply
-        return _traceback(reply) or _bad_chat_line(reply), data, reply
+        return _traceback(reply) or check(reply), data, reply
+    return run
+
+
+def chat_target(address, reply_timeout=10.0):
+    """The chat line service: mutated lines after the welcome; every whole line back parses."""
+    run = _checked_run(address, reply_timeout, _bad_chat_line)
     corpus = [b"/nick fuzz\n/join r\nhello\n", b"/me waves\n/msg fuzz hi\n/who\n/rooms\n",
               b"/quit bye\n", b"/part\r\n/help\n" + b"x" * 5000 + b"\n", b"\xff\xfe\x00\n"]
     return Target("chat", run, corpus)
+
+
+#: Statuses the web console may answer a hostile request with (500 would be a bug).
+WEB_STATUSES = frozenset({101, 200, 204, 303, 304, 400, 401, 403, 404, 405, 408, 413, 414, 421,
+                          426, 429, 431, 501, 503, 505})
+
+
+def _ws_frame(text, opcode=0x1, mask=b"\x01\x02\x03\x04"):
+    payload = text.encode()
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def _upgrade(path, host):
+    return (b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2tra2tra2tra2tra2traw==\r\n"
+            b"Origin: http://%s\r\n\r\n" % (path, host, host))
+
+
+def web_target(address, reply_timeout=10.0):
+    """The web console: mutated HTTP requests and WebSocket frames; every response before a
+    switch to WebSocket is well-formed HTTP with a status the console documents."""
+    host = b"%s:%d" % (address[0].encode(), address[1])
+    run = _checked_run(address, reply_timeout, _bad_http)
+    corpus = [b"GET / HTTP/1.1\r\nHost: %s\r\n\r\nGET /chat HTTP/1.1\r\nHost: %s\r\n\r\n"
+              % (host, host),
+              b"GET /static/console.css?v=1 HTTP/1.1\r\nHost: %s\r\nIf-None-Match: \"x\"\r\n\r\n"
+              % host,
+              b"POST /auth/login HTTP/1.1\r\nHost: %s\r\nContent-Length: 38\r\n\r\n"
+              b'{"key":"a","nonce":"b","proof":"c"}   ' % host,
+              b"GET /metrics HTTP/1.0\r\n\r\n",
+              _upgrade(b"/ws/chat", host) + _ws_frame("fuzz") + _ws_frame("/join r")
+              + _ws_frame("hello", 0x1) + _ws_frame("", 0x9) + _ws_frame("", 0x8),
+              _upgrade(b"/ws/status", host) + _ws_frame("x" * 100)]
+    return Target("web", run, corpus)
+
+
+def _bad_http(reply):
+    """None if ``reply`` is whole HTTP/1.1 responses (up to a switch to WebSocket)."""
+    while reply:
+        head, sep, rest = reply.partition(b"\r\n\r\n")
+        match = re.match(rb"HTTP/1\.1 (\d{3}) [^\r\n]*", head)
+        if not match:
+            return "not an HTTP response: %r" % head[:80]
+        status = int(match.group(1))
+        if status not in WEB_STATUSES:
+            return "undocumented status %d: %r" % (status, rest[:200])
+        if status == 101 or not sep:
+            return None  # WebSocket frames follow, or the reply was cut by a reset
+        length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+        reply = rest[int(length.group(1)) if length else 0:]
+    return None
 
 
 def _bad_chat_line(reply):
@@ -535,6 +594,7 @@ TARGETS = {
         framed_target("status", address, authed=False, phase="open", types=STATUS_TYPES,
                       codes=FRAMED_CODES, seeds=STATUS_SEEDS)],
     "chat": lambda address, options: [chat_target(address)],
+    "web": lambda address, options: [web_target(address)],
 }
 
 

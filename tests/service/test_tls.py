@@ -244,3 +244,21 @@ def test_client_cli_tls_options(start_service, certs, capsys):
     assert capsys.readouterr().out == "over tls\n"
     assert client_main(["echo", address, "x", "--tls", "--ca-file", certs["other-ca.pem"]]) == 1
     assert "certificate not trusted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("origin, status", [("https", b"101"), ("http", b"403")])
+def test_web_console_over_tls_checks_the_https_origin(start_service, certs, origin, status):
+    pytest.importorskip("h11")
+    pytest.importorskip("wsproto")
+    server = tls_service(start_service, certs, handler="web", chat="")
+    context = ssl.create_default_context(cafile=certs["ca.pem"])
+    host = b"127.0.0.1:%d" % server.port
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /status.json HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        sock.sendall(b"GET /ws/status HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+                     b"a2tra2tra2tra2tra2traw==\r\nOrigin: %s://%s\r\n\r\n"
+                     % (host, origin.encode(), host))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 " + status)

@@ -8,10 +8,11 @@ from hypothesis import given, settings, strategies as st
 
 from msgsrv.services.chat.protocol import (
     COMMANDS, ERRORS, NOTICES, Action, ChatError, Command, Error, History, Line, LineReader,
-    LineTooLong, Message, Notice, Private, TokenBucket, check_nick, check_room, clean_text,
+    LineTooLong, Message, Notice, Private, check_nick, check_room, clean_text,
     format_action, format_error, format_event, format_help, format_history, format_message,
     format_notice, format_private, nick_key, parse_line, parse_server_line, room_key, usage,
 )
+from msgsrv.net.access import TokenBucket
 from msgsrv.wire.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(120)

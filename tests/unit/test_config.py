@@ -1,6 +1,7 @@
 """Config validation: every rule, and the messages that name file, section, key and value."""
 
 import socketserver
+import sys
 
 import pytest
 
@@ -193,3 +194,38 @@ def test_shipped_config_is_valid():
 def test_handler_settings_may_not_shadow_service_settings(tmp_path):
     message = error_of(tmp_path, "[service:s]\nhandler = tests.plugins:ShadowingHandler\n")
     assert "declares settings that every service already has: port" in message
+
+
+def test_plugin_path_goes_first_on_the_import_path_and_plugins_import_from_it(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr("sys.path", list(sys.path))
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, answer in ((first, "first"), (second, "second")):
+        directory.mkdir()
+        (directory / "pathplugin.py").write_text(
+            "from msgsrv.plugin import Handler\n\n\nclass Answer(Handler):\n"
+            "    answer = %r\n" % answer)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_text(tmp_path, "[msgsrv]\nplugin_path = first,\n  %s\n"
+                              "[service:p]\nhandler = pathplugin:Answer\n" % second)
+    assert cfg.options["plugin_path"] == (str(first), str(second))
+    assert sys.path[:2] == [str(first), str(second)]
+    assert cfg.services[0].handler_class.answer == "first"
+    load_text(tmp_path, "[msgsrv]\nplugin_path = %s, %s\n" % (second, first))
+    assert sys.path.count(str(first)) == 1  # each directory is added once
+    del sys.modules["pathplugin"]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: None, "plugin_path: cannot use %s (No such file or directory)"),
+    (lambda d: d.write_text(""), "plugin_path: %s is not a directory"),
+    (lambda d: (d.mkdir(), d.chmod(0o777)), "plugin_path: %s is writable by every user"),
+])
+def test_plugin_path_refuses_what_cannot_hold_plugins(tmp_path, monkeypatch, make, expected):
+    monkeypatch.setattr("sys.path", list(sys.path))
+    where = tmp_path / "plugins"
+    make(where)
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, "[msgsrv]\nplugin_path = %s\n" % where)
+    assert str(caught.value).endswith("[msgsrv] " + expected % where)
+    assert str(where) not in sys.path

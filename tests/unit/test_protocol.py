@@ -205,3 +205,22 @@ def test_property_buffer_never_exceeds_one_frame_limit(data):
             assert decoder.buffered <= 4 + 64 + 128
     except ProtocolError:
         pass
+
+
+def test_frame_limit_ceilings_bound_the_settings_and_what_servers_send():
+    from msgsrv.net.handler import FramedHandler
+    from msgsrv.wire.frames import MAX_BODY_CEILING, MAX_HEADER_CEILING, REPLY_LIMITS
+    limits = {s.name: s for s in FramedHandler.settings}
+    assert limits["max_header"].parse(str(MAX_HEADER_CEILING)) == MAX_HEADER_CEILING
+    assert limits["max_body"].parse(str(MAX_BODY_CEILING)) == MAX_BODY_CEILING
+    for name, ceiling in (("max_header", MAX_HEADER_CEILING), ("max_body", MAX_BODY_CEILING)):
+        with pytest.raises(ValueError):
+            limits[name].parse(str(ceiling + 1))
+    assert REPLY_LIMITS == {"max_header": MAX_HEADER_CEILING, "max_body": MAX_BODY_CEILING}
+
+    class Oversized(bytes):
+        def __len__(self):
+            return MAX_BODY_CEILING + 1
+
+    with pytest.raises(ProtocolError):  # a server never sends what no receiver accepts
+        encode({"type": "x"}, Oversized(), **REPLY_LIMITS)

@@ -19,19 +19,21 @@ per ``FLOOD_WARNING_INTERVAL`` with ``! flood``.  Other clients are served
 meanwhile.
 """
 
+import functools
 import logging
 import re
 import time
 
-from msgsrv.plugin import Handler, Service, Setting, chain, format_peer, integer, size
-from .protocol import (ChatError, LineReader, LineTooLong, TokenBucket, check_nick, format_error,
+from msgsrv.plugin import Handler, Service, Setting, TokenBucket, chain, format_peer, integer, size
+from . import backend
+from .protocol import (ChatError, LineReader, LineTooLong, check_nick, format_error,
                        format_help, format_notice, parse_line)
-from .state import LOBBY, ChatState, Member, deliver
+from .state import LOBBY, ChatState, Outbox, Pending, deliver
 
 log = logging.getLogger("msgsrv.chat")
 
 FLOOD_WARNING_INTERVAL = 30.0  # seconds between two ``! flood`` warnings to one client
-_FLUSH_AT = 64 * 1024          # bytes gathered before a batch is sent mid-chunk
+_FLUSH_AT = 64 * 1024  # bytes gathered before a batch is sent mid-chunk
 _NEED_NICK = frozenset({"join", "leave", "msg", "me"})
 
 
@@ -43,52 +45,68 @@ def word(text):
     return value
 
 
-class Outbox:
-    """Deliveries gathered while one batch of lines is handled, then sent together.
-
-    Adjacent deliveries to the same targets (the same tuple object: a room's
-    member tuple, a member's ``own``) are joined, so the lines of one chunk
-    go to each member in one send.  A batch is sent once it holds
-    ``flush_at`` bytes, and at the end of each chunk.
-    """
-
-    def __init__(self, limit, flush_at=_FLUSH_AT):
-        self.limit = limit
-        self.flush_at = flush_at
-        self._items = []
-        self._size = 0
-
-    def add(self, deliveries):
-        """Queue ``(targets, data)`` pairs (see msgsrv.services.chat.state)."""
-        for targets, data in deliveries:
-            if self._items and self._items[-1][0] is targets:
-                self._items[-1][1].append(data)
-            else:
-                self._items.append((targets, [data]))
-            self._size += len(data)
-        if self._size >= self.flush_at:
-            self.flush()
-
-    def flush(self):
-        """Send everything queued (never blocks)."""
-        items, self._items, self._size = self._items, [], 0
-        deliver([(targets, b"".join(parts)) for targets, parts in items], self.limit)
-
-
 class ChatService(Service):
     """A chat service's shared state (``chat``, a ChatStore), kept across reloads:
-    a reload changes its limits, never its sessions, rooms, nicks or history."""
+    a reload changes its limits, never its sessions, rooms, nicks or history.
+
+    ``backend = memory`` makes a ``store_class`` (ChatState); a ``redis://``
+    backend a :class:`~msgsrv.services.chat.redis_store.RedisChatStore`,
+    which connects in the background.
+    """
 
     store_class = ChatState
+    fixed_keys = backend.FIXED_KEYS
+
+    @classmethod
+    def serves_in_one_process(cls, config):
+        """True with the memory backend: the in-process chat state cannot be split, so
+        with several worker processes the chat service runs in worker 0 only.  A
+        shared backend (Redis) serves from every worker, as from several daemons."""
+        return not config["backend"].shared
 
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
-        self.chat = self.store_class(history=config["history"], max_joined=config["max_joined"])
+        self.chat = self._create_store(config)
+
+    def _create_store(self, config):
+        if not config["backend"].shared:
+            return self.store_class(history=config["history"], max_joined=config["max_joined"])
+        backend.check(config.options, self.where)
+        from .redis_store import RedisChatStore
+        return RedisChatStore(config.options, config.name)
+
+    def close(self):
+        super().close()
+        self.chat.close()
 
     def prepare_reconfigure(self, config, global_options):
         limits = config["history"], config["max_joined"]
         return chain(super().prepare_reconfigure(config, global_options),
                      lambda: self.chat.configure(*limits))
+
+    def open_session(self, conn):
+        """A chat session of this service over ``conn``, carried by another service (the
+        web console): the same rules, limits and counters as a TCP client of this one.
+
+        ``conn`` offers what a pool Connection offers a handler: ``send(data,
+        limit)``, ``close(reason)``, ``abort(reason)``, ``pause_reading()``,
+        ``resume_reading()``, ``call_later(seconds, callback)``, ``closing``,
+        ``address`` and ``reason``.  The caller drives the returned
+        :class:`ChatHandler` as the pool would (``connection_made``,
+        ``data_received`` with the client's lines, ``eof_received``,
+        ``timed_out``, ``connection_lost``).
+        """
+        return ChatHandler(conn, _SessionSite(self))
+
+
+class _SessionSite:
+    """What a ChatHandler reads of its server, for a session carried by another service."""
+
+    def __init__(self, service):
+        self.service = service
+        self.name = service.name
+        self.config = service.config
+        self.counters = service.counters
 
 
 class ChatHandler(Handler):
@@ -110,16 +128,23 @@ class ChatHandler(Handler):
                 "Lines a client may send at once before line_rate applies."),
         Setting("max_joined", integer(1, 10000), "20", "Rooms one client may be in at once."),
         Setting("server_name", word, "msgsrv", "Name the greeting shows (one word)."),
-    )
+    ) + backend.SETTINGS
 
     service_class = ChatService
+
+    @classmethod
+    def check_service(cls, service, global_options):
+        """A shared backend needs the ``redis`` package and a readable password."""
+        backend.check(service.options, "[service:%s]" % service.name)
 
     def __init__(self, conn, server):
         super().__init__(conn, server)
         self.state = self.service.chat
-        self.member = Member(conn)
+        self.member = self.state.new_member(conn)
         self.limit = self.options["max_queue"]
-        self.outbox = Outbox(self.limit, min(_FLUSH_AT, self.limit // 4))
+        # A shared store sends the room lines itself; replies go out at once, in order with them.
+        flush_at = 0 if self.state.shared else min(_FLUSH_AT, self.limit // 4)
+        self.outbox = Outbox(self.limit, flush_at, functools.partial(self.state.send, self.member))
         self.reader = LineReader(self.options["max_line"])
         rate = self.options["line_rate"]
         self.bucket = TokenBucket(rate, self.options["line_burst"]) if rate else None
@@ -128,6 +153,8 @@ class ChatHandler(Handler):
         self._warned_at = None
         self._quitting = False
         self._flood_timer = None
+        self._pending = None  # (Pending, then): a store answer awaited before the next line
+        self._armed = None    # the Pending whose completion resumes this handler
 
     # -- pool events ----------------------------------------------------------
 
@@ -175,7 +202,7 @@ class ChatHandler(Handler):
 
     def _pump(self):
         raw, view, handled = self._raw, memoryview(self._raw), 0
-        while self._pos < len(raw) and not self._quitting:
+        while not self._quitting and self._settled() and self._pos < len(raw):
             end = raw.find(b"\n", self._pos) + 1
             if end and not self._may_take():
                 break
@@ -197,10 +224,13 @@ class ChatHandler(Handler):
         self._throttle(wait)
         return False
 
-    def _throttle(self, wait):
+    def _pause(self):
         if not self._paused:
             self._paused = True
             self.conn.pause_reading()
+
+    def _throttle(self, wait):
+        self._pause()
         if self._flood_timer is not None:
             self._flood_timer.cancel()
         self._flood_timer = self.conn.call_later(wait, self._flood_delay_over)
@@ -222,12 +252,55 @@ class ChatHandler(Handler):
         if self._quitting:
             self.conn.close("quit")
             return
+        if self._pending is not None:
+            self._wait_for(self._pending[0])
+            return
         if self._pos < len(self._raw):
             return  # delayed: the flood timer resumes
         self._raw, self._pos = b"", 0
         if self._paused:
             self._paused = False
             self.conn.resume_reading()
+
+    # -- answers that come later (a shared store) ---------------------------------
+
+    def _await(self, result, then=None):
+        """Send a store call's deliveries (or answer line), then run ``then()``; a
+        Pending result holds the next lines until it is done (:meth:`_settled`)."""
+        if isinstance(result, Pending):
+            self._pending = (result, then)
+            return
+        if isinstance(result, bytes):  # a question's answer: one line for this client
+            result = [(self.member.own, result)]
+        self.outbox.add(result)
+        if then is not None:
+            then()
+
+    def _settled(self):
+        """True unless a store answer is still awaited; one that came is handled now."""
+        while self._pending is not None:
+            pending, then = self._pending
+            if not pending.done:
+                return False
+            self._pending = None
+            try:
+                if pending.error is not None:
+                    raise pending.error
+                self._await(pending.deliveries, then)
+            except ChatError as exc:
+                self._reply(format_error(exc.code, exc.message))
+        return True
+
+    def _wait_for(self, pending):
+        """Read nothing more until ``pending`` is done, then go on (in a worker)."""
+        self._pause()
+        if self._armed is not pending:
+            self._armed = pending
+            pending.when_done(lambda: self.conn.call_soon(self._answered))
+
+    def _answered(self):
+        if not self.conn.closing:
+            self._pump()
 
     # -- commands ---------------------------------------------------------------
 
@@ -253,32 +326,34 @@ class ChatHandler(Handler):
         if self.member.nick is None:
             self._do_nick(check_nick(text.strip()))  # before a nick, a line is the nick
             return
-        self.outbox.add(self.state.say(self.member, text))
+        self._await(self.state.say(self.member, text))
 
     def _do_me(self, text):
-        self.outbox.add(self.state.say(self.member, text, action=True))
+        self._await(self.state.say(self.member, text, action=True))
 
     def _do_nick(self, name):
         first = self.member.nick is None
-        self.outbox.add(self.state.set_nick(self.member, name))
-        if first:
-            log.info("%s: %s is %s", self.server.name, format_peer(self.conn.address), name)
-            self.outbox.add(self.state.join(self.member, LOBBY))
+        self._await(self.state.set_nick(self.member, name), self._named if first else None)
+
+    def _named(self):
+        log.info("%s: %s is %s", self.server.name, format_peer(self.conn.address),
+                 self.member.nick)
+        self._await(self.state.join(self.member, LOBBY))
 
     def _do_join(self, room):
-        self.outbox.add(self.state.join(self.member, room))
+        self._await(self.state.join(self.member, room))
 
     def _do_leave(self, room=None):
-        self.outbox.add(self.state.leave(self.member, room))
+        self._await(self.state.leave(self.member, room))
 
     def _do_msg(self, nick, text):
-        self.outbox.add(self.state.private(self.member, nick, text))
+        self._await(self.state.private(self.member, nick, text))
 
     def _do_who(self, room=None):
-        self._reply(self.state.who(self.member, room))
+        self._await(self.state.who(self.member, room))
 
     def _do_rooms(self):
-        self._reply(self.state.rooms())
+        self._await(self.state.rooms())
 
     def _do_help(self):
         self._reply(format_help())

@@ -10,7 +10,6 @@ back into typed events with :func:`parse_server_line`.
 
 import math
 import re
-import time
 from dataclasses import dataclass
 from typing import NamedTuple, Union
 
@@ -329,6 +328,7 @@ ERRORS = {
     "line-too-long": "a line was longer than the server's limit and was discarded",
     "flood": "lines arrive faster than the server's rate limit; slow down",
     "busy": "the server is at a limit (clients, rooms or members)",
+    "unavailable": "the shared chat state (Redis) cannot be reached now; try again later",
 }
 
 _TOKEN_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+")
@@ -583,43 +583,6 @@ def format_event(event):
     raise TypeError("not a chat event: %r" % (event,))
 
 
-# ---------------------------------------------------------------------------
-# Flood control
-
-class TokenBucket:
-    """Flood control: ``burst`` takes at once, refilled at ``rate`` tokens per second.
-
-    Raises ValueError unless ``rate`` is a positive finite number and
-    ``burst`` is at least 1. ``clock`` returns seconds (monotonic).
-    """
-
-    # Float refills can land a hair under a whole token after an exact wait.
-    _EPSILON = 1e-9
-
-    def __init__(self, rate, burst, clock=time.monotonic):
-        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-            raise ValueError("'rate' must be a positive number of tokens per second "
-                             "(got %r)" % (rate,))
-        if not (isinstance(burst, (int, float)) and math.isfinite(burst) and burst >= 1):
-            raise ValueError("'burst' must be a number >= 1 (got %r)" % (burst,))
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self._clock = clock
-        self._tokens = self.burst
-        self._stamp = clock()
-
-    def take(self):
-        """Take one token and return 0.0, or take none and return the seconds until one is due."""
-        now = self._clock()
-        if now > self._stamp:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-        if self._tokens >= 1 - self._EPSILON:
-            self._tokens = max(0.0, self._tokens - 1)
-            return 0.0
-        return (1 - self._tokens) / self.rate
-
-
 __all__ = [
     "EOL", "MAX_LINE", "NAME_MAX", "ChatError", "clean_text",
     "Line", "LineTooLong", "LineReader",
@@ -629,5 +592,4 @@ __all__ = [
     "format_message", "format_action", "format_private", "format_history",
     "format_notice", "format_error", "format_help", "format_event",
     "Message", "Action", "Private", "History", "Notice", "Error", "parse_server_line",
-    "TokenBucket",
 ]

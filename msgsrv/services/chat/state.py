@@ -68,6 +68,54 @@ class Room:
         self.targets = tuple(member.conn for member in self.members)
 
 
+class Pending:
+    """The answer to a store call that comes later (a shared backend's round trip).
+
+    The store calls :meth:`complete` (with deliveries for the caller) or
+    :meth:`fail` (with a ChatError) exactly once, from any thread; the caller
+    stops handling that client's lines until then (:meth:`when_done`).
+    """
+
+    __slots__ = ("_lock", "_done", "_callback", "deliveries", "error")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._done = False
+        self._callback = None
+        self.deliveries = ()
+        self.error = None
+
+    @property
+    def done(self):
+        """True once completed or failed."""
+        return self._done
+
+    def complete(self, deliveries=()):
+        """The call succeeded: ``deliveries`` (or a question's answer line) are the caller's."""
+        self._finish(deliveries, None)
+
+    def fail(self, error):
+        """The call failed with ``error`` (a ChatError, state unchanged)."""
+        self._finish((), error)
+
+    def _finish(self, deliveries, error):
+        with self._lock:
+            if self._done:
+                return
+            self.deliveries, self.error, self._done = deliveries, error, True
+            callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    def when_done(self, callback):
+        """Run ``callback()`` once done: now, in this thread, if it is done already."""
+        with self._lock:
+            if not self._done:
+                self._callback = callback
+                return
+        callback()
+
+
 class ChatStore(abc.ABC):
     """What the chat handler needs from the shared chat state.
 
@@ -76,9 +124,29 @@ class ChatStore(abc.ABC):
     caller to send, the questions return one reply line.  They raise
     :class:`~msgsrv.services.chat.protocol.ChatError` (state unchanged) when the request
     cannot be met.  ``closing`` is set once the service is shutting down.
+
+    A store shared between processes (``shared`` true) never waits for its
+    backend in the caller's thread: a call that needs an answer returns a
+    :class:`Pending` instead, completed with the deliveries or the line the
+    call would have returned, and the store sends
+    what other members see itself.  What the handler sends to its own client
+    goes through :meth:`send`, which keeps it in order with what the store
+    sends.
     """
 
     closing = False
+    shared = False
+
+    def new_member(self, conn):
+        """The :class:`Member` for a new connection (not yet known to the others)."""
+        return Member(conn)
+
+    def send(self, member, deliveries, limit=None):
+        """Send ``deliveries`` made by the handler of ``member`` (never blocks)."""
+        deliver(deliveries, limit)
+
+    def close(self):
+        """The service stopped: release what the store holds (threads, connections)."""
 
     @abc.abstractmethod
     def configure(self, history, max_joined):
@@ -90,7 +158,7 @@ class ChatStore(abc.ABC):
 
     @abc.abstractmethod
     def lookup(self, nick):
-        """The Member using ``nick``, or None."""
+        """The Member using ``nick`` (a shared store: on this server), or None."""
 
     @abc.abstractmethod
     def join(self, member, name):
@@ -110,11 +178,11 @@ class ChatStore(abc.ABC):
 
     @abc.abstractmethod
     def who(self, member, name=None):
-        """The ``* who`` line of room ``name`` (default: the current room)."""
+        """The ``* who`` line of room ``name`` (default: the current room), or a Pending."""
 
     @abc.abstractmethod
     def rooms(self):
-        """The ``* rooms`` line."""
+        """The ``* rooms`` line, or a Pending."""
 
     @abc.abstractmethod
     def snapshot(self):
@@ -345,3 +413,38 @@ def deliver(deliveries, limit=None):
     for targets, data in deliveries:
         for conn in targets:
             conn.send(data, limit=limit)
+
+
+class Outbox:
+    """Deliveries gathered while one batch of lines is handled, then sent together.
+
+    Adjacent deliveries to the same targets (the same tuple object: a room's
+    member tuple, a member's ``own``) are joined, so the lines of one chunk
+    go to each member in one send.  A batch is sent once it holds
+    ``flush_at`` bytes, and at the end of each chunk, by ``send(deliveries,
+    limit)``.
+    """
+
+    def __init__(self, limit, flush_at=64 * 1024, send=None):
+        self.limit = limit
+        self.flush_at = flush_at
+        self._send = send or deliver
+        self._items = []
+        self._size = 0
+
+    def add(self, deliveries):
+        """Queue ``(targets, data)`` pairs."""
+        for targets, data in deliveries:
+            if self._items and self._items[-1][0] is targets:
+                self._items[-1][1].append(data)
+            else:
+                self._items.append((targets, [data]))
+            self._size += len(data)
+        if self._size >= self.flush_at:
+            self.flush()
+
+    def flush(self):
+        """Send everything queued (never blocks)."""
+        items, self._items, self._size = self._items, [], 0
+        if items:
+            self._send([(targets, b"".join(parts)) for targets, parts in items], self.limit)

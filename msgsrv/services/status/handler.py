@@ -19,13 +19,13 @@ log = logging.getLogger("msgsrv.status")
 
 FORMAT = Setting("format", choice(*report.FORMATS), "json",
                  "Answer format when a request names none: json or prometheus.")
-_CONTENT_TYPES = {"json": "application/json",
+CONTENT_TYPES = {"json": "application/json",
                   "prometheus": "text/plain; version=0.0.4; charset=utf-8"}
 
 
 def render(server, fmt):
     """The status of every service ``server`` can see, as bytes in format ``fmt``."""
-    document = report.collect(*report.servers_of(server))
+    document = report.document_for(server)
     if fmt == "prometheus":
         return report.to_prometheus(document).encode("utf-8")
     return report.to_json(document)
@@ -78,7 +78,7 @@ class StatusHTTPHandler(http.server.BaseHTTPRequestHandler):
         body = render(self.server, fmt)
         self.server.counters.incr("requests")
         self.send_response(200)
-        self.send_header("Content-Type", _CONTENT_TYPES[fmt])
+        self.send_header("Content-Type", CONTENT_TYPES[fmt])
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

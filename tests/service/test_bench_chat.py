@@ -47,3 +47,17 @@ def test_median_row_and_latency_rate():
     args = bench.parse_args([])
     assert bench.latency_rate(args, 10) == 100 and bench.latency_rate(args, 500) == 40
     assert "stalled" in bench.format_table([dict(reps[1], p50_ms=None, p99_ms=None)])
+
+
+def test_redis_mode_defaults_and_table():
+    bench = load_bench()
+    args = bench.parse_args(["--redis"])
+    assert args.subscribers == "300" and bench.latency_rate(args, 300) == 100
+    row = {"subscribers": 300, "stalled": False, "p50_ms": 1.0, "stalled_subscriber": False}
+    rows = [dict(row, server="memory", daemons=1, deliveries_per_s=1000.0, p99_ms=5.0),
+            dict(row, server="redis", daemons=3, deliveries_per_s=400.0, p99_ms=25.0)]
+    table = bench.format_redis_table(rows, args)
+    assert "0.40" in table
+    assert "target >= 0.5: MISSED" in table and "target <= 20: MISSED" in table
+    rows[1].update(deliveries_per_s=600.0, p99_ms=12.0)
+    assert "target >= 0.5: met" in bench.format_redis_table(rows, args)
