@@ -212,18 +212,22 @@ def test_the_signal_queue_is_bounded_and_drops_are_logged(tmp_path, caplog):
 def test_cancelled_timers_are_counted_out_and_compacted():
     pool = WorkerPool("timers", None, workers=0)
     pool.start()
+    pairs = [socket.socketpair() for _ in range(30)]
     try:
-        ours, peer = socket.socketpair()
-        conn = Connection(pool, PlainTransport(ours), ("127.0.0.1", 0))
-        timers = [conn.call_later(60, lambda: None) for _ in range(3000)]
+        # 30 connections of 100 timers: the pool's heap holds them all, and each
+        # connection's own list of timers stays short (it is pruned at each call_later).
+        conns = [Connection(pool, PlainTransport(ours), ("127.0.0.1", 0)) for ours, _ in pairs]
+        timers = [conn.call_later(60, lambda: None) for conn in conns for _ in range(100)]
         for timer in timers[:2500]:
             timer.cancel()
         assert pool.timer_count == 500
-        conn.call_later(60, lambda: None)  # over half cancelled: the heap is compacted
+        conns[0].call_later(60, lambda: None)  # over half cancelled: the heap is compacted
         assert pool.timer_count == 501 and len(pool._timers) == 501
-        conn.cancel_timers()
+        for conn in conns:
+            conn.cancel_timers()
         assert pool.timer_count == 0
-        peer.close()
-        ours.close()
     finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
         pool.close()
