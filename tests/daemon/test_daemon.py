@@ -96,7 +96,8 @@ def test_log_file_setting(tmp_path, daemon_factory):
     path = tmp_path / "server.ini"
     path.write_text("[msgsrv]\nlog_file = %s\n[service:echo]\nhandler = echo\n" % log_path)
     daemon = daemon_factory(path)
-    wait_for(lambda: log_path.exists() and "listening" in log_path.read_text())
+    wait_for(lambda: log_path.exists() and "listening" in log_path.read_text(),
+             timeout=10, message="the daemon to be ready")
     assert daemon.stop() == 0
     assert "stopped" in log_path.read_text()
 

@@ -137,7 +137,8 @@ def test_sigusr1_reopens_a_moved_log_file(tmp_path, daemon_factory):
     log_path = tmp_path / "logs" / "msgsrv.log"
     config = write_config(tmp_path / "server.ini", GLOBAL + "log_file = %s\n" % log_path, KEEP)
     daemon = daemon_factory(config)
-    wait_for(lambda: log_path.exists() and "ready pid=" in log_path.read_text())
+    wait_for(lambda: log_path.exists() and "ready pid=" in log_path.read_text(),
+             timeout=10, message="the daemon to be ready")
     rotated = tmp_path / "logs" / "msgsrv.log.1"
     os.rename(str(log_path), str(rotated))
     daemon.proc.send_signal(signal.SIGUSR1)
@@ -241,7 +242,8 @@ def test_root_drops_to_the_configured_user(tmp_path, daemon_factory):
     # coverage cannot write its data as nobody: run this one unmeasured
     env = {"COVERAGE_PROCESS_START": "", "COV_CORE_SOURCE": ""}
     daemon = daemon_factory(config, env=env)
-    wait_for(lambda: log_path.exists() and "ready pid=" in log_path.read_text())
+    wait_for(lambda: log_path.exists() and "ready pid=" in log_path.read_text(),
+             timeout=10, message="the daemon to be ready")
     text = log_path.read_text()
     assert "switched to uid=%d gid=%d (user=nobody" % (nobody.pw_uid, nobody.pw_gid) in text
     status = open("/proc/%d/status" % daemon.proc.pid).read()

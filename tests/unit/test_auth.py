@@ -529,8 +529,9 @@ near_auth_headers = st.fixed_dictionaries({
 headers = near_auth_headers | st.dictionaries(st.text(max_size=8), json_values) | json_values
 
 
+# Three headers: the third failure closes the handshake, so a fourth is never read.
 @settings(max_examples=300, deadline=None)
-@given(st.lists(headers, min_size=1, max_size=5))
+@given(st.lists(headers, min_size=1, max_size=3))
 def test_arbitrary_headers_never_raise_and_never_authenticate(attempts):
     server = ServerHandshake(KEYS, max_failures=3)
     nonce = server.hello()["nonce"]
