@@ -1,11 +1,15 @@
 """Servers under test: declared once in TARGETS, each started as its own process.
 
 msgsrv is started as the real daemon (``python -m msgsrv --config FILE``) with
-a temporary INI file; the anchors run ``scripts/bench_anchors.py``. Both are
+a temporary INI file; the Python anchors run ``scripts/bench_anchors.py``, the
+C one is ``csrc/epoll_echo.c`` built on demand (``benchlib.cbuild``). All are
 started, probed and stopped the same way, so they are measured identically.
+An anchor that cannot run here (uvloop not installed, no C compiler) is
+skipped with a note (:func:`unavailable_reason`).
 """
 
 import collections
+import importlib.util
 import os
 import signal
 import socket
@@ -14,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import machine
+from benchlib import cbuild, machine
 
 HOST = "127.0.0.1"
 SCRIPTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +35,8 @@ TARGETS = collections.OrderedDict((t.name, t) for t in [
     Target("msgsrv-tcp", "msgsrv", "tcp", "echo", True),
     Target("threading-tcp", "stdlib-threading", "tcp", "threading-tcp", False),
     Target("asyncio-tcp", "asyncio-streams", "tcp", "asyncio-tcp", False),
+    Target("uvloop-tcp", "uvloop", "tcp", "uvloop-tcp", False),
+    Target("c-epoll-tcp", "c-epoll", "tcp", "c-epoll-tcp", False),
     Target("threading-tcp-q1024", "stdlib-threading-q1024", "tcp", "threading-tcp-q1024", False),
     Target("msgsrv-udp", "msgsrv", "udp", "echo", True),
     Target("udp", "stdlib-udp", "udp", "udp", False),
@@ -65,8 +71,26 @@ def free_port(transport):
         return probe.getsockname()[1]
 
 
+def unavailable_reason(target):
+    """Why ``target`` cannot run on this machine (an optional module or the compiler), or None."""
+    if target.kind == "uvloop-tcp" and importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not importable here (pip install uvloop)"
+    if target.kind == "c-epoll-tcp":
+        try:
+            cbuild.build("epoll_echo")
+        except (cbuild.BuildUnavailable, OSError) as exc:
+            return "cannot build the C echo server: %s" % exc
+    return None
+
+
 def server_command(target, port, workdir):
     """Return the argv that starts ``target`` on ``port`` (msgsrv's INI goes into workdir)."""
+    if target.kind == "c-epoll-tcp":
+        try:
+            binary = cbuild.build("epoll_echo")
+        except (cbuild.BuildUnavailable, OSError) as exc:
+            raise TargetUnavailable(str(exc)) from exc
+        return [binary, "--port", str(port), "--max-seconds", str(ANCHOR_MAX_SECONDS)]
     if not target.is_msgsrv:
         return [sys.executable, os.path.join(SCRIPTS_DIR, "bench_anchors.py"), target.kind,
                 "--port", str(port), "--max-seconds", str(ANCHOR_MAX_SECONDS)]
