@@ -83,8 +83,11 @@ def unavailable_reason(target):
     return None
 
 
-def server_command(target, port, workdir):
-    """Return the argv that starts ``target`` on ``port`` (msgsrv's INI goes into workdir)."""
+def server_command(target, port, workdir, extra_ini=""):
+    """Return the argv that starts ``target`` on ``port`` (msgsrv's INI goes into workdir).
+
+    ``extra_ini`` is added to msgsrv's service section (``key = value`` lines).
+    """
     if target.kind == "c-epoll-tcp":
         try:
             binary = cbuild.build("epoll_echo")
@@ -97,7 +100,7 @@ def server_command(target, port, workdir):
     path = os.path.join(workdir, "msgsrv-bench-%d.ini" % port)
     with open(path, "w") as ini:
         ini.write(MSGSRV_INI.format(kind=target.kind, transport=target.transport,
-                                    host=HOST, port=port))
+                                    host=HOST, port=port) + extra_ini)
     return [sys.executable, "-m", "msgsrv", "--config", path]
 
 
@@ -115,12 +118,17 @@ class ServerProcess:
     answers, and raises TargetUnavailable if it exits or stays silent; a
     process that exits early is retried on another port (it may have lost the
     port race). ``__exit__`` always stops it: SIGTERM, then SIGKILL after
-    STOP_TIMEOUT seconds.
+    STOP_TIMEOUT seconds.  ``extra_ini`` goes into msgsrv's service section;
+    ``wrapper`` is an argv prefix (a profiler) and ``ready_timeout`` how long
+    the start may take.
     """
 
-    def __init__(self, target, cpus=None):
+    def __init__(self, target, cpus=None, extra_ini="", wrapper=(), ready_timeout=READY_TIMEOUT):
         self.target = target
         self.cpus = cpus
+        self.extra_ini = extra_ini
+        self.wrapper = list(wrapper)
+        self.ready_timeout = ready_timeout
         self.port = None
         self.proc = None
         self._stderr = None
@@ -157,7 +165,8 @@ class ServerProcess:
     def _start_once(self):
         self._reap()
         self.port = free_port(self.target.transport)
-        argv = server_command(self.target, self.port, self._workdir.name)
+        argv = self.wrapper + server_command(self.target, self.port, self._workdir.name,
+                                             self.extra_ini)
         self._stderr = open(os.path.join(self._workdir.name, "stderr-%d" % self.port), "w+")
         try:
             self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=_environment(),
@@ -173,7 +182,7 @@ class ServerProcess:
 
     def _wait_ready(self):
         probe = probe_tcp if self.target.transport == "tcp" else probe_udp
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return "exited with status %s: %s" % (self.proc.returncode, self._last_output())
@@ -181,7 +190,7 @@ class ServerProcess:
                 return None
             time.sleep(0.02)
         return "no answer on %s port %d within %.0f s" % (
-            self.target.transport, self.port, READY_TIMEOUT)
+            self.target.transport, self.port, self.ready_timeout)
 
     def _last_output(self):
         self._stderr.seek(0)
