@@ -3,13 +3,14 @@
 import argparse
 import sys
 
-from . import __version__, config as config_module, preflight
-from .errors import ConfigError
-from .manpages import Manual, epilog
-from .pidfile import running_pid
-from .settings import LOG_LEVELS
+from msgsrv import __version__
+from msgsrv.cli.manpages import Manual, epilog
+from msgsrv.ops import config as config_module, preflight
+from msgsrv.ops.pidfile import running_pid
+from msgsrv.ops.settings import LOG_LEVELS
+from msgsrv.wire.errors import ConfigError
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2  # as msgsrv.daemon's (imported only to run)
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2  # as msgsrv.ops.daemon's (imported only to run)
 EXIT_NOT_RUNNING = 3  # LSB "program is not running"
 
 EXIT_STATUS = (
@@ -99,17 +100,20 @@ def _config_path(given):
 
 
 def _report_check(config, notes):
+    for service in config.disabled:
+        print("msgsrv: warning: %s" % service.message, file=sys.stderr)
     for note in notes:
         print("msgsrv: note: %s" % note, file=sys.stderr)
     count = len(config.services)
-    print("msgsrv: %s: every start-up check passed (%d service%s)"
-          % (config.path, count, "" if count == 1 else "s"), file=sys.stderr)
+    disabled = ", %d disabled" % len(config.disabled) if config.disabled else ""
+    print("msgsrv: %s: every start-up check passed (%d service%s%s)"
+          % (config.path, count, "" if count == 1 else "s", disabled), file=sys.stderr)
     sys.stdout.write(config_module.format_effective(config))
     return EXIT_OK
 
 
 def _run(config, overrides):
-    from .daemon import Daemon, configure_logging
+    from msgsrv.ops.daemon import Daemon, configure_logging
     echo = bool(config["log_file"]) and _is_terminal(sys.stderr)
     try:
         configure_logging(config.options, echo)

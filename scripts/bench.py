@@ -21,7 +21,7 @@ udp a table checking the performance targets (issue 14). Tables are valid
 reStructuredText simple tables, ready to paste into the README.
 
 This is a benchmark, not a test: pytest never runs it (only a smoke test of
-``echo --quick --no-msgsrv`` does, in tests/test_bench_smoke.py).
+``echo --quick --no-msgsrv`` does, in tests/daemon/test_bench_smoke.py).
 """
 
 import argparse

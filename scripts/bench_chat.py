@@ -2,6 +2,7 @@
 """Chat fan-out benchmark: msgsrv's chat service against a naive threaded broadcast server.
 
 Usage: python scripts/bench_chat.py [--subscribers 10,100,500] [--quick] [--no-pin] ...
+       python scripts/bench_chat.py --redis [--subscribers 300] [--server-cpus N] ...
 
 For each subscriber count N, with and without one stalled subscriber, and for
 each server (msgsrv's chat service, and the tutorial design: a thread per
@@ -23,6 +24,15 @@ Each server runs in its own process, the publisher and the subscribers in
 others (with two or more CPUs the server is pinned to the first CPU and the
 load to the rest).  Only 127.0.0.1 is used.
 
+With ``--redis`` it measures chat across daemons instead: the subscribers
+spread over ``--daemons`` (3) daemons whose chat uses one redis-server
+(``backend = redis://``, started here on a free loopback port without
+persistence), the publisher on the first, against one daemon with the
+memory backend, in the same run; the latency phase runs at exactly
+``--rate`` messages per second.  It prints both rows, the ratio of
+deliveries per second and whether the targets hold (>= 0.5x the single
+daemon flat out, p99 <= 20 ms paced).
+
 From another script: ``bench_chat.run(bench_chat.parse_args(["--quick"]))``
 returns the list of result rows (dicts) after printing the table.
 """
@@ -32,9 +42,12 @@ import multiprocessing
 import os
 import resource
 import selectors
+import shutil
 import socket
 import socketserver
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -94,7 +107,7 @@ class NaiveChatHandler(socketserver.StreamRequestHandler):
                     self.server.clients.remove(sock)
 
 
-def _serve(kind, ports, stop, cpus):
+def _serve(kind, ports, stop, cpus, backend="memory"):
     _prepare_process(cpus)
     if kind == "naive":
         server = NaiveChatServer(("127.0.0.1", 0))
@@ -103,23 +116,27 @@ def _serve(kind, ports, stop, cpus):
         stop.wait()
         return
     import logging
-    from msgsrv.server import make_server
+    from msgsrv.net.server import make_server
     logging.basicConfig(level=logging.WARNING, format="  [msgsrv] %(levelname)s %(message)s")
-    server = make_server(_msgsrv_config())
+    server = make_server(_msgsrv_config(backend))
     server.serve_in_thread()
+    deadline = time.monotonic() + 30
+    while not getattr(server.service.chat, "available", True) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a Redis backend connects in the background
     ports.put(server.port)
     stop.wait()
     server.stop(2.0)
 
 
-def _msgsrv_config():
+def _msgsrv_config(backend="memory"):
     import configparser
-    from msgsrv import config
+    from msgsrv.ops import config
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str
     parser["service:chat"] = {"handler": "chat", "host": "127.0.0.1", "port": "0",
                               "line_rate": "0", "max_connections": "5000",
-                              "max_connections_per_ip": "5000", "idle_timeout": "0"}
+                              "max_connections_per_ip": "5000", "idle_timeout": "0",
+                              "backend": backend}
     return config.from_parser(parser, "<bench>").services[0]
 
 
@@ -293,27 +310,32 @@ class _Shared:
         self.progress = _CTX.Array("q", procs, lock=False)
 
 
-def run_cell(kind, subscribers, stalled, args, cpus):
-    """Measure one server with ``subscribers`` readers (+1 stalled); return a result row."""
+def run_cell(kind, subscribers, stalled, args, cpus, daemons=1, backend="memory"):
+    """Measure ``daemons`` servers (one chat) with ``subscribers`` readers spread over
+    them (+1 stalled); return a result row."""
     server_cpus, load_cpus = cpus
     ports, stop = _CTX.Queue(), _CTX.Event()
-    server = _CTX.Process(target=_serve, args=(kind, ports, stop, server_cpus), daemon=True)
-    server.start()
+    servers = [_CTX.Process(target=_serve, args=("msgsrv" if kind == "redis" else kind, ports,
+                                                 stop, server_cpus, backend), daemon=True)
+               for _ in range(daemons)]
+    for server in servers:
+        server.start()
     procs = []
     try:
-        port = ports.get(timeout=30)
-        return _measure(kind, port, subscribers, stalled, args, load_cpus, procs)
+        addresses = [ports.get(timeout=30) for _ in servers]
+        return _measure(kind, addresses, subscribers, stalled, args, load_cpus, procs)
     finally:
         stop.set()
-        for proc in procs + [server]:
+        for proc in procs + servers:
             proc.join(5)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
 
 
-def _measure(kind, port, subscribers, stalled, args, load_cpus, procs):
-    groups = _split(["sub%d" % i for i in range(subscribers)], args.procs_per_100)
+def _measure(kind, ports, subscribers, stalled, args, load_cpus, procs):
+    port = ports[0]  # the publisher's (and the stalled subscriber's) server
+    groups = _split(["sub%d" % i for i in range(subscribers)], args.procs_per_100, len(ports))
     shared, results = _Shared(len(groups)), _CTX.Queue()
     messages = max(100, args.deliveries // subscribers)
     rate = latency_rate(args, subscribers)
@@ -321,8 +343,8 @@ def _measure(kind, port, subscribers, stalled, args, load_cpus, procs):
             "rate": rate, "latency_messages": max(1, int(rate * args.duration)),
             "ready": len(groups) + (1 if stalled else 0), "load_cpus": load_cpus}
     for slot, nicks in enumerate(groups):
-        procs.append(_CTX.Process(target=_subscriber, daemon=True,
-                                  args=(port, nicks, slot, shared, results, plan)))
+        procs.append(_CTX.Process(target=_subscriber, daemon=True, args=(
+            ports[slot % len(ports)], nicks, slot, shared, results, plan)))
     procs.append(_CTX.Process(target=_publisher, args=(port, shared, results, plan), daemon=True))
     for proc in procs:
         proc.start()
@@ -346,8 +368,8 @@ def latency_rate(args, subscribers):
     return min(args.rate, args.latency_load / subscribers)
 
 
-def _split(nicks, per_100):
-    count = max(1, min(8, -(-len(nicks) * per_100 // 100)))
+def _split(nicks, per_100, at_least=1):
+    count = max(at_least, min(8, -(-len(nicks) * per_100 // 100)))
     return [nicks[i::count] for i in range(count) if nicks[i::count]]
 
 
@@ -461,22 +483,39 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="fewer deliveries, shorter phases (for a smoke run)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--server-cpus", type=int, default=1,
+                        help="CPUs for the servers (and redis-server); the load gets the rest")
+    parser.add_argument("--redis", action="store_true",
+                        help="chat across daemons: --daemons daemons on one redis-server vs "
+                             "one daemon with the memory backend (default --subscribers 300)")
+    parser.add_argument("--daemons", type=int, default=3, help="daemons sharing Redis (--redis)")
+    parser.add_argument("--redis-server", default=shutil.which("redis-server") or
+                        "/usr/bin/redis-server", help="the redis-server program (--redis)")
     args = parser.parse_args(argv)
     if args.quick:
         args.deliveries, args.cap, args.duration = 100000, 5.0, 1.0
+    if args.redis:
+        if args.subscribers == "10,100,500":
+            args.subscribers = "300"
+        # Paced at exactly --rate, whatever the subscriber count.
+        top = max(int(n) for n in args.subscribers.split(","))
+        args.latency_load = max(args.latency_load, args.rate * top)
     return args
 
 
-def _cpus(no_pin):
+def _cpus(no_pin, server_cpus=1):
     available = sorted(os.sched_getaffinity(0))
     if no_pin or len(available) < 2:
         return None, None
-    return {available[0]}, set(available[1:])
+    cut = max(1, min(server_cpus, len(available) - 1))
+    return set(available[:cut]), set(available[cut:])
 
 
 def run(args):
     """Run every cell, print the table and the ratios; return the result rows."""
-    cpus = _cpus(args.no_pin)
+    if args.redis:
+        return run_redis(args)
+    cpus = _cpus(args.no_pin, args.server_cpus)
     rows = []
     print("chat fan-out: %d CPUs%s, %d-byte messages, window %d; latency phase: %gs at "
           "min(%g, %g/N) msg/s" % (os.cpu_count(), "" if cpus[0] is None else
@@ -492,6 +531,118 @@ def run(args):
     print()
     print(format_table(rows))
     return rows
+
+
+# ---------------------------------------------------------------------------
+# Chat across daemons on Redis
+
+
+class RedisServer:
+    """A redis-server on a free 127.0.0.1 port, no persistence, in a temporary directory."""
+
+    def __init__(self, program, cpus):
+        self.program, self.cpus = program, cpus
+        self.directory = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc = None
+        self.port = None
+
+    def __enter__(self):
+        for _ in range(5):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            self.proc = subprocess.Popen(
+                [self.program, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                 self.directory, "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self.cpus:
+                os.sched_setaffinity(self.proc.pid, self.cpus)
+            if self._answers():
+                return self
+            self._stop()
+        raise RuntimeError("redis-server did not start")
+
+    def _answers(self):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def _stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+    def __exit__(self, *exc):
+        self._stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_redis(args):
+    """One daemon (memory backend) against ``--daemons`` daemons on one Redis, in one run;
+    print the table, the ratio and whether the targets hold; return the rows."""
+    cpus = _cpus(args.no_pin, args.server_cpus)
+    print("chat across daemons: %d CPUs%s, %d-byte messages, window %d; latency phase: %gs "
+          "at %g msg/s" % (os.cpu_count(), "" if cpus[0] is None else
+                           " (servers and redis-server on CPUs %s)" % sorted(cpus[0]),
+                           args.size, args.window, args.duration, args.rate), flush=True)
+    rows = []
+    with RedisServer(args.redis_server, cpus[0]) as redis:
+        backend = "redis://127.0.0.1:%d/0" % redis.port
+        for count in [int(n) for n in args.subscribers.split(",")]:
+            for kind, daemons, store in (("memory", 1, "memory"),
+                                         ("redis", args.daemons, backend)):
+                reps = [run_cell(kind, count, False, args, cpus, daemons, store)
+                        for _ in range(args.reps)]
+                row = median_row(reps)
+                row["daemons"] = daemons
+                rows.append(row)
+                print("  done: %s" % _row_text(row), flush=True)
+    print()
+    print(format_redis_table(rows, args))
+    return rows
+
+
+def format_redis_table(rows, args):
+    """The table of a ``--redis`` run, ratios and the targets' verdicts."""
+    head = ("subs", "backend", "daemons", "deliveries/s", "p50 ms", "p99 ms", "x memory")
+    lines, verdicts = [], []
+    memory = {}
+    for row in rows:
+        if row["server"] == "memory":
+            memory[row["subscribers"]] = row
+    for row in rows:
+        base = memory.get(row["subscribers"])
+        ratio = ""
+        if row["server"] == "redis" and base and base["deliveries_per_s"]:
+            value = row["deliveries_per_s"] / base["deliveries_per_s"]
+            ratio = "%.2f" % value
+            p99 = row["p99_ms"]
+            verdicts.append("N=%d: flat out %.2fx the single daemon (target >= 0.5: %s); p99 "
+                            "%s ms at %g msg/s (target <= 20: %s)" % (
+                                row["subscribers"], value, "met" if value >= 0.5 else "MISSED",
+                                _fmt_ms(p99), args.rate,
+                                "met" if p99 is not None and p99 <= 20 else "MISSED"))
+        lines.append((str(row["subscribers"]), row["server"], str(row["daemons"]),
+                      "%.0f" % row["deliveries_per_s"] + (" (stalled)" if row["stalled"]
+                                                          else ""),
+                      _fmt_ms(row["p50_ms"]), _fmt_ms(row["p99_ms"]), ratio))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    rule = "  ".join("=" * w for w in widths)
+    out = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out + [rule, ""] + verdicts)
 
 
 def median_row(reps):

@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from msgsrv.handlers.echo import EchoHandler  # noqa: E402
-from msgsrv.pool import WorkerPool  # noqa: E402
+from msgsrv.services.echo.handler import EchoHandler  # noqa: E402
+from msgsrv.net.pool import WorkerPool  # noqa: E402
 
 
 class _Server:

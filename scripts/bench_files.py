@@ -32,9 +32,9 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from msgsrv import auth  # noqa: E402
+from msgsrv.wire import auth  # noqa: E402
 from msgsrv.client import FileClient  # noqa: E402
-from msgsrv.settings import size as parse_size  # noqa: E402
+from msgsrv.ops.settings import size as parse_size  # noqa: E402
 
 CHUNK = 1 << 20
 MB = 1e6

@@ -151,7 +151,7 @@ def run_calls(args, plan):
     """Serve echo in this process and count the calls per round trip."""
     sys.path.insert(0, REPO_ROOT)
     from tests.conftest import service_config
-    from msgsrv.server import make_server
+    from msgsrv.net.server import make_server
 
     for conns in args.conns:
         counter = CallCounter()

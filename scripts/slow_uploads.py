@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from msgsrv.errors import MsgsrvError
+from msgsrv.wire.errors import MsgsrvError
 from tests.conftest import DaemonProcess
 from tests.hostile.attackers import measure_latency
 from tests.hostile.targets import start_daemon

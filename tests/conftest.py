@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.protocol import encode
-from msgsrv.server import make_server
+from msgsrv.ops import config as config_module
+from msgsrv.wire.frames import encode
+from msgsrv.net.server import make_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,3 +170,14 @@ def stop_during_a_blocked_transfer(server, sock, stream):
     stopper.join(5)
     assert not stopper.is_alive()
     return time.monotonic() - started
+
+
+@pytest.fixture
+def no_hyper(tmp_path, monkeypatch):
+    """h11 (the web extra) cannot be imported: in this process (sys.modules) and in
+    subprocesses given the returned PYTHONPATH."""
+    fake = tmp_path / "no-hyper" / "h11"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('h11 is not installed (test)')\n")
+    monkeypatch.setitem(sys.modules, "h11", None)
+    return "%s%s%s" % (fake.parent, os.pathsep, ROOT)

@@ -3,9 +3,9 @@
 import socketserver
 import threading
 
-from msgsrv.handlers.authed import AuthenticatedHandler
-from msgsrv.handlers.base import FramedHandler, Handler
-from msgsrv.settings import Setting, text
+from msgsrv.net.authenticated import AuthenticatedHandler
+from msgsrv.net.handler import FramedHandler, Handler
+from msgsrv.ops.settings import Setting, text
 
 
 class ShoutHandler(socketserver.BaseRequestHandler):

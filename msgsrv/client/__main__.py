@@ -1,74 +1,8 @@
-"""The client command line: ``msgsrv-client COMMAND ...`` (or ``python -m msgsrv.client``).
+"""``python -m msgsrv.client``: the client command line (:mod:`msgsrv.cli.client`)."""
 
-Each ``msgsrv/client/cli_*.py`` module adds its subcommands through
-``register(subparsers)``; a subcommand's function takes the parsed arguments
-and returns the exit status.  Failures print one line, never a traceback.
-"""
-
-import argparse
-import importlib
-import pkgutil
 import sys
 
-from ..errors import ConfigError, MsgsrvError
-from ..manpages import Manual, epilog
-from . import __path__ as _package_path
-
-EXIT_STATUS = (
-    ("0", "Success."),
-    ("1", "Failure: the server could not be reached, refused the request or answered with "
-          "an error (one line on standard error says why)."),
-    ("2", "Invalid command line."),
-    ("N", "run: the remote command's own status; 124 when it timed out, 128+S when a "
-          "signal S killed it."),
-    ("130", "Interrupted (Ctrl-C)."),
-)
-
-
-def build_parser():
-    """The argparse parser with every discovered subcommand."""
-    parser = argparse.ArgumentParser(prog="msgsrv-client",
-                                     description="Talk to msgsrv services.",
-                                     epilog=epilog(EXIT_STATUS),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    for info in sorted(pkgutil.iter_modules(_package_path), key=lambda i: i.name):
-        if info.name.startswith("cli_"):
-            importlib.import_module("%s.%s" % (__package__, info.name)).register(subparsers)
-    return parser
-
-
-def main(argv=None):
-    """Run one client command; return its exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (MsgsrvError, ConfigError, OSError) as exc:
-        print("msgsrv.client: %s" % exc, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-MANUAL = Manual(
-    name="msgsrv-client", section=1, summary="talk to msgsrv services", parser=build_parser,
-    description=(
-        "msgsrv-client (also python -m msgsrv.client) sends one request to a service of a "
-        "msgsrv(8) daemon, named by HOST:PORT, and prints the answer: echo, chat in a "
-        "terminal, remote commands, file transfer, status; keygen adds a key to a keys file. "
-        "Failures print one line, never a traceback.",
-    ),
-    exit_status=EXIT_STATUS,
-    environment=(
-        ("MSGSRV_KEY", "The key name when --key is not given."),
-        ("MSGSRV_KEYS_FILE", "The keys file holding the key's secret when --keys-file is not "
-                             "given."),
-        ("MSGSRV_SECRET", "The secret itself (instead of a keys file)."),
-    ),
-    see_also=("msgsrv(8)", "msgsrvctl(8)"),
-)
-
+from msgsrv.cli.client import main
 
 if __name__ == "__main__":
     sys.exit(main())

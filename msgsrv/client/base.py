@@ -3,12 +3,26 @@
 import socket
 import ssl
 
-from ..errors import ConnectionFailed, ProtocolError, RequestTimeout
-from ..tls import client_context
-from .terminal import quote_greeting
+from msgsrv.wire.errors import ConnectionFailed, ProtocolError, RequestTimeout
+from msgsrv.wire.tls import client_context
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_HELLO_TIMEOUT = 3.0  # a msgsrv server greets a client as soon as it accepts it
+
+
+def printable(text):
+    """``text`` with control characters escaped, so a server cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quote_greeting(data, limit=40):
+    """What a peer sent first, for an error message: its first line, quoted, at
+    most ``limit`` characters, control characters escaped; ``...`` marks a cut."""
+    text = data.decode("utf-8", "backslashreplace")
+    line = text.split("\n", 1)[0].rstrip("\r")
+    shown = printable(line)
+    cut = len(shown) > limit or len(line) < len(text.rstrip("\r\n"))
+    return "'%s'" % (shown[:limit] + (" ..." if cut else ""))
 
 
 def parse_address(text, default_port=None):

@@ -4,10 +4,10 @@ import os
 import time
 from typing import NamedTuple
 
-from .. import auth
-from ..errors import ConfigError, ConnectionFailed, ProtocolError, RequestTimeout
-from ..protocol import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA
-from ..stream import RECV_SIZE, FrameStream, check_error, translate_errors
+from msgsrv.wire import auth
+from msgsrv.wire.errors import ConfigError, ConnectionFailed, ProtocolError, RequestTimeout
+from msgsrv.wire.frame_stream import RECV_SIZE, FrameStream, check_error, translate_errors
+from msgsrv.wire.frames import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, NEED_DATA
 from .base import (DEFAULT_HELLO_TIMEOUT, DEFAULT_TIMEOUT, Client, connect_tcp, foreign_greeting,
                    hello_wait, silent_peer)
 

@@ -4,7 +4,7 @@ Each is a plain echo until the client asks for a crash with a ``crash:WHERE``
 token, so one daemon serves crashing and healthy connections side by side.
 """
 
-from msgsrv.handlers.base import FramedHandler, Handler
+from msgsrv.net.handler import FramedHandler, Handler
 
 
 class Crash(RuntimeError):

@@ -13,12 +13,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
-from msgsrv.client.chat import ChatClient
-from msgsrv.client.command import CommandClient
-from msgsrv.client.files import FileClient
-from msgsrv.client.status import StatusClient
+from msgsrv.services.chat.client import ChatClient
+from msgsrv.services.command.client import CommandClient
+from msgsrv.services.files.client import FileClient
+from msgsrv.services.status.client import StatusClient
 from msgsrv.client.framed import FramedClient
-from msgsrv.stream import FrameStream, check_error
+from msgsrv.net.proxy_protocol import encode_v2
+from msgsrv.wire.frame_stream import FrameStream, check_error
 from tests.conftest import DaemonProcess
 from tests.hostile.procwatch import ProcessProbe
 
@@ -31,11 +32,16 @@ class Refused(Exception):
     """The service closed a new connection without serving it."""
 
 
-def stream_session(address):
-    """Echo over TCP: connect, one line out and back; return the open socket."""
+#: The client a proxied probe claims to be (the load balancer is the prober, 127.0.0.1).
+PROXIED_CLIENT = ("127.0.0.2", 40000)
+
+
+def stream_session(address, prefix=b""):
+    """Echo over TCP: connect, one line out and back; return the open socket.
+    ``prefix`` is sent first (a PROXY header) and not echoed."""
     sock = socket.create_connection(address, timeout=10)
     try:
-        sock.sendall(PING)
+        sock.sendall(prefix + PING)
         got = b""
         while len(got) < len(PING):
             chunk = sock.recv(64)
@@ -47,6 +53,11 @@ def stream_session(address):
         sock.close()
         raise
     return sock
+
+
+def proxied_session(address):
+    """Echo behind a load balancer: a PROXY v2 header naming PROXIED_CLIENT, then a ping."""
+    return stream_session(address, encode_v2(PROXIED_CLIENT, address))
 
 
 def datagram_session(address):
@@ -121,12 +132,42 @@ def framed_session(address):
     return sock
 
 
+def web_session(address):
+    """The web console: one keep-alive GET of /status.json; return the open socket."""
+    sock = socket.create_connection(address, timeout=10)
+    try:
+        sock.sendall(b"GET /status.json HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (
+            address[0].encode(), address[1]))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Refused("the web console closed before answering")
+            got += chunk
+        if got.startswith(b"HTTP/1.1 503 "):
+            raise Refused("refused: %r" % got.split(b"\r\n\r\n", 1)[-1][:200])
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+        length = int(re.search(rb"(?i)\r\ncontent-length: (\d+)", head).group(1))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Refused("the web console closed in the middle of an answer")
+            body += chunk
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One service of the hostile daemon.
 
     ``kind`` is ``stream`` (raw TCP), ``datagram`` (UDP), ``framed``, ``line``
-    (the chat line protocol), or
+    (the chat line protocol), ``proxied`` (raw TCP whose clients come through a
+    load balancer: each connection starts with a PROXY header), ``http`` (the web
+    console), or
     ``fault`` (a test handler that crashes on request; not a service row);
     ``options`` are its config keys (``{keys_file}`` is filled in);
     ``session(address)`` is what a normal fresh client does: it returns the
@@ -150,10 +191,17 @@ class ServiceSpec:
 SERVICES = {
     "echo": ServiceSpec("echo", "stream", {"handler": "echo"}, stream_session),
     # Every client of the suite is 127.0.0.1: the default reply_rate would (rightly) cut the
-    # churn and fuzz loads; tests/test_udp_guard.py covers the limit.
+    # churn and fuzz loads; tests/service/test_udp_guard.py covers the limit.
     "echo-udp": ServiceSpec("echo-udp", "datagram", {"handler": "echo", "transport": "udp",
                                                      "reply_rate": "1000000/s"},
                             datagram_session),
+    # Clients through a load balancer (the prober at 127.0.0.1) claiming addresses of
+    # 127.0.0.0/8: the only ones allowed, so a claim mutated elsewhere is refused.
+    "echo-proxy": ServiceSpec("echo-proxy", "proxied",
+                              {"handler": "echo", "proxy_protocol": "any",
+                               "proxy_trusted": "127.0.0.1", "allow": "127.0.0.0/8",
+                               "proxy_max_header": "512"},
+                              proxied_session),
     "authed": ServiceSpec("authed", "framed",
                           {"handler": "tests.plugins:AuthedEcho", "keys_file": "{keys_file}",
                            "auth_timeout": "3", "frame_timeout": "3"},
@@ -173,6 +221,8 @@ SERVICES = {
                            command_session, authed=True),
     "status": ServiceSpec("status", "framed", {"handler": "status"}, status_session),
     "chat": ServiceSpec("chat", "line", {"handler": "chat", "line_rate": "0"}, chat_session),
+    # Alone (chat empty) so that it runs without a chat service; the fuzz group names one.
+    "web": ServiceSpec("web", "http", {"handler": "web", "chat": ""}, web_session),
     # Test handlers that crash on request (tests/hostile/plugins.py, tests/plugins.py).
     "crash": ServiceSpec("crash", "fault", {"handler": "tests.hostile.plugins:CrashOnRequest"},
                          stream_session),
@@ -184,7 +234,8 @@ SERVICES = {
                                {"handler": "tests.plugins:CrashingThreadHandler"}, None),
 }
 #: The TCP services (the rows of connection-limit tables).
-TCP_SERVICES = [name for name, spec in SERVICES.items() if spec.kind in ("stream", "framed", "line")]
+TCP_SERVICES = [name for name, spec in SERVICES.items()
+                if spec.kind in ("stream", "framed", "line", "http")]
 
 
 def service_options(name, keys_file, **overrides):

@@ -5,6 +5,7 @@ sampled throughout (a declared 2^63-byte body must not allocate anything);
 connection limits run in-process, where the admission counters can be read.
 """
 
+import contextlib
 import json
 import socket
 import struct
@@ -13,8 +14,8 @@ import time
 import pytest
 
 from msgsrv.client.framed import FramedClient
-from msgsrv.errors import ServerError
-from msgsrv.protocol import NEED_DATA, FrameDecoder
+from msgsrv.wire.errors import ServerError
+from msgsrv.wire.frames import NEED_DATA, FrameDecoder
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.procwatch import PeakRSS
@@ -241,3 +242,128 @@ def test_echo_output_cap_bounds_daemon_memory_for_a_client_that_never_reads(fram
     sock.close()
     assert received == sent  # nothing lost once the reader reads
     campaign.record("echo-output-cap", pushed_before_stall=sent, rss_growth_kib=growth)
+
+
+# -- the web console: HTTP and WebSocket limits -------------------------------------------
+
+WEB_LIMITS = {"max_request_line": "512", "max_headers": "1K", "max_request_body": "256",
+              "max_message": "1K", "chat": "chat", "allowed_hosts": "127.0.0.1"}
+_HOST = b"Host: 127.0.0.1\r\n"
+
+
+def http_line(length):
+    """A GET /status.json whose request line is ``length`` bytes (CRLF included)."""
+    target = b"/status.json?pad="
+    target += b"p" * (length - len(b"GET  HTTP/1.1\r\n") - len(target))
+    return b"GET %s HTTP/1.1\r\n%s\r\n" % (target, _HOST)
+
+
+def http_headers(total):
+    """A GET whose header block counts ``total`` bytes (each header: name, value, 4)."""
+    pad = total - (len("Host") + len("127.0.0.1") + 4) - (len("X-Pad") + 4)
+    return b"GET /status.json HTTP/1.1\r\n%sX-Pad: %s\r\n\r\n" % (_HOST, b"h" * pad)
+
+
+def http_body(size, declared=None):
+    declared = str(size).encode() if declared is None else declared
+    return (b"POST /auth/challenge HTTP/1.1\r\n%sContent-Length: %s\r\n\r\n"
+            % (_HOST, declared)) + b" " * size
+
+
+def ws_frame(payload, opcode=0x1, fin=True, length=None):
+    """A masked client frame (``length`` overrides the declared payload length)."""
+    length = len(payload) if length is None else length
+    first = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        head = first + bytes([0x80 | length])
+    elif length < 1 << 16:
+        head = first + bytes([0x80 | 126]) + struct.pack(">H", length)
+    else:
+        head = first + bytes([0x80 | 127]) + struct.pack(">Q", length)
+    return head + b"\0\0\0\0" + payload  # a zero mask: the payload as is
+
+
+UPGRADE = (b"GET /ws/chat HTTP/1.1\r\n" + _HOST + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2tra2tra2tra2tra2traw==\r\n\r\n")
+
+# (name, bytes, expected): an HTTP status, or for a WebSocket "served" (a chat reply, still
+# open) or the close code.
+WEB_TABLE = [
+    ("request line at limit", http_line(512), 200),
+    ("request line one over", http_line(513), 414),
+    ("request line far over", http_line(100000), 414),
+    ("header block at limit", http_headers(1024), 200),
+    ("header block one over", http_headers(1025), 431),
+    ("header block far over", http_headers(100000), 431),
+    ("body at limit", http_body(256), 200),
+    ("body one over", http_body(257), 413),
+    ("Content-Length 2^63", http_body(0, b"9223372036854775808"), 413),
+    ("Content-Length -1", http_body(0, b"-1"), 400),
+    ("Content-Length 1e3", http_body(0, b"1e3"), 400),
+    ("chunk size 2^64-1", b"POST /auth/challenge HTTP/1.1\r\n" + _HOST +
+     b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n" + b"x" * 300, 413),
+    ("ws message at limit", UPGRADE + ws_frame(b"m" * 1024), "served"),
+    ("ws message one over", UPGRADE + ws_frame(b"m" * 1025), 1009),
+    ("ws fragments over", UPGRADE + ws_frame(b"f" * 400, fin=False) +
+     ws_frame(b"f" * 400, 0x0, fin=False) + ws_frame(b"f" * 400, 0x0), 1009),
+    ("ws declares 2^63-1", UPGRADE + ws_frame(b"d" * 2000, length=2**63 - 1), 1009),
+    ("ws control frame 126", UPGRADE + ws_frame(b"c" * 126, opcode=0x9), 1002),
+    ("ws binary", UPGRADE + ws_frame(b"b", opcode=0x2), 1003),
+]
+
+
+@pytest.fixture(scope="module")
+def web_daemon(tmp_path_factory):
+    with running_daemon(tmp_path_factory.mktemp("web-boundaries"), ["chat", "web"],
+                        overrides={"web": WEB_LIMITS}) as daemon:
+        daemon.ping_all()
+        with PeakRSS(daemon.probe) as peak:
+            daemon.baseline = daemon.probe.snapshot()
+            daemon.peak = peak
+            yield daemon
+
+
+def _web_outcome(sock, data):
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    status = int(reply[9:12])
+    if status != 101:
+        return status
+    frames = reply.partition(b"\r\n\r\n")[2]
+    while True:
+        while len(frames) >= 4:
+            opcode, length, start = frames[0] & 0x0f, frames[1] & 0x7f, 2
+            if length == 126:  # server frames are unmasked; none here needs 8 length bytes
+                length, start = struct.unpack(">H", frames[2:4])[0], 4
+            if len(frames) < start + length:
+                break
+            if opcode == 0x8:
+                return struct.unpack(">H", frames[start:start + 2])[0]
+            if frames[start:start + length].startswith(b"! bad-nick"):
+                return "served"
+            frames = frames[start + length:]
+        chunk = sock.recv(65536)
+        if not chunk:
+            return "closed without a close frame"
+        frames += chunk
+
+
+@pytest.mark.parametrize("name, data, expected", WEB_TABLE, ids=[row[0] for row in WEB_TABLE])
+def test_web_limits(web_daemon, name, data, expected):
+    with socket.create_connection(web_daemon.address("web"), timeout=5) as sock:
+        assert _web_outcome(sock, data) == expected
+    web_daemon.assert_alive()
+    assert web_daemon.peak.peak_kib - web_daemon.baseline.rss_kib < RSS_JUMP_KIB
+
+
+def test_web_table_left_the_daemon_small_and_clean(web_daemon):
+    web_daemon.ping_all()
+    web_daemon.assert_clean_log()
+    campaign.record("web-boundaries", rows=len(WEB_TABLE),
+                    rss_peak_growth_kib=web_daemon.peak.peak_kib - web_daemon.baseline.rss_kib)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from msgsrv.client.status import StatusClient
-from msgsrv.settings import SERVICE_SETTINGS
+from msgsrv.services.status.client import StatusClient
+from msgsrv.ops.settings import SERVICE_SETTINGS
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.attackers import SpoofedUDP

@@ -9,29 +9,33 @@ For each row of DECODERS, with hypothesis:
   plus one header);
 * valid input round-trips: encode -> decode in any chunking gives it back.
 
-tests/test_protocol.py, test_chatproto.py and test_auth.py hold the
+tests/unit/test_protocol.py, test_chatproto.py and test_auth.py hold the
 example-based tests of these modules and a few fixed-count properties; this
 table is what the long campaign (``MSGSRV_CAMPAIGN=long``, 100,000 examples
 per property and decoder) drives.  A new decoder joins by adding a row; the
-file and command request checks (msgsrv/fileproto.py, msgsrv/commands.py)
+file and command request checks (msgsrv/services/files/protocol.py, msgsrv/services/command/allowlist.py)
 run behind the frame decoder as the services run them.
 """
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable
 
 import pytest
 from hypothesis import given, strategies as st
 
-from msgsrv import auth, commands, fileproto
-from msgsrv.chatproto import (
+from msgsrv.wire import auth
+from msgsrv.services.command import allowlist as commands
+from msgsrv.services.files import protocol as fileproto
+from msgsrv.services.chat.protocol import (
     ERRORS as CHAT_ERRORS, NOTICES, Action, ChatError, Error, History, Line, LineReader,
     LineTooLong, Message as ChatMessage, Notice, Private, clean_text, format_event, parse_line,
     parse_server_line,
 )
-from msgsrv.commands import CommandTable
-from msgsrv.errors import AuthError, ProtocolError, ServerError
-from msgsrv.protocol import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
+from msgsrv.services.command.allowlist import CommandTable
+from msgsrv.net import proxy_protocol
+from msgsrv.wire.errors import AuthError, ProtocolError, ServerError
+from msgsrv.wire.frames import CODES as FRAME_CODES, NEED_DATA, PREFIX, FrameDecoder, Message, encode
 from tests.conftest import service_config
 from tests.hostile import campaign
 
@@ -158,6 +162,29 @@ def _attempt(handshake, message):
     return result.outcome  # the reply's nonce is fresh each time, so only the outcome compares
 
 
+PROXY_MAX_V2 = 128
+PROXY_BOUND = max(proxy_protocol.V1_MAX, PROXY_MAX_V2)
+
+
+def decode_proxy_header(chunks):
+    """The PROXY header stage's reading: the header, then every byte after it (whatever
+    the chunking, the client's bytes arrive intact); or the error code."""
+    decoder = proxy_protocol.ProxyHeaderDecoder(max_v2=PROXY_MAX_V2)
+    try:
+        for index, chunk in enumerate(chunks):
+            result = decoder.feed(chunk)
+            assert decoder.buffered <= PROXY_BOUND, decoder.buffered
+            if result is not proxy_protocol.NEED_DATA:
+                rest = result.leftover + b"".join(chunks[index + 1:])
+                return [(result.version, result.command, result.source, result.destination,
+                         result.tlvs, result.size), rest], None
+        decoder.eof()
+    except proxy_protocol.ProxyHeaderError as exc:
+        assert exc.code in proxy_protocol.CODES, exc.code
+        return [], exc.code
+    raise AssertionError("eof() returned without a header")
+
+
 # Request validation behind the frame decoder: each delivered header is checked as the
 # service checks it, and the outcome (the checked request or the refusal code) compared.
 
@@ -274,6 +301,39 @@ def server_lines_round_trip(case, cuts):
         assert decode_server_lines(chunks) == (expected, None)
 
 
+proxy_hosts = st.one_of(
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)).map(
+        lambda pair: tuple(str(ipaddress.IPv4Address(n)) for n in pair)),
+    st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 2**128 - 1)).map(
+        lambda pair: tuple(str(ipaddress.IPv6Address(n)) for n in pair)))
+proxy_cases = st.tuples(
+    st.sampled_from([1, 2]), proxy_hosts, st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
+    st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=12)), max_size=3),
+    st.booleans(), st.binary(max_size=40))
+
+
+def _proxy_bytes(case):
+    version, hosts, ports, tlvs, local, rest = case
+    source, destination = (hosts[0], ports[0]), (hosts[1], ports[1])
+    if version == 1:
+        header = proxy_protocol.encode_v1(*(() if local else (source, destination)))
+    else:
+        header = proxy_protocol.encode_v2(*((None, None) if local else (source, destination)),
+                                          tlvs=tlvs)
+    return header, rest
+
+
+def proxy_round_trip(case, cuts):
+    version, hosts, ports, tlvs, local, rest = case
+    header, rest = _proxy_bytes(case)
+    addresses = (None, None) if local else ((hosts[0], ports[0]), (hosts[1], ports[1]))
+    kept_tlvs = () if local or version == 1 else tuple(tlvs)
+    expected = ([(version, "local" if local and version == 2 else "proxy") + addresses
+                 + (kept_tlvs, len(header)), rest], None)
+    for chunks in splittings(header + rest, cuts).values():
+        assert decode_proxy_header(chunks) == expected
+
+
 file_paths = st.text(max_size=12)
 sizes = st.integers(0, fileproto.MAX_SIZE)
 file_requests = st.one_of(
@@ -337,6 +397,90 @@ def _valid_auth_stream(hello, name, secret, request):
 auth_cases = st.tuples(key_names, secrets, st.fixed_dictionaries({"type": st.text(max_size=8)}))
 
 
+# The web console's HTTP reader and WebSocket (the web extra; left out without it).
+
+try:
+    from msgsrv.services.web import http as web_http, websocket as web_socket
+    from wsproto.connection import Connection as WsConnection, ConnectionType
+    from wsproto.events import TextMessage
+except ImportError:
+    web_http = None
+
+WEB_LIMITS = dict(request_line=128, headers=256, body=64)
+WEB_STATUSES = {400, 413, 414, 431, 501, 505}
+
+
+def decode_http_requests(chunks):
+    """Requests parsed and answered as they come, then the status that ended the stream."""
+    conn, outcomes = web_http.HttpConnection(web_http.Limits(**WEB_LIMITS)), []
+    bound = WEB_LIMITS["request_line"] + WEB_LIMITS["headers"] + WEB_LIMITS["body"]
+    try:
+        for chunk in list(chunks) + [b""]:
+            conn.feed(chunk)
+            assert conn.buffered <= bound + len(chunk), conn.buffered
+            while True:
+                request = conn.next_request()
+                if request is web_http.NEED_DATA or request is web_http.CLOSED:
+                    break
+                outcomes.append((request.method, request.target, request.body))
+                conn.respond(204)
+                if not conn.next_cycle():
+                    return outcomes, "closed"
+    except web_http.HttpError as exc:
+        assert exc.status in WEB_STATUSES, exc.status
+        return outcomes, exc.status
+    return outcomes, None
+
+
+http_requests = st.lists(st.tuples(
+    st.sampled_from(["GET", "POST"]), st.from_regex(r"\A/[a-z0-9./?=&-]{0,40}\Z"),
+    st.binary(max_size=64)), max_size=4)
+
+
+def _http_bytes(case):
+    return b"".join(b"%s %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
+                    % (method.encode(), target.encode(), len(body), body)
+                    for method, target, body in case)
+
+
+def http_round_trip(case, cuts):
+    expected = [(method, target, body) for method, target, body in case]
+    for chunks in splittings(_http_bytes(case), cuts).values():
+        assert decode_http_requests(chunks) == (expected, None)
+
+
+WS_MAX = 64
+
+
+def decode_websocket(chunks):
+    """Whole messages and the close the WebSocket ends with."""
+    ws, events = web_socket.WebSocket(WS_MAX), []
+    for chunk in list(chunks) + [b""]:
+        events += ws.feed(chunk)
+    return events, None
+
+
+ws_messages = st.lists(st.tuples(st.text(max_size=20).filter(
+    lambda t: len(t.encode()) <= WS_MAX), st.integers(1, 4)), max_size=4)
+
+
+def _ws_bytes(case):
+    peer, data = WsConnection(ConnectionType.CLIENT), b""
+    for text, parts in case:  # each message in ``parts`` fragments
+        size = max(1, -(-len(text) // parts))
+        pieces = [text[i:i + size] for i in range(0, len(text), size)] or [""]
+        for index, piece in enumerate(pieces):
+            data += peer.send(TextMessage(data=piece, message_finished=index == len(pieces) - 1))
+    return data
+
+
+def websocket_round_trip(case, cuts):
+    expected = [web_socket.Message(text) for text, _ in case]
+    expected.append(web_socket.Closed(1006, "connection lost"))
+    for chunks in splittings(_ws_bytes(case), cuts).values():
+        assert decode_websocket(chunks) == (expected, None)
+
+
 @dataclass(frozen=True)
 class DecoderRow:
     """One decoder: how to run it, a valid-case strategy and its round-trip check."""
@@ -346,6 +490,7 @@ class DecoderRow:
     cases: object  # hypothesis strategy of valid cases
     round_trip: Callable
     sample: Callable  # case -> valid bytes to mutate (near-valid hostile input)
+    max_bytes: int = 600  # longest hostile input (fed one byte at a time too)
 
 
 def _auth_sample(case):
@@ -362,6 +507,8 @@ DECODERS = [
                st.lists(server_events, max_size=5),
                server_lines_round_trip, lambda case: b"".join(map(format_event, case))),
     DecoderRow("auth", decode_auth, auth_cases, auth_round_trip, _auth_sample),
+    DecoderRow("proxy-header", decode_proxy_header, proxy_cases, proxy_round_trip,
+               lambda case: b"".join(_proxy_bytes(case))),
     DecoderRow("file-requests", decode_file_requests, st.lists(file_requests, max_size=4),
                _requests_round_trip(decode_file_requests, _file_expected),
                lambda case: b"".join(encode(h, **REQUEST_LIMITS) for h in case)),
@@ -369,6 +516,14 @@ DECODERS = [
                _requests_round_trip(decode_command_requests, _command_expected),
                lambda case: b"".join(encode(h, **REQUEST_LIMITS) for h in case)),
 ]
+if web_http is not None:
+    DECODERS += [
+        # h11 and wsproto cost more per byte fed: shorter inputs keep the short run short.
+        DecoderRow("web-http", decode_http_requests, http_requests, http_round_trip, _http_bytes,
+                   max_bytes=300),
+        DecoderRow("web-websocket", decode_websocket, ws_messages, websocket_round_trip,
+                   _ws_bytes, max_bytes=200),
+    ]
 IDS = [row.name for row in DECODERS]
 
 
@@ -376,8 +531,8 @@ IDS = [row.name for row in DECODERS]
 def hostile_bytes(draw, row):
     """Arbitrary bytes, or a valid input of ``row`` with random edits and cuts."""
     if draw(st.booleans()):
-        return draw(st.binary(max_size=600))
-    data = bytearray(row.sample(draw(row.cases)))
+        return draw(st.binary(max_size=row.max_bytes))
+    data = bytearray(row.sample(draw(row.cases))[:row.max_bytes])
     for _ in range(draw(st.integers(0, 4))):
         if data:
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))

@@ -14,10 +14,11 @@ import socket
 
 import pytest
 
-from msgsrv import auth, transfer
-from msgsrv.protocol import encode
-from msgsrv.sandbox import is_temp_name
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.services.files import transfer
+from msgsrv.wire.frames import encode
+from msgsrv.services.files.sandbox import is_temp_name
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.attackers import open_tcp, rst_close

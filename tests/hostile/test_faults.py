@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from msgsrv import config as config_module
-from msgsrv.daemon import Daemon
-from msgsrv.protocol import FrameDecoder, encode
-from msgsrv.stream import FrameStream
+from msgsrv.ops import config as config_module
+from msgsrv.ops.daemon import Daemon
+from msgsrv.wire.frames import FrameDecoder, encode
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import recv_until_closed, wait_for
 from tests.hostile import campaign
 from tests.hostile.attackers import open_tcp

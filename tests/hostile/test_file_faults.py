@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from msgsrv.client.files import FileClient
-from msgsrv.errors import MsgsrvError, ServerError
-from msgsrv.sandbox import is_temp_name
+from msgsrv.services.files.client import FileClient
+from msgsrv.wire.errors import MsgsrvError, ServerError
+from msgsrv.services.files.sandbox import is_temp_name
 from tests.conftest import DaemonProcess
 from tests.hostile import campaign
 from tests.hostile.targets import KEY_NAME, SECRET, render_config, write_keys_file

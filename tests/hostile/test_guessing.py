@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from msgsrv.errors import ConnectionFailed, ProtocolError
-from msgsrv.stream import FrameStream
+from msgsrv.wire.errors import ConnectionFailed, ProtocolError
+from msgsrv.wire.frame_stream import FrameStream
 from tests.hostile import campaign
 from tests.hostile.attackers import measure_latency
 from tests.hostile.targets import SERVICES

@@ -1,6 +1,6 @@
 """The client library against a scripted hostile server.
 
-tests/test_files.py covers malformed file replies (bad offsets, sizes,
+tests/service/test_files.py covers malformed file replies (bad offsets, sizes,
 listings) and a server vanishing mid-upload; this module adds the attacks of
 a server that wants to hurt its client: paths that point elsewhere, data
 nobody asked for, a 4 GiB length prefix, an endless line, and silence.
@@ -19,11 +19,11 @@ import tracemalloc
 
 import pytest
 
-from msgsrv.client.chat import ChatClient
-from msgsrv.client.files import FileClient
+from msgsrv.services.chat.client import ChatClient
+from msgsrv.services.files.client import FileClient
 from msgsrv.client.framed import FramedClient
-from msgsrv.errors import ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout
-from msgsrv.protocol import encode
+from msgsrv.wire.errors import ConnectionFailed, MsgsrvError, ProtocolError, RequestTimeout
+from msgsrv.wire.frames import encode
 from tests.hostile import campaign
 
 pytestmark = pytest.mark.timeout(campaign.timeout(60))

@@ -23,9 +23,9 @@ import time
 
 import pytest
 
-from msgsrv.client.files import FileClient
-from msgsrv.errors import ServerError
-from msgsrv.sandbox import TEMP_PREFIX, is_temp_name
+from msgsrv.services.files.client import FileClient
+from msgsrv.wire.errors import ServerError
+from msgsrv.services.files.sandbox import TEMP_PREFIX, is_temp_name
 from tests.conftest import ROOT
 from tests.hostile import campaign
 from tests.hostile.procwatch import SelfProbe, settle

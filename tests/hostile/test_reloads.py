@@ -12,10 +12,10 @@ import threading
 
 import pytest
 
-from msgsrv.chatproto import History, Message
-from msgsrv.client.chat import ChatClient
-from msgsrv.client.command import CommandClient
-from msgsrv.errors import ServerError
+from msgsrv.services.chat.protocol import History, Message
+from msgsrv.services.chat.client import ChatClient
+from msgsrv.services.command.client import CommandClient
+from msgsrv.wire.errors import ServerError
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.targets import KEY_NAME, SECRET, render_config

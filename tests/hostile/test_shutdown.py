@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from msgsrv.client.command import CommandClient
-from msgsrv.client.files import FileClient
-from msgsrv.errors import ConnectionFailed
-from msgsrv.sandbox import is_temp_name
+from msgsrv.services.command.client import CommandClient
+from msgsrv.services.files.client import FileClient
+from msgsrv.wire.errors import ConnectionFailed
+from msgsrv.services.files.sandbox import is_reserved_name, is_temp_name
 from tests.conftest import recv_until_closed, wait_for
 from tests.hostile import campaign
 from tests.hostile.targets import KEY_NAME, SECRET
@@ -99,7 +99,8 @@ def test_uploads_in_flight_at_sigterm_are_acknowledged(hostile_daemon, stalled):
     exited = _exit_time(daemon, sent)
     # The grace period is a limit, not a wait: with nothing stalled the daemon exits at once.
     assert exited < (GRACE + EXIT_SLACK if stalled else acknowledged + EXIT_SLACK)
-    assert sorted(os.listdir(daemon.where / "files")) == sorted(u.path for u in uploads)
+    stored = [name for name in os.listdir(daemon.where / "files") if not is_reserved_name(name)]
+    assert sorted(stored) == sorted(u.path for u in uploads)
     outcomes = [record["outcome"] for record in daemon.closes("file")]
     assert sorted(outcomes) == ["server-shutdown"] * UPLOADS + ["shutdown-timeout"] * stalled
     daemon.assert_clean_log()

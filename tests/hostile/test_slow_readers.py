@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from msgsrv import auth
-from msgsrv.client.chat import ChatClient
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.services.chat.client import ChatClient
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.attackers import open_tcp, tiny_receiver

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from msgsrv import auth, transfer
-from msgsrv.client.command import CommandClient
-from msgsrv.client.files import FileClient
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.services.files import transfer
+from msgsrv.services.command.client import CommandClient
+from msgsrv.services.files.client import FileClient
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import wait_for
 from tests.hostile import campaign
 from tests.hostile.attackers import measure_latency, open_tcp, tiny_receiver

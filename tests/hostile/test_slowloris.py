@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from msgsrv import auth
-from msgsrv.protocol import encode
-from msgsrv.stream import FrameStream
+from msgsrv.wire import auth
+from msgsrv.wire.frames import encode
+from msgsrv.wire.frame_stream import FrameStream
 from tests.conftest import recv_until_closed
 from tests.hostile import campaign
 from tests.hostile.attackers import Slowloris, measure_latency, open_tcp
@@ -107,3 +107,31 @@ def test_failed_attempts_do_not_stretch_the_auth_deadline(hostile_daemon, pace):
         assert message.header.get("code") == "timeout", message.header
         assert recv_until_closed(sock) == b""
     assert lifetime < DEADLINE + auth.FAILURE_DELAY + SLACK, "lived %.1fs" % lifetime
+
+
+NEVER_ENDING_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: " + b"a" * 400
+
+
+def test_slowloris_on_the_web_console_is_closed_by_request_timeout(hostile_daemon):
+    """Request heads dripped a byte at a time get 408 at request_timeout; fresh page loads
+    stay fast meanwhile."""
+    count = campaign.pick(60, 400)
+    options = {"request_timeout": str(DEADLINE), "max_connections_per_ip": "5000",
+               "max_connections": "5000"}
+    daemon = hostile_daemon(["web"], overrides={"web": options})
+    address = daemon.address("web")
+    fresh = lambda: SERVICES["web"].ping(address)  # noqa: E731
+    seconds = campaign.pick(2.5, 60.0)  # one deadline and its slack, at least
+    attack = Slowloris(address, count, NEVER_ENDING_REQUEST, interval=0.2, duration=seconds,
+                       sustain=True).start()
+    loaded = measure_latency(fresh, duration=seconds - 0.5)
+    result = attack.join()
+    longest = max(r["duration"] for r in daemon.closes("web") if r["outcome"] == "http-408")
+    assert longest < DEADLINE + SLACK, "a dripping connection lived %.2fs" % longest
+    assert result.lifetimes and result.finished == 0
+    assert all(reply.startswith(b"HTTP/1.1 408 Request Timeout") for reply in result.replies)
+    assert loaded.p99 < P99_BOUND, "fresh clients under attack: %s" % loaded.describe()
+    daemon.assert_alive()
+    daemon.assert_clean_log()
+    campaign.record("slowloris-web", concurrent=count, seconds=seconds,
+                    longest_server_side=round(longest, 2), fresh_under_attack=loaded.describe())

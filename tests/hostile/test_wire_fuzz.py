@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from msgsrv import runner, transfer
+from msgsrv.services.command import process as runner
+from msgsrv.services.files import transfer
 from tests.hostile import campaign
 from tests.hostile.procwatch import PeakRSS, settle
 from tests.hostile.wirefuzz import fuzz, targets_for
@@ -12,13 +13,14 @@ from tests.hostile.wirefuzz import fuzz, targets_for
 pytestmark = pytest.mark.timeout(campaign.timeout(90))
 
 #: The daemons fuzzed, one per test: the transports and the handshake; the built-in services.
-GROUPS = {"core": ["echo", "echo-udp", "authed"],
-          "services": ["file", "command", "status", "chat"]}
+GROUPS = {"core": ["echo", "echo-udp", "authed", "echo-proxy"],
+          "services": ["file", "command", "status", "chat", "web"]}
 OVERRIDES = {"echo-udp": {"max_datagram": "2048"},
              "authed": {"max_header": "4K", "max_body": "64K"},
              "file": {"max_header": "4K", "max_file_size": "1M"},
              "command": {"max_header": "4K", "max_body": "64K"},
-             "chat": {"max_line": "1024"}}
+             "chat": {"max_line": "1024"},
+             "web": {"chat": "chat", "max_message": "4K"}}
 # Each service admits max_transfers_per_ip (4) transfers from the fuzzer's one address, each
 # holding its transfer buffers (an upload: 1.25 MiB; a command run: 384 KiB); the rest is noise.
 TRANSFERS_PER_IP = 4

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from msgsrv.protocol import FrameDecoder, encode, error_header
+from msgsrv.wire.frames import FrameDecoder, encode, error_header
 from tests.hostile import campaign
 from tests.hostile.wirefuzz import (
     FILE_CODES, FILE_TYPES, MUTATORS, check_frames, framed_target, fuzz, mutate,

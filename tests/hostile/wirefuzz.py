@@ -12,6 +12,7 @@ replayed.  Use :func:`fuzz` with targets built by :func:`targets_for`.
 
 import collections
 import concurrent.futures
+import ipaddress
 import json
 import random
 import re
@@ -21,9 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List
 
-from msgsrv import auth, chatproto, commands, fileproto, protocol
-from msgsrv.errors import ProtocolError
-from msgsrv.protocol import NEED_DATA, FrameDecoder, encode
+from msgsrv.wire import auth, frames as protocol
+from msgsrv.services.chat import protocol as chatproto
+from msgsrv.services.command import allowlist as commands
+from msgsrv.services.files import protocol as fileproto
+from msgsrv.net import proxy_protocol
+from msgsrv.net.access import client_address
+from msgsrv.wire.errors import ProtocolError
+from msgsrv.wire.frames import NEED_DATA, FrameDecoder, encode
 from tests.hostile.attackers import rst_close
 from tests.hostile.targets import KEY_NAME, SECRET
 
@@ -238,6 +244,49 @@ def stream_echo_target(address, reply_timeout=10.0):
     return Target("echo", run, corpus)
 
 
+def proxied_echo_target(address, max_header, reply_timeout=10.0):
+    """Echo behind the PROXY protocol: after a valid header naming an allowed client
+    (127.0.0.0/8, or LOCAL: the prober itself) the rest comes back exactly; after
+    anything else, not a byte, and the connection closes."""
+    def run(make_input, rng):
+        data = make_input(b"")
+        expected = _proxied_echo(data, max_header)
+        with socket.create_connection(address, timeout=reply_timeout) as sock:
+            reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.2, len(expected) + 1)
+        if how == "we-reset" or (how == "reset" and not expected and not reply):
+            return None, data, reply  # a refused header is aborted: a reset is fine
+        if how != "eof":
+            return "ended by %s instead of EOF" % how, data, reply
+        if reply != expected:
+            return "%d bytes back, %d expected" % (len(reply), len(expected)), data, reply
+        return None, data, reply
+    claim = (("127.0.0.3", 5000), address)
+    corpus = [proxy_protocol.encode_v2(*claim) + b"ping\n",
+              proxy_protocol.encode_v1(*claim) + b"hello",
+              proxy_protocol.encode_v2(tlvs=[(4, b"pad")]) + b"x" * 40,
+              proxy_protocol.encode_v2(*claim, tlvs=[(1, b"h2"), (0xE0, b"\x00" * 9)]) + b"y",
+              proxy_protocol.encode_v1(("::ffff:127.0.0.9", 1), ("::1", 2)) + b"z",
+              proxy_protocol.encode_v1() + b"GET / HTTP/1.0\r\n\r\n"]
+    return Target("echo-proxy", run, corpus)
+
+
+def _proxied_echo(data, max_header):
+    """What the proxied echo must send back for ``data`` (then EOF)."""
+    decoder = proxy_protocol.ProxyHeaderDecoder(max_v2=max_header)
+    try:
+        header = decoder.feed(data)
+    except proxy_protocol.ProxyHeaderError:
+        return b""
+    if header is proxy_protocol.NEED_DATA:
+        return b""  # the header never completes: our half-close ends it
+    if header.local or client_address(header.source[0]) in _LOOPBACK:
+        return header.leftover
+    return b""
+
+
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
 def datagram_echo_target(address, max_datagram, reply_timeout=2.0):
     """UDP echo: a datagram within max_datagram comes back exactly; a larger one is dropped."""
     def run(make_input, rng):
@@ -297,18 +346,77 @@ def framed_target(name, address, *, authed, phase, reply_timeout=10.0, types=FRA
     return Target("%s/%s" % (name, phase), run, corpus, answers=(phase == "pre-auth" and authed))
 
 
-def chat_target(address, reply_timeout=10.0):
-    """The chat line service: mutated lines after the welcome; every whole line back parses."""
+def _checked_run(address, reply_timeout, check):
+    """A Target's run: the input on a fresh connection, a half-close, then ``check(reply)``
+    (None, or what is wrong with it) once the service closed."""
     def run(make_input, rng):
         with socket.create_connection(address, timeout=reply_timeout) as sock:
             data = make_input(b"")
             reply, how = _send_then_read(sock, data, rng, reply_timeout, 0.15)
         if how == "stalled":
             return "no EOF within %gs after a half-close" % reply_timeout, data, reply
-        return _traceback(reply) or _bad_chat_line(reply), data, reply
+        return _traceback(reply) or check(reply), data, reply
+    return run
+
+
+def chat_target(address, reply_timeout=10.0):
+    """The chat line service: mutated lines after the welcome; every whole line back parses."""
+    run = _checked_run(address, reply_timeout, _bad_chat_line)
     corpus = [b"/nick fuzz\n/join r\nhello\n", b"/me waves\n/msg fuzz hi\n/who\n/rooms\n",
               b"/quit bye\n", b"/part\r\n/help\n" + b"x" * 5000 + b"\n", b"\xff\xfe\x00\n"]
     return Target("chat", run, corpus)
+
+
+#: Statuses the web console may answer a hostile request with (500 would be a bug).
+WEB_STATUSES = frozenset({101, 200, 204, 303, 304, 400, 401, 403, 404, 405, 408, 413, 414, 421,
+                          426, 429, 431, 501, 503, 505})
+
+
+def _ws_frame(text, opcode=0x1, mask=b"\x01\x02\x03\x04"):
+    payload = text.encode()
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def _upgrade(path, host):
+    return (b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2tra2tra2tra2tra2traw==\r\n"
+            b"Origin: http://%s\r\n\r\n" % (path, host, host))
+
+
+def web_target(address, reply_timeout=10.0):
+    """The web console: mutated HTTP requests and WebSocket frames; every response before a
+    switch to WebSocket is well-formed HTTP with a status the console documents."""
+    host = b"%s:%d" % (address[0].encode(), address[1])
+    run = _checked_run(address, reply_timeout, _bad_http)
+    corpus = [b"GET / HTTP/1.1\r\nHost: %s\r\n\r\nGET /chat HTTP/1.1\r\nHost: %s\r\n\r\n"
+              % (host, host),
+              b"GET /static/console.css?v=1 HTTP/1.1\r\nHost: %s\r\nIf-None-Match: \"x\"\r\n\r\n"
+              % host,
+              b"POST /auth/login HTTP/1.1\r\nHost: %s\r\nContent-Length: 38\r\n\r\n"
+              b'{"key":"a","nonce":"b","proof":"c"}   ' % host,
+              b"GET /metrics HTTP/1.0\r\n\r\n",
+              _upgrade(b"/ws/chat", host) + _ws_frame("fuzz") + _ws_frame("/join r")
+              + _ws_frame("hello", 0x1) + _ws_frame("", 0x9) + _ws_frame("", 0x8),
+              _upgrade(b"/ws/status", host) + _ws_frame("x" * 100)]
+    return Target("web", run, corpus)
+
+
+def _bad_http(reply):
+    """None if ``reply`` is whole HTTP/1.1 responses (up to a switch to WebSocket)."""
+    while reply:
+        head, sep, rest = reply.partition(b"\r\n\r\n")
+        match = re.match(rb"HTTP/1\.1 (\d{3}) [^\r\n]*", head)
+        if not match:
+            return "not an HTTP response: %r" % head[:80]
+        status = int(match.group(1))
+        if status not in WEB_STATUSES:
+            return "undocumented status %d: %r" % (status, rest[:200])
+        if status == 101 or not sep:
+            return None  # WebSocket frames follow, or the reply was cut by a reset
+        length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+        reply = rest[int(length.group(1)) if length else 0:]
+    return None
 
 
 def _bad_chat_line(reply):
@@ -469,6 +577,8 @@ def _one(target, seed, index):
 #: A new service joins the fuzzer with one row here.
 TARGETS = {
     "echo": lambda address, options: [stream_echo_target(address)],
+    "echo-proxy": lambda address, options: [
+        proxied_echo_target(address, int(options.get("proxy_max_header", 512)))],
     "echo-udp": lambda address, options: [
         datagram_echo_target(address, int(options.get("max_datagram", 65507)))],
     "authed": lambda address, options: [
@@ -484,6 +594,7 @@ TARGETS = {
         framed_target("status", address, authed=False, phase="open", types=STATUS_TYPES,
                       codes=FRAMED_CODES, seeds=STATUS_SEEDS)],
     "chat": lambda address, options: [chat_target(address)],
+    "web": lambda address, options: [web_target(address)],
 }
 
 

@@ -1,0 +1,1 @@
+"""The command-line tools: msgsrv-client and its subcommands, msgsrvctl, man pages."""

@@ -1,0 +1,1 @@
+"""The server core: event loop and workers, transports, server classes, admission, handlers."""

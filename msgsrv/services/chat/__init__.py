@@ -1,0 +1,1 @@
+"""The chat service: line protocol (sans-IO), shared state, handler and service object, client."""

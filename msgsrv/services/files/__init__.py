@@ -1,0 +1,1 @@
+"""The file service: operations (sans-IO), path sandbox, root state, transfers, handler, client."""

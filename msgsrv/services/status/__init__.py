@@ -1,0 +1,1 @@
+"""The status service: the report (sans-IO), framed and HTTP handlers, client."""

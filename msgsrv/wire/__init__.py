@@ -1,0 +1,1 @@
+"""What crosses the wire, for both ends: frames, frame stream, auth, client TLS, errors."""

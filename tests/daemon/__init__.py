@@ -1,0 +1,1 @@
+"""Daemon tests: the daemon, msgsrvctl and the command-line tools as subprocesses."""

@@ -1,0 +1,1 @@
+"""Unit tests: sans-IO codecs, tables and pure state, without sockets."""
