@@ -39,7 +39,7 @@ from benchlib import cbuild, clients, machine  # noqa: E402
 from benchlib.cload import CLoadGroup  # noqa: E402
 from benchlib.targets import REPO_ROOT, TARGETS, ServerProcess  # noqa: E402
 
-SYSCALLS = ["epoll_wait", "recvfrom", "sendto", "epoll_ctl", "futex", "setsockopt"]
+SYSCALLS = ["epoll_wait", "poll", "recvfrom", "sendto", "epoll_ctl", "futex", "setsockopt"]
 WARMUP = 0.5
 
 
@@ -53,11 +53,11 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--servers", default="msgsrv-tcp",
                         type=lambda text: text.split(","),
-                        help="target names (%s)" % ", ".join(
-                            n for n, t in TARGETS.items() if t.transport == "tcp"))
+                        help="target names (%s)" % ", ".join(TARGETS))
     parser.add_argument("--set", action="append", default=[], dest="settings",
                         help="key=value for msgsrv's service section (repeatable)")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--udp", action="store_true", help="calls: serve UDP echo")
     return parser.parse_args(argv)
 
 
@@ -69,12 +69,13 @@ def extra_ini(settings):
 def load_jobs(port, conns, size, seconds, cpus):
     """One C generator job with every connection (the load CPU has room for all)."""
     return [{"port": port, "conns": conns, "size": size, "seconds": seconds, "batch": 4,
-             "connect_timeout": 60.0, "go_timeout": 120.0, "cpus": cpus}]
+             "connect_timeout": 60.0, "go_timeout": 120.0, "reply_timeout": 0.2,
+             "cpus": cpus}]
 
 
-def run_window(server_pid, port, conns, size, seconds, cpus, during):
+def run_window(server_pid, port, conns, size, seconds, cpus, during, mode="tcp"):
     """Drive the server; call during(start, end) in the window; return (rounds, its result)."""
-    with CLoadGroup(cbuild.build("loadgen"), "tcp",
+    with CLoadGroup(cbuild.build("loadgen"), mode,
                     load_jobs(port, conns, size, seconds, cpus)) as group:
         group.require("ready", time.monotonic() + 120.0)
         start_at = time.monotonic() + 0.1 + WARMUP
@@ -116,7 +117,8 @@ def run_counts(args, plan):
             with ServerProcess(TARGETS[name], plan.server, extra_ini(args.settings)) as server:
                 rounds, counts = run_window(
                     server.pid, server.port, conns, args.size, args.seconds, plan.load,
-                    lambda start, end: perf_counts(server.pid, start, end))
+                    lambda start, end: perf_counts(server.pid, start, end),
+                    TARGETS[name].transport)
             per = max(rounds, 1)
             row = [TARGETS[name].label, conns, "%d" % (rounds / args.seconds),
                    "%.2f" % (counts["cpu_s"] / per * 1e6),
@@ -156,8 +158,10 @@ def run_calls(args, plan):
     for conns in args.conns:
         counter = CallCounter()
         threading.setprofile(counter)  # the pool's threads start after this
-        server = make_server(service_config("echo", **dict(
-            item.split("=", 1) for item in args.settings)))
+        options = dict(item.split("=", 1) for item in args.settings)
+        if args.udp:
+            options.update(transport="udp", reply_rate="1000000/s")
+        server = make_server(service_config("echo", **options))
         server.serve_in_thread()
         try:
             def during(start, end):
@@ -165,7 +169,7 @@ def run_calls(args, plan):
                 clients.sleep_until(end)
                 counter.active = False
             rounds, _ = run_window(None, server.port, conns, args.size, args.seconds,
-                                   plan.load, during)
+                                   plan.load, during, "udp" if args.udp else "tcp")
         finally:
             threading.setprofile(None)
             server.stop(2.0)
@@ -208,7 +212,7 @@ def _callgrind_window(args, plan, target, conns, out):
             _control(server.pid, "--dump")
             _control(server.pid, "--instr=off")
         rounds, _ = run_window(server.pid, server.port, conns, args.size, args.seconds,
-                               plan.load, during)
+                               plan.load, during, target.transport)
     return rounds
 
 

@@ -52,12 +52,16 @@ class TokenBucket:
     def take(self):
         """Take one token and return 0.0, or take none and return the seconds until one is due."""
         now = self._clock()
+        tokens = self._tokens
         if now > self._stamp:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            tokens += (now - self._stamp) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
             self._stamp = now
-        if self._tokens >= 1 - self._EPSILON:
-            self._tokens = max(0.0, self._tokens - 1)
+        if tokens >= 1 - self._EPSILON:
+            self._tokens = tokens - 1 if tokens > 1 else 0.0
             return 0.0
+        self._tokens = tokens
         return (1 - self._tokens) / self.rate
 
 

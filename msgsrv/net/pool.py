@@ -46,7 +46,7 @@ _ERR = select.EPOLLERR | select.EPOLLHUP
 # Interest of a connection that wants no event: HUP/ERR are always reported,
 # so a one-shot registration reports at most one of them instead of spinning.
 _QUIET = _ONESHOT
-_BATCH = 32          # events one worker takes from one poll
+_BATCH = 128         # events one worker takes from one poll (fewer polls under load)
 _POLL_TIMEOUT = 0.5  # seconds; bounds how late a timer can run
 _COALESCE = 256 * 1024
 # Direct serving (see WorkerPool._serve_directly): how long one session may
@@ -732,6 +732,7 @@ class WorkerPool:
         # Connection.serve_directly) as soon as it serves anything else.
         self.direct_wanted = False
         self._lone_fd = -1
+        self.direct_sessions = 0  # started so far (a diagnostic)
         self._stopping = False
         self._deferred = collections.deque()
         self._next_idle_sweep = 0.0
@@ -781,6 +782,11 @@ class WorkerPool:
         """A snapshot list of the open connections."""
         with self._conns_lock:
             return list(self._conns.values())
+
+    @property
+    def serving_directly(self):
+        """Direct-serving sessions in progress (0 or 1; a diagnostic)."""
+        return self._direct
 
     @property
     def thread_count(self):
@@ -959,7 +965,7 @@ class WorkerPool:
             if conn is None:
                 if fd == self._wake_r:
                     self._drain_wake_pipe()
-            elif fd == direct and not self._direct:
+            elif fd == direct and not self._direct and conn.can_serve_directly():
                 self._dispatch(fd, mask, True)  # alone twice in a row: may be served directly
             else:
                 conn.on_event(mask)
@@ -1004,6 +1010,7 @@ class WorkerPool:
             if self._direct or self.workers < 2 or self._stopping:
                 return
             self._direct += 1
+            self.direct_sessions += 1
             self.direct_wanted = True
             spawn = (len(self._threads) - self._blocked - self._direct < 1
                      and len(self._threads) < self.max_threads)
