@@ -121,6 +121,9 @@ def _run(config, overrides):
         print("msgsrv: %s: [msgsrv] log_file %s: cannot open (%s)"
               % (config.path, config["log_file"], exc.strerror or exc), file=sys.stderr)
         return EXIT_FAILURE
+    if config["processes"] > 1:
+        from msgsrv.ops.supervisor import Supervisor
+        return Supervisor(config, overrides, echo).run(restore_signals=False)
     return Daemon(config, overrides, echo).run(restore_signals=False)
 
 
@@ -183,6 +186,12 @@ MANUAL = Manual(
         "standard error. --check runs the same checks as a start and creates nothing: it "
         "says what a start would create (a keys file with a fresh key, a file root, missing "
         "directories). msgsrvctl(8) runs the daemon in the background.",
+        "With processes = N above 1 the daemon is a master that binds every listener, "
+        "switches user and forks N worker processes serving them; the master supervises "
+        "(a worker that dies is logged and replaced), and every signal below goes to it "
+        "(the pid in the pidfile): SIGHUP then checks the file once and replaces the "
+        "workers, the new ones started before the old ones stop, so no connection is "
+        "refused.",
     ),
     exit_status=EXIT_STATUS,
     signals=(
@@ -201,7 +210,8 @@ MANUAL = Manual(
                             "directory (the shipped example in the source tree)."),
         ("pidfile", "Written atomically and locked while the daemon runs; its lock, not "
                     "the number in it, says whether a daemon runs. Beside it, NAME.listeners "
-                    "lists the bound listeners."),
+                    "lists the bound listeners and, with processes above 1, NAME.workers "
+                    "the worker processes."),
     ),
     environment=(
         ("MSGSRV_CONFIG", "The configuration file when --config is not given."),

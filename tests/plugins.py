@@ -1,11 +1,15 @@
 """Handlers used by the tests as user plugins (imported by package.module:Class)."""
 
+import os
 import socketserver
 import threading
 
 from msgsrv.net.authenticated import AuthenticatedHandler
 from msgsrv.net.handler import FramedHandler, Handler
+from msgsrv.net.service import Service
 from msgsrv.ops.settings import Setting, text
+from msgsrv.services.chat.handler import ChatService
+from msgsrv.wire.errors import ConfigError
 
 
 class ShoutHandler(socketserver.BaseRequestHandler):
@@ -106,6 +110,37 @@ class BlockingSender(Handler):
         with self.conn.blocking(5) as sock:
             sock.sendall(b"x" * count)
         self.conn.send(b"\nout=%d\n" % (self.conn.bytes_out - before))
+
+
+class PickyService(Service):
+    """Refuses to start while the file its ``refuse_if`` names exists (a service object
+    that fails where the master's checks do not look)."""
+
+    def __init__(self, config, global_options):
+        super().__init__(config, global_options)
+        if os.path.exists(config["refuse_if"]):
+            raise ConfigError("[service:%s] refuse_if: %s exists" % (config.name,
+                                                                     config["refuse_if"]))
+
+
+class PickyHandler(Handler):
+    """An echo handler whose service is a PickyService."""
+
+    settings = (Setting("refuse_if", text, "", "Path that makes the service refuse."),)
+    service_class = PickyService
+
+    def data_received(self, data):
+        self.conn.send(data)
+
+
+class ChatFriend(Handler):
+    """An echo handler naming a chat service as its sibling (as the web console does)."""
+
+    settings = (Setting("chat", text, "", "The chat service this one talks to."),)
+    siblings = (("chat", ChatService),)
+
+    def data_received(self, data):
+        self.conn.send(data)
 
 
 class StateChanger(Handler):

@@ -22,9 +22,10 @@ import tempfile
 import time
 
 from msgsrv.ops import config as config_module, preflight
-from msgsrv.ops.daemon import state_path
+from msgsrv.ops.daemon import state_path, workers_path
 from msgsrv.ops.notify import ENV as NOTIFY_ENV
 from msgsrv.ops.pidfile import running_pid
+from msgsrv.services.status.report import format_duration
 from msgsrv.wire.errors import ConfigError
 from .manpages import Manual, epilog, table
 
@@ -131,6 +132,7 @@ class Control:
         self.outfile = self._here(options["log_file"] or os.path.splitext(
             options["pidfile"])[0] + ".out")
         self.listeners = state_path(self.pidfile)
+        self.workers = workers_path(self.pidfile)
 
     @classmethod
     def from_args(cls, args, environ):
@@ -268,6 +270,7 @@ class Control:
             return STATUS_NOT_RUNNING
         print("msgsrv is running (pid %s)" % (pid or "?"))
         rows = self._show_listeners()
+        self._show_workers()
         address = next((row[2] for row in rows if row[1] == "tcp" and row[3] == "status"), None)
         if address is not None:
             print()
@@ -295,6 +298,19 @@ class Control:
                   file=sys.stderr)
             return NO_PRIVILEGE
         return None
+
+    def _show_workers(self):
+        """The worker processes the master lists (``processes`` > 1), one line each."""
+        try:
+            with open(self.workers, encoding="utf-8") as stream:
+                rows = [line.split() for line in stream if len(line.split()) == 6]
+        except OSError:
+            return
+        print("workers:")
+        for pid, index, generation, state, started, connections in rows:
+            up = format_duration(max(0.0, time.time() - float(started)))
+            print("  %-3s pid %-8s generation %-3s %-9s up %-7s connections %s"
+                  % (index, pid, generation, state, up, connections))
 
     def _show_listeners(self):
         try:

@@ -9,12 +9,17 @@ admission checks before a connection gets a handler.
 
 import collections
 import ipaddress
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Tuple
 
+from msgsrv.ops import shared
+from msgsrv.wire.errors import TableFull
+
+log = logging.getLogger("msgsrv.access")
 
 
 def client_address(text):
@@ -51,18 +56,23 @@ class TokenBucket:
 
     def take(self):
         """Take one token and return 0.0, or take none and return the seconds until one is due."""
-        now = self._clock()
-        tokens = self._tokens
-        if now > self._stamp:
-            tokens += (now - self._stamp) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self._stamp = now
-        if tokens >= 1 - self._EPSILON:
-            self._tokens = tokens - 1 if tokens > 1 else 0.0
-            return 0.0
-        self._tokens = tokens
-        return (1 - self._tokens) / self.rate
+        self._tokens, self._stamp, wait = bucket_take(self._tokens, self._stamp, self._clock(),
+                                                      self.rate, self.burst)
+        return wait
+
+
+def bucket_take(tokens, stamp, now, rate, burst):
+    """One take from a bucket that held ``tokens`` at time ``stamp``, refilled at ``rate``
+    per second up to ``burst``: ``(tokens, stamp, wait)`` after it, ``wait`` 0.0 when
+    a token was taken, else the seconds until one is due (nothing taken)."""
+    if now > stamp:  # no min()/max() calls: this runs per datagram
+        tokens += (now - stamp) * rate
+        if tokens > burst:
+            tokens = burst
+        stamp = now
+    if tokens >= 1 - TokenBucket._EPSILON:
+        return (tokens - 1 if tokens > 1 else 0.0), stamp, 0.0
+    return tokens, stamp, (1 - tokens) / rate
 
 
 class AccessRules:
@@ -106,16 +116,18 @@ class RateLimiter:
 
     An address over the limit is refused for ``penalty`` seconds (xinetd's
     ``cps``, but per address rather than for the whole service).  Memory
-    stays bounded: addresses quiet for a whole window are forgotten.
+    stays bounded: addresses quiet for a whole window are forgotten.  The
+    buckets live in ``store`` (a :class:`msgsrv.ops.shared.LocalStore` by
+    default; shared by the worker processes of one daemon when given theirs).
     """
 
-    def __init__(self, rate, penalty, clock=time.monotonic):
+    def __init__(self, rate, penalty, clock=time.monotonic, store=None):
         self.rate = rate
         self.penalty = penalty
         self._clock = clock
-        self._sources = {}   # ip -> (TokenBucket, last seen)
-        self._blocked = {}   # ip -> monotonic time the penalty ends
+        self._store = store if store is not None else shared.LocalStore()
         self._next_prune = 1024
+        self._full_warned = False
 
     def check(self, ip):
         """Count one connection from ``ip``; return None if allowed.
@@ -123,36 +135,47 @@ class RateLimiter:
         Otherwise return ``(seconds_left, started)``: ``started`` is True only
         for the connection that began the penalty (log that one, not the flood).
         """
-        now = self._clock()
-        until = self._blocked.get(ip)
-        if until is not None:
-            if now < until:
-                return (until - now, False)
-            del self._blocked[ip]
-        bucket = self._bucket(ip, now)
-        if bucket.take() == 0.0:
-            return None
-        self._blocked[ip] = now + self.penalty
-        return (self.penalty, True)
+        key = ("ip", ip)
+        with self._store.locked():
+            now = self._clock()
+            record = self._store.get(key)
+            if record is None:
+                tokens, stamp, until = float(self.rate.count), now, 0.0
+            else:
+                tokens, stamp, until = record[:3]
+                if now < until:
+                    return (until - now, False)
+            tokens, stamp, wait = bucket_take(tokens, stamp, now, self.rate.count / self.rate.per,
+                                              self.rate.count)
+            verdict = None if wait == 0.0 else (self.penalty, True)
+            until = 0.0 if verdict is None else now + self.penalty
+            self._save(key, (tokens, stamp, until), now)
+            return verdict
 
-    def _bucket(self, ip, now):
-        entry = self._sources.get(ip)
-        bucket = entry[0] if entry else TokenBucket(self.rate.count / self.rate.per,
-                                                    self.rate.count, clock=self._clock)
-        self._sources[ip] = (bucket, now)
-        if len(self._sources) >= self._next_prune:
+    def _save(self, key, record, now):
+        if self._store.record_count() >= self._next_prune:
             self._prune(now)
-        return bucket
+        try:
+            self._store.put(key, record)
+            return
+        except TableFull as exc:
+            self._prune(now)
+            reason = exc
+        try:
+            self._store.put(key, record)
+        except TableFull:
+            if not self._full_warned:  # admitted untracked: the table is for every address
+                self._full_warned = True
+                log.warning("rate_limit: new addresses are not limited: %s", reason)
 
     def _prune(self, now):
         # A bucket quiet for a whole window is full again: forgetting it changes nothing.
-        self._sources = {ip: entry for ip, entry in self._sources.items()
-                         if now - entry[1] < self.rate.per}
-        self._blocked = {ip: until for ip, until in self._blocked.items() if until > now}
-        self._next_prune = max(1024, 2 * len(self._sources))
+        per = self.rate.per
+        self._store.prune(lambda record: now - record[1] < per or record[2] > now)
+        self._next_prune = max(1024, 2 * self._store.record_count())
 
     def __len__(self):
-        return len(self._sources)
+        return self._store.record_count()
 
 
 #: IPv6 sources are penalised per /64: one host commonly holds a whole /64.
@@ -221,10 +244,35 @@ class _Source:
     def __init__(self, now):
         self.count, self.start, self.until, self.strikes = 0, now, 0.0, 0
 
+    @classmethod
+    def from_record(cls, record):
+        """A _Source from a stored ``(count, start, until, strikes)``."""
+        entry = cls(0.0)
+        entry.count, entry.start, entry.until, entry.strikes = record[:4]
+        return entry
+
     def forgettable(self, now, rules):
         """True once nothing here matters: the count's window and the repeat memory
         (``max_time`` after the penalty ended) are both over."""
         return now - self.start >= rules.window and now >= self.until + rules.max_time
+
+
+def _count_failure(entry, now, rules):
+    """Count one failure in ``entry`` (a _Source) at ``now``; the seconds of the penalty
+    it starts, or None."""
+    if entry.until > now:
+        return None
+    if now - entry.start >= rules.window:
+        entry.count, entry.start = 0, now
+    entry.count += 1
+    if entry.count < rules.failures:
+        return None
+    if now >= entry.until + rules.max_time:
+        entry.strikes = 0
+    entry.strikes += 1
+    seconds = min(rules.time * 2 ** min(entry.strikes - 1, 32), rules.max_time)
+    entry.until, entry.count, entry.start = now + seconds, 0, now
+    return seconds
 
 
 class PenaltyBox:
@@ -267,20 +315,8 @@ class PenaltyBox:
             return None
         with self._lock:
             now = self._clock()
-            entry = self._entry(key, now, rules)
-            if entry.until > now:
-                return None
-            if now - entry.start >= rules.window:
-                entry.count, entry.start = 0, now
-            entry.count += 1
-            if entry.count < rules.failures:
-                return None
-            if now >= entry.until + rules.max_time:
-                entry.strikes = 0
-            entry.strikes += 1
-            seconds = min(rules.time * 2 ** min(entry.strikes - 1, 32), rules.max_time)
-            entry.until, entry.count, entry.start = now + seconds, 0, now
-            return key, seconds
+            seconds = _count_failure(self._entry(key, now, rules), now, rules)
+        return None if seconds is None else (key, seconds)
 
     def _entry(self, key, now, rules):
         entry = self._sources.pop(key, None)
@@ -301,3 +337,76 @@ class PenaltyBox:
     def __len__(self):
         with self._lock:
             return len(self._sources)
+
+
+class SharedPenaltyBox(PenaltyBox):
+    """A PenaltyBox whose sources live in a store shared by the worker processes.
+
+    The same rules and answers; the bound is the shared table's
+    (``shared_addresses``): when it is full, sources nothing is known against
+    any more are pruned, and if that is not enough a new source is not
+    counted (logged once) rather than another forgotten.
+    """
+
+    def __init__(self, store, clock=time.monotonic):
+        super().__init__(clock)
+        self._store = store
+        self._full_warned = False
+
+    def check(self, ip, rules):
+        """Seconds ``ip`` is still refused for, or None."""
+        with self._store.locked():
+            latest = self._store.get(_LATEST)
+            if latest is None or latest[0] <= self._clock():
+                return None  # no penalty runs: skip parsing the address
+            key = rules.key(ip)
+            record = self._store.get((key,)) if key is not None else None
+            left = record[2] - self._clock() if record is not None else 0.0
+        return left if left > 0 else None
+
+    def failed(self, ip, rules):
+        """Count one failed authentication from ``ip`` (see PenaltyBox.failed)."""
+        key = rules.key(ip)
+        if key is None:
+            return None
+        with self._store.locked():
+            now = self._clock()
+            record = self._store.get((key,))
+            entry = _Source(now) if record is None else _Source.from_record(record)
+            seconds = _count_failure(entry, now, rules)
+            self._save((key,), (entry.count, entry.start, entry.until, entry.strikes), now,
+                       rules)
+            if seconds is not None:
+                latest = self._store.get(_LATEST)
+                if latest is None or latest[0] < entry.until:
+                    self._save(_LATEST, (entry.until,), now, rules)
+        return None if seconds is None else (key, seconds)
+
+    def _save(self, key, record, now, rules):
+        for attempt in range(2):
+            try:
+                self._store.put(key, record)
+                return
+            except TableFull as exc:
+                if attempt:
+                    if not self._full_warned:
+                        self._full_warned = True
+                        log.warning("auth_penalty: new sources are not counted: %s", exc)
+                    return
+                # values[1] (a source's start) is 0.0 only in the one-value _LATEST record.
+                self._store.prune(lambda values: values[1] == 0.0 or not _Source.from_record(
+                    values).forgettable(now, rules))
+
+    def __len__(self):
+        return self._store.record_count()
+
+
+_LATEST = ("latest",)  # a SharedPenaltyBox's record of when its last penalty ends
+
+
+def penalty_box(service_name):
+    """The penalty box of a service: shared by the worker processes of a daemon that
+    has several, else a PenaltyBox of this process."""
+    if shared.current() is None:
+        return PenaltyBox()
+    return SharedPenaltyBox(shared.store("penalties:" + service_name, group=service_name))

@@ -27,6 +27,8 @@ import time
 from msgsrv.wire.errors import ConfigError
 from .access import AccessRules, PenaltyRules, RateLimiter, client_address, penalty_message
 from .datagram import Drop, DropLog, Listeners, ReplyLimiter, source_refusal
+from msgsrv.ops import shared
+from msgsrv.wire.errors import TableFull
 from .handler import Handler
 from .peer import format_peer
 from .pool import WorkerPool
@@ -106,6 +108,9 @@ class Counters:
 #: wire code told to framed clients (None: close without a word), the log
 #: text and level.
 Refusal = collections.namedtuple("Refusal", "counter code reason level")
+
+
+_ALL = ("all",)  # the key of a service's connection count
 
 
 class _Admitted:
@@ -211,6 +216,18 @@ class _ServiceMixin:
     def _close_listener(self):
         self.server_close()
 
+    def adopt(self, sock):
+        """Serve ``sock``, bound (and listening) by the master of several worker
+        processes, instead of binding; call before ``server_activate``.
+
+        The socket is made non-blocking: another worker may take the connection
+        or datagram first, and accept or receive must then fail, not wait.
+        """
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        sock.setblocking(False)
+
     def handle_error(self, request, client_address):
         """Log a handler exception with its traceback; the server keeps serving."""
         exc = sys.exc_info()[1]
@@ -251,7 +268,9 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         self.connection_checks = [self._check_total]
         self._lock = threading.Condition()
         self._admitted = {}  # socket -> _Admitted
-        self._per_ip = collections.Counter()
+        # Connections counted against max_connections(_per_ip): by this process, or
+        # by every worker process of the daemon (msgsrv.ops.shared).
+        self._counts = shared.store("connections:" + config.name, group=config.name)
         self.rate = self.tls = self.proxy = None
         self._apply_policy(self._load_policy(config, self.global_options))
         # Created before the bind: a failed bind calls server_close, which releases it.
@@ -274,7 +293,8 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
             rate = self.rate
             if rate is None or (rate.rate, rate.penalty) != (config["rate_limit"],
                                                              config["rate_penalty"]):
-                rate = RateLimiter(config["rate_limit"], config["rate_penalty"])
+                rate = RateLimiter(config["rate_limit"], config["rate_penalty"],
+                                   store=shared.store("rate:" + config.name, group=config.name))
         tls, proxy = check_transport_options(config, self._tls_failed)
         return (AccessRules.from_options(config.options, global_options), rate, tls,
                 PenaltyRules.from_options(config.options), proxy)
@@ -296,7 +316,7 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         address wait for the header that names it (:meth:`proxy_admit`).
         """
         proxy = self.proxy
-        with self._lock:
+        with self._lock, self._counts.locked():
             if proxy is None:
                 refusal = self._first_refusal(self.admission_checks + self.connection_checks,
                                               client_address[0])
@@ -304,12 +324,16 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                 refusal = self._first_refusal(
                     [lambda ip: self._check_proxy_peer(ip, proxy)] + self.connection_checks,
                     client_address[0])
+            counted = client_address[0] if proxy is None else None
             if refusal is None:
-                counted = client_address[0] if proxy is None else None
+                refusal = self._hold(_ALL)
+                if refusal is None and counted is not None:
+                    refusal = self._count_admitted(counted)
+                    if refusal is not None:
+                        self._counts.add(_ALL, -1)
+            if refusal is None:
                 self._admitted[request] = _Admitted(client_address, time.monotonic(), counted,
                                                     proxy)
-                if counted is not None:
-                    self._count_admitted(counted)
                 return True
         self._refused(request, client_address, refusal)
         return False
@@ -323,8 +347,19 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         return None
 
     def _count_admitted(self, ip):
-        self._per_ip[ip] += 1
-        self.counters.incr("connections_total")
+        """Count a connection from ``ip`` against max_connections_per_ip (None), or the
+        Refusal when the shared table has no room for the address."""
+        refusal = self._hold(("ip", ip))
+        if refusal is None:
+            self.counters.incr("connections_total")
+        return refusal
+
+    def _hold(self, key):
+        try:
+            self._counts.add(key, 1)
+        except TableFull as exc:
+            return Refusal("busy", "busy", str(exc), logging.WARNING)
+        return None
 
     def _refused(self, request, address, refusal):
         self.counters.incr("refused_" + refusal.counter)
@@ -342,12 +377,13 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         and counted as at accept, when the client is refused."""
         address = peer if header.local else header.source
         self.counters.incr("proxy_local" if header.local else "proxy_headers")
-        with self._lock:
+        with self._lock, self._counts.locked():
             refusal = self._first_refusal(self.admission_checks, address[0])
             entry = self._admitted.get(key)
             if refusal is None and entry is not None:
+                refusal = self._count_admitted(address[0])
+            if refusal is None and entry is not None:
                 entry.address, entry.counted = address, address[0]
-                self._count_admitted(address[0])
                 return address
         if refusal is None:  # the connection was released meanwhile (server closing)
             raise HandshakeRefused("closed")
@@ -423,13 +459,13 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
                     seconds)
 
     def _check_total(self, ip):
-        if len(self._admitted) >= self.config["max_connections"]:
+        if self._counts.total(_ALL) >= self.config["max_connections"]:
             return Refusal("busy", "busy", "too many connections (max_connections=%d)"
                            % self.config["max_connections"], logging.WARNING)
         return None
 
     def _check_per_ip(self, ip):
-        if self._per_ip[ip] >= self.config["max_connections_per_ip"]:
+        if self._counts.total(("ip", ip)) >= self.config["max_connections_per_ip"]:
             return Refusal("busy", "busy", "too many connections from %s "
                            "(max_connections_per_ip=%d)"
                            % (ip, self.config["max_connections_per_ip"]), logging.WARNING)
@@ -441,11 +477,10 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
             entry = self._admitted.pop(request, None)
             if entry is None:
                 return None
-            ip = entry.counted
-            if ip is not None:
-                self._per_ip[ip] -= 1
-                if not self._per_ip[ip]:
-                    del self._per_ip[ip]
+            with self._counts.locked():
+                self._counts.add(_ALL, -1)
+                if entry.counted is not None:
+                    self._counts.add(("ip", entry.counted), -1)
             self._lock.notify_all()
             return entry
 
@@ -453,6 +488,12 @@ class TCPService(_ServiceMixin, socketserver.TCPServer):
         # TLS wraps the accepted socket in a new object: account for it under that.
         with self._lock:
             self._admitted[new] = self._admitted.pop(old)
+
+    def connections_from(self, ip):
+        """Connections counted against ``max_connections_per_ip`` for ``ip`` (by every
+        worker process of the daemon, when it has several)."""
+        with self._counts.locked():
+            return self._counts.total(("ip", ip))
 
     @property
     def connection_count(self):
@@ -826,6 +867,37 @@ def check_transport_options(config, on_tls_failure=None):
         return ServerTLS.from_options(config.options, on_tls_failure), proxy
     except ConfigError as exc:
         raise ConfigError("%s %s" % (where, exc)) from None
+
+
+def listen_error(config, exc):
+    """The OSError that says the service ``config`` cannot listen, and why."""
+    return OSError("[service:%s] cannot listen on %s: %s"
+                   % (config.name, format_peer(config["host"], config["port"]),
+                      exc.strerror or exc))
+
+
+def open_listener(config, reuse_port=False, port=None):
+    """A socket bound to the address of the service ``config`` (listening, for TCP),
+    as its server would bind it: for the master of several worker processes.
+
+    With ``reuse_port`` it is one of several bound to the same address
+    (``SO_REUSEPORT``: the kernel spreads connections over them); ``port``
+    replaces the configured one (the port the first of them got for port 0).
+    Raises the OSError of :func:`listen_error`.
+    """
+    kind = socket.SOCK_DGRAM if config.transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(_family(config["host"]), kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # allow_reuse_address
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((config["host"], config["port"] if port is None else port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(config["backlog"])
+    except OSError as exc:
+        sock.close()
+        raise listen_error(config, exc) from None
+    return sock
 
 
 def make_server(config, bind_and_activate=True, global_options=None):

@@ -18,8 +18,9 @@ A service finds the other services of its daemon by name with
 import logging
 from types import MappingProxyType
 
+from msgsrv.ops import shared
 from msgsrv.wire.errors import ConfigError
-from .access import PenaltyBox
+from .access import penalty_box
 from .handler import Handler
 from .transfer_limits import TransferGate
 
@@ -55,12 +56,21 @@ class Service:
     #: Keys a reload may not change (the value in force stays until a restart).
     fixed_keys = ()
 
+    @classmethod
+    def serves_in_one_process(cls, config):
+        """Whether the service ``config`` must run in one worker process only, when
+        the daemon has several (``processes``): True when its state cannot be split
+        between processes.  False by default: each worker has a service object of
+        its own, and the built-in limits are shared between them."""
+        return False
+
     def __init__(self, config, global_options):
         self.name = config.name
         self.config = config
         self.global_options = global_options
-        self.penalties = PenaltyBox()  # the rules come with each reload
-        self.transfers = TransferGate(*_transfer_limits(config))
+        self.penalties = penalty_box(self.name)  # the rules come with each reload
+        self.transfers = TransferGate(*_transfer_limits(config),
+                                      store=shared.store("transfers:" + self.name, self.name))
         #: The service's counters (shown by status), shared with its server.
         self.counters = None
         #: The running services this one can see: the daemon's

@@ -24,10 +24,10 @@ import contextlib
 import os
 import select
 import socket
-import threading
 import time
 
-from msgsrv.wire.errors import RequestTimeout, ServiceBusy, TooSlow
+from msgsrv.ops.shared import LocalStore
+from msgsrv.wire.errors import RequestTimeout, ServiceBusy, TableFull, TooSlow
 from .transport import is_plain_socket
 
 STEP = 0.5                 # longest single wait on the peer: how often a stuck call is checked
@@ -182,42 +182,59 @@ class TransferGate:
     ``max_transfers`` at once in the service, ``per_ip`` at once from one
     client address, and at most ``budget`` bytes of transfer buffers held
     together.  :meth:`tune` changes the limits of a running service
-    (transfers already admitted keep their place).
+    (transfers already admitted keep their place).  The counts live in
+    ``store`` (this process's by default; the worker processes' together when
+    given their shared store).
     """
 
-    def __init__(self, max_transfers, per_ip, budget):
-        self._lock = threading.Lock()
-        self._per_ip = collections.Counter()
-        self.active = 0
-        self.reserved = 0
+    def __init__(self, max_transfers, per_ip, budget, store=None):
+        self._store = store if store is not None else LocalStore()
         self.tune(max_transfers, per_ip, budget)
+
+    @property
+    def active(self):
+        """Transfers running now."""
+        with self._store.locked():
+            return self._store.total(_ACTIVE)
+
+    @property
+    def reserved(self):
+        """Bytes of the budget held now."""
+        with self._store.locked():
+            return self._store.total(_RESERVED)
 
     def tune(self, max_transfers, per_ip, budget):
         """Apply new limits (on reload)."""
-        with self._lock:
+        with self._store.locked():
             self.max_transfers, self.per_ip, self.budget = max_transfers, per_ip, budget
 
     def acquire(self, ip, buffers=0):
         """Take a transfer slot for ``ip`` holding ``buffers`` bytes of the budget.
 
-        Raises ``ServiceBusy`` at once when a limit is reached.
+        Raises ``ServiceBusy`` at once when a limit is reached (``TableFull``,
+        a ServiceBusy, when the shared table has no room for the address).
         """
-        with self._lock:
+        with self._store.locked():
             refusal = self._refusal(ip, buffers)
             if refusal is not None:
                 raise ServiceBusy(refusal)
-            self.active += 1
-            self._per_ip[ip] += 1
-            self.reserved += buffers
+            self._change(ip, 1, buffers)
 
     def release(self, ip, buffers=0):
         """Give back what :meth:`acquire` took."""
-        with self._lock:
-            self.active -= 1
-            self.reserved -= buffers
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
+        with self._store.locked():
+            self._change(ip, -1, -buffers)
+
+    def _change(self, ip, count, buffers):
+        store = self._store
+        store.add(("ip", ip), count)
+        try:
+            store.add(_ACTIVE, count)
+            if buffers:
+                store.add(_RESERVED, buffers)
+        except TableFull:
+            store.add(("ip", ip), -count)
+            raise
 
     @contextlib.contextmanager
     def admit(self, ip, buffers=0):
@@ -229,15 +246,20 @@ class TransferGate:
             self.release(ip, buffers)
 
     def _refusal(self, ip, buffers):
-        if self.active >= self.max_transfers:
-            return "%d transfers are running (max_transfers); try again later" % self.active
-        if self._per_ip[ip] >= self.per_ip:
+        active, reserved = self._store.total(_ACTIVE), self._store.total(_RESERVED)
+        if active >= self.max_transfers:
+            return "%d transfers are running (max_transfers); try again later" % active
+        from_ip = self._store.total(("ip", ip))
+        if from_ip >= self.per_ip:
             return ("%d transfers from %s are running (max_transfers_per_ip); try again later"
-                    % (self._per_ip[ip], ip))
-        if self.reserved + buffers > self.budget:
+                    % (from_ip, ip))
+        if reserved + buffers > self.budget:
             return ("transfer buffers are spent (%d of transfer_buffer_budget %d bytes held); "
-                    "try again later" % (self.reserved, self.budget))
+                    "try again later" % (reserved, self.budget))
         return None
+
+
+_ACTIVE, _RESERVED = ("active",), ("reserved",)
 
 
 __all__ = ["STEP", "RateWatch", "PacedSocket", "TransferGate"]

@@ -29,7 +29,7 @@ import time
 
 from msgsrv import __version__
 from msgsrv.net.peer import format_peer
-from msgsrv.net.server import make_server
+from msgsrv.net.server import listen_error, make_server
 from msgsrv.wire.errors import ConfigError
 from . import config as config_module, notify, privileges
 from .pidfile import Pidfile
@@ -38,11 +38,14 @@ from .running import Registry
 log = logging.getLogger("msgsrv")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: With several worker processes each line names the process that wrote it.
+LOG_FORMAT_PROCESSES = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 SWITCH_INTERVAL = 0.001  # seconds
 STOP_MARGIN = 1.0  # seconds a stop may take beyond shutdown_timeout before services are abandoned
 SIGNAL_QUEUE = 5  # signals waiting for the main loop; more are dropped (as gunicorn does)
-_RESTART_KEYS = ("pidfile", "user", "group", "thread_stack_size")
+_RESTART_KEYS = ("pidfile", "user", "group", "thread_stack_size", "processes", "reuse_port",
+                 "shared_addresses")
 
 
 class ReopeningFileHandler(logging.FileHandler):
@@ -76,8 +79,9 @@ def log_handlers(options, echo=False):
         handlers.append(ReopeningFileHandler(options["log_file"], encoding="utf-8"))
     if echo or not options["log_file"]:
         handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = LOG_FORMAT_PROCESSES if options.get("processes", 1) > 1 else LOG_FORMAT
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(logging.Formatter(fmt))
     return handlers
 
 
@@ -126,6 +130,25 @@ def reopen_logs():
     return len(handlers)
 
 
+def drop_privileges(config):
+    """Switch to ``config``'s user and group when started as root (logged); raises
+    RuntimeError when privileges could be regained."""
+    user, group = config["user"], config["group"]
+    if not (user or group):
+        return
+    if os.geteuid() != 0:
+        log.info("not started as root: user/group settings ignored (uid %d)", os.geteuid())
+        return
+    uid, gid = privileges.drop(user, group)
+    log.info("switched to uid=%d gid=%d (user=%s group=%s)", uid, gid, user or "-",
+             group or "-")
+
+
+def restart_keys_changed(old, new):
+    """The ``[msgsrv]`` keys that differ between two Configs and apply only at a start."""
+    return [key for key in _RESTART_KEYS if old[key] != new[key]]
+
+
 def raise_open_files_limit():
     """Raise the soft RLIMIT_NOFILE to the hard limit; return (old, new)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -162,25 +185,84 @@ def plan_reload(old, new):
 
 def state_path(pidfile):
     """Where the daemon lists its listeners: the pidfile's name with ``.listeners``."""
+    return _beside(pidfile, ".listeners")
+
+
+def workers_path(pidfile):
+    """Where the master of several worker processes lists them: ``.workers``."""
+    return _beside(pidfile, ".workers")
+
+
+def _beside(pidfile, suffix):
     root = pidfile[:-len(".pid")] if pidfile.endswith(".pid") else pidfile
-    return root + ".listeners"
+    return root + suffix
 
 
-class Daemon:
+class SignalLoop:
+    """Signals recorded by their handlers and dispatched by the main loop, as gunicorn's
+    arbiter does: to ``handle_<name>`` methods (``handle_term`` for SIGTERM).
+
+    Subclasses list what they act on in :meth:`handled_signals`.
+    """
+
+    def __init__(self):
+        self._signals = collections.deque()  # at most SIGNAL_QUEUE (gunicorn's bound)
+        self._signals_dropped = 0
+
+    def handled_signals(self):
+        """The signals this loop acts on."""
+        return []
+
+    def _install_signals(self, wake_w):
+        previous = {"wakeup": signal.set_wakeup_fd(wake_w)}
+        for signum in self.handled_signals():
+            previous[signum] = signal.signal(signum, self._record)
+        return previous
+
+    def _restore_signals(self, previous):
+        signal.set_wakeup_fd(previous.pop("wakeup"))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _record(self, signum, frame):
+        # Only record (no logging in a signal handler); a flood beyond the queue is dropped.
+        if len(self._signals) < SIGNAL_QUEUE:
+            self._signals.append(signum)
+        else:
+            self._signals_dropped += 1
+
+    def dispatch_signals(self):
+        """Run the handler of every recorded signal; say how many were dropped."""
+        while self._signals:
+            signum = self._signals.popleft()
+            getattr(self, "handle_" + signal.Signals(signum).name.lower()[3:])()
+        if self._signals_dropped:
+            dropped, self._signals_dropped = self._signals_dropped, 0
+            log.warning("%d signals dropped: more than %d were waiting", dropped, SIGNAL_QUEUE)
+
+
+class Daemon(SignalLoop):
     """Owns the running services of one config and the main signal loop.
 
     ``overrides`` (``[msgsrv]`` options from the command line) apply to every
     reloaded config too; with ``echo`` logs go to stderr as well as to the log file.
     """
 
+    #: Longest wait of the main loop; it calls :meth:`tick` after each wait.
+    tick_interval = 1.0
+    #: Level of the ``listening service=...`` lines.
+    listening_level = logging.INFO
+    #: The last line of a clean stop.
+    stopped_message = "stopped"
+
     def __init__(self, config, overrides=None, echo=False):
+        super().__init__()
         self.overrides = dict(overrides or {})
         self.echo = echo
         self.config = config_module.with_options(config, self.overrides)
         self.registry = Registry()
         self.pidfile = Pidfile(config["pidfile"]) if config["pidfile"] else None
-        self._signals = collections.deque()  # at most SIGNAL_QUEUE (gunicorn's bound)
-        self._signals_dropped = 0
+        self.watched = []  # descriptors the main loop waits on besides its wake pipe
         self._stopper = None
         self._stopped = threading.Event()
         self._wake_w = None
@@ -250,27 +332,17 @@ class Daemon:
             server.server_activate()
         except OSError as exc:
             server.stop(0)
-            raise OSError("[service:%s] cannot listen on %s: %s"
-                          % (server.name, format_peer(server.config["host"], server.config["port"]),
-                             exc.strerror or exc)) from None
+            raise listen_error(server.config, exc) from None
 
     def _serve(self, server):
+        self.registry.add(server)  # first: its first connection may ask for the registry
         server.serve_in_thread()
-        self.registry.add(server)
-        log.info("listening service=%s handler=%s transport=%s address=%s",
-                 server.name, server.config["handler"], server.config.transport,
-                 format_peer(server.server_address))
+        log.log(self.listening_level, "listening service=%s handler=%s transport=%s address=%s",
+                server.name, server.config["handler"], server.config.transport,
+                format_peer(server.server_address))
 
     def _drop_privileges(self):
-        user, group = self.config["user"], self.config["group"]
-        if not (user or group):
-            return
-        if os.geteuid() != 0:
-            log.info("not started as root: user/group settings ignored (uid %d)", os.geteuid())
-            return
-        uid, gid = privileges.drop(user, group)
-        log.info("switched to uid=%d gid=%d (user=%s group=%s)", uid, gid, user or "-",
-                 group or "-")
+        drop_privileges(self.config)
 
     # -- stopping -----------------------------------------------------------
 
@@ -365,7 +437,7 @@ class Daemon:
             os.close(wake_r)
             os.close(self._wake_w)
         if code == EXIT_OK:
-            log.info("stopped")
+            log.info(self.stopped_message)
         return code
 
     def _start_all(self):
@@ -384,40 +456,17 @@ class Daemon:
 
     def _loop(self, wake_r):
         while not self._stopped.is_set():
-            select.select([wake_r], [], [], 1.0)
+            readable = select.select([wake_r] + self.watched, [], [], self.tick_interval)[0]
             _drain_pipe(wake_r)
-            while self._signals:
-                self._dispatch(self._signals.popleft())
-            if self._signals_dropped:
-                dropped, self._signals_dropped = self._signals_dropped, 0
-                log.warning("%d signals dropped: more than %d were waiting", dropped,
-                            SIGNAL_QUEUE)
+            self.dispatch_signals()
+            self.tick(readable)
 
-    def _install_signals(self, wake_w):
-        previous = {"wakeup": signal.set_wakeup_fd(wake_w)}
-        for signum in self.handled_signals():
-            previous[signum] = signal.signal(signum, self._record)
-        return previous
-
-    def _restore_signals(self, previous):
-        signal.set_wakeup_fd(previous.pop("wakeup"))
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def tick(self, readable):
+        """After each wait of the main loop (``readable``: which of ``watched`` are)."""
 
     def handled_signals(self):
         """The signals this daemon acts on."""
         return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]
-
-    def _record(self, signum, frame):
-        # Only record (no logging in a signal handler); a flood beyond the queue is dropped.
-        if len(self._signals) < SIGNAL_QUEUE:
-            self._signals.append(signum)
-        else:
-            self._signals_dropped += 1
-
-    def _dispatch(self, signum):
-        name = signal.Signals(signum).name.lower()
-        getattr(self, "handle_" + name[3:])()
 
     def handle_term(self):
         """Graceful stop."""
@@ -541,9 +590,8 @@ class Daemon:
     def _commit(self, new, plan, fresh, late, new_log):
         if new_log:
             install_log_handlers(new_log, new["log_level"])
-        for key in _RESTART_KEYS:
-            if self.config[key] != new[key]:
-                log.warning("reload: %s changed; it takes effect at the next start", key)
+        for key in restart_keys_changed(self.config, new):
+            log.warning("reload: %s changed; it takes effect at the next start", key)
         old = self.config
         self.config = new
         self._announce_disabled(new, old.disabled)

@@ -37,6 +37,10 @@ class Pidfile:
         """True while this process owns the pidfile."""
         return self._fd is not None
 
+    def fileno(self):
+        """The locked descriptor (a forked worker closes it: the lock is the master's)."""
+        return self._fd
+
     def acquire(self, pid=None):
         """Lock the path and write ``pid`` (default: ours) into it atomically.
 

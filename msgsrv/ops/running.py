@@ -22,6 +22,8 @@ class Registry:
 
     def __init__(self):
         self.started = time.time()
+        #: With several worker processes: what gathers the others' status (else None).
+        self.peers = None
         self._lock = threading.Lock()
         self._servers = collections.OrderedDict()
         self._addresses = {}

@@ -216,6 +216,28 @@ def handler_spec(value):
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MAX_PROCESSES = 64
+
+
+def usable_cpus():
+    """How many CPUs this process may run on (its affinity mask; at least 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def processes(value):
+    """Parser for ``processes``: a whole number 1..MAX_PROCESSES, or ``auto`` (the
+    CPUs this process may use, at most MAX_PROCESSES)."""
+    if value.strip().lower() == "auto":
+        return min(MAX_PROCESSES, usable_cpus())
+    try:
+        count = int(value.strip(), 10)
+    except ValueError:
+        raise ValueError("must be auto or a whole number 1..%d" % MAX_PROCESSES) from None
+    if not 1 <= count <= MAX_PROCESSES:
+        raise ValueError("must be auto or a whole number 1..%d" % MAX_PROCESSES)
+    return count
 
 # Declared once for [msgsrv] and every service: a client must pass both lists
 # (msgsrv.net.access.AccessRules), so a service's own list never replaces the global one.
@@ -241,6 +263,19 @@ GLOBAL_SETTINGS = (
             "empty: keep the current user."),
     Setting("group", text, "",
             "When started as root: switch to this group (empty: the user's primary group)."),
+    Setting("processes", processes, "1",
+            "Worker processes serving every listener (auto: one per usable CPU, at most "
+            "64); 1 serves in the daemon's own process. Takes effect at a start."),
+    Setting("reuse_port", boolean, "yes",
+            "processes > 1: yes: one listening socket per worker and service (SO_REUSEPORT: "
+            "the kernel spreads connections evenly over them); no: every worker accepts "
+            "from one socket per service (a worker that is down or stuck leaves the "
+            "connections to the others, but the spread can be very uneven). Takes effect "
+            "at a start."),
+    Setting("shared_addresses", integer(1024, 1 << 22), "16384",
+            "processes > 1: entries of each table the workers share (client addresses "
+            "holding connections in one worker; rate-limit and penalty records of all); "
+            "a connection that does not fit is refused with busy. Takes effect at a start."),
     ALLOW,
     DENY,
     Setting("plugin_path", directories, "",
@@ -261,39 +296,44 @@ SERVICE_SETTINGS = (
             "msgsrv[EXTRA]), the daemon starts without this service and says so once; "
             "no: that is a configuration error."),
     Setting("max_connections", integer(1, 1000000), "1000",
-            "TCP: most connections served at once; more are refused with a reason."),
+            "TCP: most connections served at once (by all worker processes together); more "
+            "are refused with a reason."),
     Setting("max_connections_per_ip", integer(1, 1000000), "100",
-            "TCP: most connections at once from one client address."),
+            "TCP: most connections at once from one client address (all worker processes "
+            "together)."),
     Setting("idle_timeout", seconds(0, 86400 * 7), "300",
             "TCP: a client silent (and not reading) this long is disconnected; 0 disables."),
     Setting("backlog", integer(1, 65535), "1024", "TCP: listen backlog (pending accepts)."),
     Setting("workers", integer(1, 256), "4",
-            "TCP: threads that serve ready connections (more are started while "
-            "handlers block, up to max_threads)."),
+            "TCP: threads that serve ready connections, in each worker process (more are "
+            "started while handlers block, up to max_threads)."),
     Setting("max_threads", integer(1, 10000), "64",
-            "TCP: most threads one service uses, including blocked handlers. A plain "
+            "TCP: most threads one service uses in each worker process, including blocked "
+            "handlers. A plain "
             "socketserver handler has one thread per connection: connections over "
             "max_threads are refused (refused_busy)."),
     Setting("max_pending_output", size(1024, 1 << 30), "1M",
             "TCP: bytes queued for a slow reader before reading from it pauses."),
     Setting("max_transfers", integer(1, 100000), "32",
             "TCP: blocking transfers (file get, put and stat with sha256, command runs) "
-            "at once; more are refused with busy. At most max_threads - workers block "
+            "at once (all worker processes together); more are refused with busy. At most "
+            "max_threads - workers block "
             "whatever this says, so workers threads always serve everyone else."),
     Setting("max_transfers_per_ip", integer(1, 100000), "4",
-            "TCP: blocking transfers at once from one client address; more are refused "
-            "with busy."),
+            "TCP: blocking transfers at once from one client address (all worker processes "
+            "together); more are refused with busy."),
     Setting("transfer_buffer_budget", size(1 << 20, 1 << 40), "32M",
             "TCP: most bytes of transfer buffers all transfers of the service hold "
-            "together (a file upload takes 1.25M, a download or hash 256K, a command "
-            "run 384K); a transfer that does not fit is refused with busy."),
+            "together, in every worker process (a file upload takes 1.25M, a download or "
+            "hash 256K, a command run 384K); a transfer that does not fit is refused with "
+            "busy."),
     Setting("max_datagram", integer(1, 65507), "65507",
             "UDP: largest datagram accepted; larger ones are logged and dropped."),
     ALLOW,
     DENY,
     Setting("rate_limit", rate, "0",
-            "TCP: new connections one client address may open, e.g. 20/s, 100/10s, "
-            "50 per minute; 0: no limit."),
+            "TCP: new connections one client address may open (to any worker process), "
+            "e.g. 20/s, 100/10s, 50 per minute; 0: no limit."),
     Setting("rate_penalty", seconds(0, 86400), "10",
             "TCP: seconds an address over rate_limit is refused."),
     Setting("tls_cert", text, "",
@@ -324,17 +364,20 @@ SERVICE_SETTINGS = (
             "such as echo 7 and chargen 19 would answer back: an endless loop); "
             "0: any port but 0."),
     Setting("reply_rate", rate, "100/s",
-            "UDP: replies one client address gets, e.g. 100/s, once reply_burst is used up; "
-            "more are dropped, so a loop between two servers dies out; 0: no limit."),
+            "UDP: replies one client address gets from each worker process, e.g. 100/s, "
+            "once reply_burst is used up; more are dropped, so a loop between two servers "
+            "dies out; 0: no limit."),
     Setting("reply_burst", integer(1, 1000000), "200",
-            "UDP: replies one client address may get at once before reply_rate applies."),
+            "UDP: replies one client address may get at once (from each worker process) "
+            "before reply_rate applies."),
     Setting("reply_sources_max", integer(1, 10000000), "10000",
-            "UDP: client addresses whose reply_rate is tracked; beyond it the least "
+            "UDP: client addresses whose reply_rate is tracked (by each worker process); "
+            "beyond it the least "
             "recently answered is forgotten (bounded memory under spoofed sources)."),
     Setting("auth_penalty_failures", integer(0, 10000), "10",
             "TCP, services that authenticate: failed authentications from one address "
-            "(IPv6: one /64) within auth_penalty_window after which it is refused for "
-            "auth_penalty_time; 0: off."),
+            "(IPv6: one /64; on any worker process) within auth_penalty_window after which "
+            "it is refused for auth_penalty_time; 0: off."),
     Setting("auth_penalty_window", seconds(0.1, 86400), "60",
             "Seconds, from an address's first counted failure, within which "
             "auth_penalty_failures must happen."),
@@ -348,5 +391,6 @@ SERVICE_SETTINGS = (
             "loopback, where tunnels and local proxies put every client."),
     Setting("auth_penalty_sources", integer(1, 10000000), "65536",
             "Most addresses whose failures are remembered; beyond, the one that failed "
-            "least recently is forgotten."),
+            "least recently is forgotten. With processes > 1 the shared table "
+            "(shared_addresses) holds them instead: when full, a new address is not counted."),
 )

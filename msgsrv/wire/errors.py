@@ -41,6 +41,10 @@ class ServiceBusy(ProtocolError):
         super().__init__("busy", message)
 
 
+class TableFull(ServiceBusy):
+    """A shared table of the worker processes has no room for one more entry."""
+
+
 class ServerError(MsgsrvError):
     """The server answered a request with an error frame or line."""
 
@@ -89,5 +93,5 @@ class AlreadyRunning(MsgsrvError, OSError):
 
 __all__ = [
     "MsgsrvError", "ConfigError", "CheckFailed", "ProtocolError", "ServerError", "AuthError",
-    "ServiceBusy", "ConnectionFailed", "RequestTimeout", "TooSlow", "AlreadyRunning",
+    "ServiceBusy", "TableFull", "ConnectionFailed", "RequestTimeout", "TooSlow", "AlreadyRunning",
 ]

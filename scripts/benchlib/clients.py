@@ -17,6 +17,7 @@ import math
 import os
 import selectors
 import socket
+import threading
 import time
 
 HOST = "127.0.0.1"
@@ -394,3 +395,55 @@ class UdpPingPong:
             if client.started >= self.clock0:
                 self.latencies.append(time.perf_counter() - client.started)
             self._send(client)
+
+
+class Repeat:
+    """One thread per call of ``calls``, each calling it again and again from
+    ``start_at`` until ``end_at``; :meth:`run` returns the results as PingPong does
+    (latencies of the calls that returned True; errors: the others, and raises)."""
+
+    def __init__(self, calls, start_at, end_at):
+        self.calls = calls
+        self.start_at, self.end_at = start_at, end_at
+        self.latencies, self.errors = [], 0
+        self._lock = threading.Lock()
+
+    def run(self):
+        """Run the calls until ``end_at``; return the result dict."""
+        threads = [threading.Thread(target=self._loop, args=(call,)) for call in self.calls]
+        sleep_until(self.start_at)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = max(1e-9, min(time.monotonic(), self.end_at) - self.start_at)
+        return {"latencies": self.latencies, "errors": self.errors, "seconds": seconds}
+
+    def _loop(self, call):
+        latencies, errors = [], 0
+        while time.monotonic() < self.end_at:
+            started = time.perf_counter()
+            try:
+                ok = call()
+            except Exception:  # noqa: BLE001 - counted as an error, the loop goes on
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+        with self._lock:
+            self.latencies += latencies
+            self.errors += errors
+
+
+def one_connection(port, payload=b"x" * 64):
+    """Connect, have ``payload`` echoed once, close; True if it came back whole."""
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+        sock.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            chunk = sock.recv(len(payload) - len(received))
+            if not chunk:
+                return False
+            received += chunk
+        return received == payload

@@ -81,6 +81,32 @@ def run_udp(ctx, server, clients_count, size, seconds, reply_timeout):
     return metrics
 
 
+def run_commands(ctx, server, port, key, command, clients_count, seconds):
+    """``clients_count`` authenticated command clients (``key``: name, secret) running
+    ``command`` on ``port`` again and again for ``seconds``.
+
+    Metrics as run_pingpong's latency metrics: ``rt_s`` is runs per second;
+    ``server.cpu_seconds`` is sampled over the window.
+    """
+    return _repeated(ctx, server, "command", clients_count, seconds,
+                     {"port": port, "key": key, "command": command})
+
+
+def run_churn(ctx, server, clients_count, seconds):
+    """``clients_count`` clients each opening a connection, having 64 bytes echoed and
+    closing it, again and again for ``seconds``; ``rt_s`` is connections per second."""
+    return _repeated(ctx, server, "churn", clients_count, seconds, {"port": server.port})
+
+
+def _repeated(ctx, server, kind, clients_count, seconds, job):
+    jobs = [dict(job, conns=share, seconds=seconds, go_timeout=60.0, cpus=ctx.plan.load)
+            for share in split(clients_count, ctx.load_procs)]
+    with LoadGroup(kind, jobs) as group:
+        group.require("ready", time.monotonic() + 30.0)
+        results, srv = _measured_window(ctx, group, server, seconds)
+    return _latency_metrics(results, srv)
+
+
 class IdleHold:
     """Hold ``conns`` idle TCP connections from load processes, as a context manager.
 
@@ -168,7 +194,7 @@ def _latency_metrics(results, srv):
             "errors": sum(result["errors"] for result in results),
             "srv_pct": None if srv is None else srv * 100.0,
             "load_pct": (sum(result["cpu_s"] for result in results) / seconds * 100.0
-                         if seconds > 0 else None),
+                         if seconds > 0 and all("cpu_s" in r for r in results) else None),
             "cpu_us_rt": srv / rt_s * 1e6 if srv is not None and rt_s else None}
 
 

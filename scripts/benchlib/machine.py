@@ -78,6 +78,30 @@ def process_cpu_seconds(pid):
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid):
+    """CPU seconds of ``pid`` and of its live children, each with what its waited-for
+    children used (a daemon's worker processes and the commands they ran), or None."""
+    total = 0.0
+    for member in [pid] + _children(pid):
+        try:
+            with open("/proc/%d/stat" % member) as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            if member == pid:
+                return None
+            continue
+        total += sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
 def own_cpu_seconds():
     """Return user + system CPU seconds used so far by the calling process."""
     times = os.times()

@@ -41,6 +41,10 @@ TARGETS = collections.OrderedDict((t.name, t) for t in [
     Target("msgsrv-udp", "msgsrv", "udp", "echo", True),
     Target("udp", "stdlib-udp", "udp", "udp", False),
     Target("threading-udp", "stdlib-threading-udp", "udp", "threading-udp", False),
+    # The workers experiment: msgsrv with 1 or 2 worker processes (echo and command).
+    Target("msgsrv-p1", "msgsrv processes=1", "tcp", "workers", True),
+    Target("msgsrv-p2", "msgsrv processes=2", "tcp", "workers", True),
+    Target("msgsrv-p2-shared", "msgsrv processes=2 reuse_port=no", "tcp", "workers", True),
 ])
 
 MSGSRV_INI = """\
@@ -57,6 +61,40 @@ max_connections_per_ip = 20000
 # UDP: every load client is 127.0.0.1; keep the reply limit's cost, not its limit.
 reply_rate = 1000000/s
 """
+
+
+WORKERS_INI = """\
+[msgsrv]
+log_level = warning
+processes = {processes}
+reuse_port = {reuse_port}
+pidfile = {workdir}/msgsrv.pid
+
+[service:echo]
+handler = echo
+host = {host}
+port = {port}
+max_connections = 20000
+max_connections_per_ip = 20000
+
+[service:command]
+handler = command
+host = {host}
+port = {command_port}
+keys_file = {workdir}/bench.keys
+max_concurrent = 256
+max_connections_per_ip = 20000
+max_transfers = 256
+max_transfers_per_ip = 256
+run_as_root = yes
+command.true = /bin/true
+
+[service:status]
+handler = status
+host = {host}
+port = {status_port}
+"""
+BENCH_KEY = ("bench", "b" * 43)  # name and secret of the command service's one key
 
 
 class TargetUnavailable(Exception):
@@ -97,10 +135,32 @@ def server_command(target, port, workdir, extra_ini=""):
     if not target.is_msgsrv:
         return [sys.executable, os.path.join(SCRIPTS_DIR, "bench_anchors.py"), target.kind,
                 "--port", str(port), "--max-seconds", str(ANCHOR_MAX_SECONDS)]
+    if target.kind == "workers":
+        return _workers_command(target, port, workdir)
     path = os.path.join(workdir, "msgsrv-bench-%d.ini" % port)
     with open(path, "w") as ini:
         ini.write(MSGSRV_INI.format(kind=target.kind, transport=target.transport,
                                     host=HOST, port=port) + extra_ini)
+    return [sys.executable, "-m", "msgsrv", "--config", path]
+
+
+def _workers_command(target, port, workdir):
+    """msgsrv with echo on ``port``, a command service (one key: BENCH_KEY) and a status
+    service on the ports written to ``workdir``/command-port and status-port."""
+    command_port, status_port = free_port("tcp"), free_port("tcp")
+    for name, number in (("command-port", command_port), ("status-port", status_port)):
+        with open(os.path.join(workdir, name), "w") as out:
+            out.write(str(number))
+    keys = os.path.join(workdir, "bench.keys")
+    with open(os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write("%s %s\n" % BENCH_KEY)
+    processes = 1 if target.name == "msgsrv-p1" else 2
+    path = os.path.join(workdir, "msgsrv-bench-%d.ini" % port)
+    with open(path, "w") as ini:
+        ini.write(WORKERS_INI.format(processes=processes, workdir=workdir, host=HOST, port=port,
+                                     command_port=command_port, status_port=status_port,
+                                     reuse_port="no" if target.name.endswith("shared")
+                                     else "yes"))
     return [sys.executable, "-m", "msgsrv", "--config", path]
 
 
@@ -138,6 +198,11 @@ class ServerProcess:
     def pid(self):
         """The server's process id."""
         return self.proc.pid
+
+    @property
+    def workdir(self):
+        """The server's temporary directory (its INI file, keys, pidfile)."""
+        return self._workdir.name
 
     def __enter__(self):
         self._workdir = tempfile.TemporaryDirectory(prefix="msgsrv-bench-")
@@ -215,6 +280,10 @@ class ServerProcess:
     def cpu_seconds(self):
         """CPU seconds (user + system, all threads) the server has used so far, or None."""
         return machine.process_cpu_seconds(self.proc.pid)
+
+    def tree_cpu_seconds(self):
+        """CPU seconds of the server with its worker processes and their children."""
+        return machine.tree_cpu_seconds(self.proc.pid)
 
     def status(self):
         """Resident memory (KiB) and thread count of the server, values None if unknown."""

@@ -14,10 +14,12 @@ import os
 import queue
 import signal
 import socket
+import sys
 import time
 import traceback
 
 from benchlib import clients, machine, stats
+from benchlib.targets import REPO_ROOT
 
 _MP = multiprocessing.get_context(
     "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -229,9 +231,33 @@ def _idle_job(wid, job, control):
     control.queue.put(("done", wid, {}))
 
 
+def _command_job(wid, job, control):
+    sys.path.insert(0, REPO_ROOT)
+    from msgsrv.client import CommandClient  # only this job needs the msgsrv client
+    name, secret = job["key"]
+    conns = [CommandClient(clients.HOST, job["port"], name, secret, timeout=30)
+             for _ in range(job["conns"])]
+    ready = {"connected": len(conns), "failures": 0, "connect_s": 0.0, "served_s": 0.0}
+    try:
+        calls = [lambda conn=conn: conn.run(job["command"]).exit_code == 0 for conn in conns]
+        _measure(wid, job, control, [], ready, lambda start_at: clients.Repeat(
+            calls, start_at, start_at + job["seconds"]))
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def _churn_job(wid, job, control):
+    ready = {"connected": 0, "failures": 0, "connect_s": 0.0, "served_s": 0.0}
+    calls = [lambda: clients.one_connection(job["port"])] * job["conns"]
+    _measure(wid, job, control, [], ready, lambda start_at: clients.Repeat(
+        calls, start_at, start_at + job["seconds"]))
+
+
 def _close_all(socks):
     for sock in socks:
         sock.close()
 
 
-JOB_KINDS = {"tcp": _tcp_job, "udp": _udp_job, "idle": _idle_job}
+JOB_KINDS = {"tcp": _tcp_job, "udp": _udp_job, "idle": _idle_job, "command": _command_job,
+             "churn": _churn_job}

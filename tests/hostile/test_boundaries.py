@@ -204,7 +204,7 @@ def test_connection_limit_exact_and_one_over(start_service, tmp_path, service, l
     finally:
         for client in held:
             client.close()
-    wait_for(lambda: server.connection_count == 0 and not server._per_ip,
+    wait_for(lambda: server.connection_count == 0 and not server.connections_from("127.0.0.1"),
              message="every admission released")
 
 

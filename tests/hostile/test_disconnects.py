@@ -261,7 +261,8 @@ def test_resets_at_every_phase_release_every_counter(start_service, tmp_path, se
     storm({service: address}, [(service, phase) for phase in PHASES[service]], REPEATS)
 
     def leftovers():
-        state = {"admitted": server.connection_count, "per_ip": dict(server._per_ip),
+        state = {"admitted": server.connection_count,
+                 "per_ip": server.connections_from("127.0.0.1"),
                  "pool connections": len(server.pool.connections()),
                  "timers": server.pool.timer_count,
                  "transfers": server.transfers.active, "buffers": server.transfers.reserved,

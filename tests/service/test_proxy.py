@@ -158,7 +158,8 @@ def test_per_address_limits_count_the_claimed_client_not_the_balancer(start_serv
         assert "max_connections_per_ip=1" in reply.header["message"]
         assert "127.0.0.2" in reply.header["message"]
     assert server.counters.snapshot()["refused_busy"] == 1
-    wait_for(lambda: server.connection_count == 0 and not server._per_ip)
+    wait_for(lambda: server.connection_count == 0 and not any(
+        server.connections_from(ip) for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3")))
 
 
 def test_access_rules_and_rate_limits_apply_to_the_claimed_client(start_service):

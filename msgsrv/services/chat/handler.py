@@ -57,6 +57,13 @@ class ChatService(Service):
     store_class = ChatState
     fixed_keys = backend.FIXED_KEYS
 
+    @classmethod
+    def serves_in_one_process(cls, config):
+        """True with the memory backend: the in-process chat state cannot be split, so
+        with several worker processes the chat service runs in worker 0 only.  A
+        shared backend (Redis) serves from every worker, as from several daemons."""
+        return not config["backend"].shared
+
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
         self.chat = self._create_store(config)

@@ -250,7 +250,8 @@ SETTINGS = (
             "Bytes of request body fed to the command's stdin (at most max_body); 0: stdin "
             "is /dev/null and a body is refused."),
     Setting("max_concurrent", integer(1, 1000), "4",
-            "Commands running at once in this service; more are refused with busy."),
+            "Commands running at once in this service (all worker processes together); "
+            "more are refused with busy."),
     Setting("workdir", parse_directory, "/", "Working directory of commands (absolute)."),
     Setting("path", text, "/usr/local/bin:/usr/bin:/bin",
             "PATH given to commands, also used to find bare program names at start-up."),

@@ -12,9 +12,8 @@ in one warning line.
 
 import json
 import logging
-import threading
 
-from msgsrv.ops import privileges
+from msgsrv.ops import privileges, shared
 from msgsrv.plugin import (REPLY_LIMITS, AuthedService, AuthenticatedHandler, ConfigError,
                            ProtocolError, ServiceBusy, encode, format_peer)
 from . import allowlist, process
@@ -49,25 +48,35 @@ def _json_seconds(value):
 
 class RunSlots:
     """At most ``limit`` runs at once; the limit may change while runs hold slots
-    (a run gives back the slot it took, whatever the limit is by then)."""
+    (a run gives back the slot it took, whatever the limit is by then).  The
+    count lives in ``store`` (this process's by default; the worker processes'
+    together when given their shared store)."""
 
-    def __init__(self, limit):
+    def __init__(self, limit, store=None):
         self.limit = limit
-        self.running = 0
-        self._lock = threading.Lock()
+        self._store = store if store is not None else shared.LocalStore()
+
+    @property
+    def running(self):
+        """Runs holding a slot now."""
+        with self._store.locked():
+            return self._store.total(_RUNS)
 
     def acquire(self):
         """Take a slot; False when ``limit`` runs hold one already."""
-        with self._lock:
-            if self.running >= self.limit:
+        with self._store.locked():
+            if self._store.total(_RUNS) >= self.limit:
                 return False
-            self.running += 1
+            self._store.add(_RUNS, 1)
             return True
 
     def release(self):
         """Give back a slot taken by :meth:`acquire`."""
-        with self._lock:
-            self.running -= 1
+        with self._store.locked():
+            self._store.add(_RUNS, -1)
+
+
+_RUNS = ("runs",)
 
 
 class CommandService(AuthedService):
@@ -77,7 +86,8 @@ class CommandService(AuthedService):
     def __init__(self, config, global_options):
         super().__init__(config, global_options)
         self.run_as, self.commands = self._load(config, global_options, self.keys)
-        self.run_slots = RunSlots(config["max_concurrent"])
+        self.run_slots = RunSlots(config["max_concurrent"],
+                                  shared.store("runs:" + self.name, group=self.name))
 
     def _load(self, config, global_options, keys):
         run_as = _run_as(config, global_options)

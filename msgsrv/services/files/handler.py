@@ -136,7 +136,9 @@ class FileService(AuthedService):
         _warn_unknown_keys(config, self.keys)
 
     def _prepare_root(self, config):
-        """Create the root if missing, open it, remove partial uploads left in it."""
+        """Create the root if missing, open it, remove partial uploads left in it (at
+        the daemon's start: not in a worker process started later, whose siblings
+        may be resuming those uploads)."""
         root = config["root"]
         try:
             os.makedirs(root, exist_ok=True)
@@ -196,7 +198,8 @@ class FileHandler(AuthenticatedHandler):
                 "'read' lets clients that do not authenticate get, list and stat."),
         Setting("max_file_size", size(0), "1G", "Largest file a client may upload."),
         Setting("quota", size(0), "0",
-                "Most bytes all files under root may take together (0: no quota)."),
+                "Most bytes all files under root may take together, one quota for all "
+                "worker processes (0: no quota)."),
         Setting("temp_max_age", seconds(60), "86400",
                 "Seconds an interrupted resumable upload is kept for its client, who may "
                 "resume it on any daemon serving the root (other partial uploads are "

@@ -25,7 +25,7 @@ CONTENT_TYPES = {"json": "application/json",
 
 def render(server, fmt):
     """The status of every service ``server`` can see, as bytes in format ``fmt``."""
-    document = report.collect(*report.servers_of(server))
+    document = report.document_for(server)
     if fmt == "prometheus":
         return report.to_prometheus(document).encode("utf-8")
     return report.to_json(document)

@@ -11,8 +11,14 @@ The JSON document (docs/PROTOCOL.rst, "Status service")::
                    "refused": {"busy": 0, "access": 0, "rate": 0, "auth_penalty": 0,
                                "tls": 0},
                    "bytes_in": 10, "bytes_out": 10, "errors": 0, "counters": {}}]}
+
+A daemon with ``processes`` above 1 adds ``"processes": N`` and a
+``"workers"`` list (each worker's pid, index, generation, state, started,
+uptime, open connections and its own ``"services"`` entries); its
+``"services"`` are the sums over the workers (see :func:`aggregate`).
 """
 
+import collections
 import json
 import os
 import time
@@ -29,6 +35,15 @@ _STANDARD = ("connections_total", "bytes_in", "bytes_out", "errors")
 FORMATS = ("json", "prometheus")
 
 
+
+
+def document_for(server):
+    """The status document of the daemon ``server`` runs in: this process's figures,
+    gathered with the other workers' when the daemon has several (the registry's
+    ``peers``)."""
+    document = collect(*servers_of(server))
+    peers = getattr(getattr(server, "registry", None), "peers", None)
+    return document if peers is None else peers.aggregate(document)
 
 
 def servers_of(server):
@@ -69,6 +84,66 @@ def collect(servers, started, now=None):
     return {"version": __version__, "pid": os.getpid(), "started": started,
             "uptime": round(now - started, 3),
             "services": [service_status(server, now) for server in servers]}
+
+
+def _empty_totals():
+    return dict(dict.fromkeys(_STANDARD, 0), refused={}, counters={})
+
+
+def add_totals(totals, entries):
+    """Add the counters of service ``entries`` into ``totals`` (service name -> the
+    counters: connections_total, bytes_in, bytes_out, errors, refused, counters)."""
+    for entry in entries:
+        kept = totals.setdefault(entry["name"], _empty_totals())
+        for name in _STANDARD:
+            kept[name] += entry.get(name) or 0
+        for group in ("refused", "counters"):
+            for name, value in (entry.get(group) or {}).items():
+                kept[group][name] = kept[group].get(name, 0) + value
+
+
+def _merge(entries, retired):
+    """One service's entry, summed over the workers' ``entries`` plus what workers that
+    exited counted (``retired``, or None)."""
+    merged = {key: entries[0][key] for key in ("name", "handler", "transport", "address", "tls")}
+    merged["uptime"] = max(entry["uptime"] for entry in entries)
+    open_counts = [entry["connections"] for entry in entries if entry["connections"] is not None]
+    merged["connections"] = sum(open_counts) if open_counts else None
+    totals = {}
+    add_totals(totals, entries + ([dict(retired, name=merged["name"])] if retired else []))
+    summed = totals[merged["name"]]
+    merged.update((name, summed[name]) for name in _STANDARD)
+    refused = dict.fromkeys(REFUSAL_REASONS, 0)
+    refused.update(summed["refused"])
+    merged.update(refused=refused, counters=summed["counters"])
+    return merged
+
+
+def aggregate(workers, retired, pid, started, processes, order=(), now=None):
+    """The status document of a daemon of several worker processes.
+
+    ``workers`` lists ``(info, document)``: ``info`` has the worker's pid,
+    index, generation, state and started (epoch), ``document`` is its own
+    status document (None before its first).  ``retired`` holds the totals of
+    workers that exited (see :func:`add_totals`): counters keep counting
+    across a replaced worker or a reload.  ``pid`` and ``started`` are the
+    master's; services come in ``order`` (the configuration's), then any other.
+    """
+    now = time.time() if now is None else now
+    by_name, listed = collections.OrderedDict(), []
+    for info, document in workers:
+        services = document["services"] if document else []
+        for entry in services:
+            by_name.setdefault(entry["name"], []).append(entry)
+        listed.append(dict(info, uptime=round(now - info["started"], 3) if info["started"] else 0,
+                           connections=sum(entry["connections"] or 0 for entry in services),
+                           services=services))
+    names = [name for name in order if name in by_name]
+    names += [name for name in by_name if name not in names]
+    return {"version": __version__, "pid": pid, "started": started,
+            "uptime": round(now - started, 3), "processes": processes,
+            "services": [_merge(by_name[name], retired.get(name)) for name in names],
+            "workers": listed}
 
 
 def to_json(status):
@@ -116,7 +191,25 @@ def to_prometheus(status):
     lines += ['msgsrv_handler_total{service="%s",name="%s"} %s'
               % (_label(s["name"]), _label(name), count)
               for s in services for name, count in s["counters"].items()]
+    if "workers" in status:
+        _worker_metrics(lines, status["workers"])
     return "\n".join(lines) + "\n"
+
+
+def _worker_metrics(lines, workers):
+    """Per-worker families (``worker`` label: the pid), beside the summed ones."""
+    _family(lines, "msgsrv_worker_info", "gauge", "Worker processes: index, generation, state.")
+    lines += ['msgsrv_worker_info{worker="%d",index="%d",generation="%d",state="%s"} 1'
+              % (w["pid"], w["index"], w["generation"], _label(w["state"])) for w in workers]
+    _family(lines, "msgsrv_worker_uptime_seconds", "gauge", "Seconds since the worker started.")
+    lines += ['msgsrv_worker_uptime_seconds{worker="%d"} %s' % (w["pid"], w["uptime"])
+              for w in workers]
+    for name, kind, text, value in _METRICS:
+        family = name.replace("msgsrv_", "msgsrv_worker_", 1)
+        _family(lines, family, kind, text[:-1] + ", per worker.")
+        lines += ['%s{worker="%d",service="%s"} %s' % (family, w["pid"], _label(s["name"]),
+                                                       value(s))
+                  for w in workers for s in w["services"] if value(s) is not None]
 
 
 _COLUMNS = (("SERVICE", "name"), ("PROTO", "transport"), ("ADDRESS", "address"),
@@ -146,9 +239,25 @@ def format_table(status):
         details += ["%s=%s" % item for item in sorted(service["counters"].items())]
         if details:
             notes.append("  %s: %s" % (service["name"], " ".join(details)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["msgsrv %s, pid %s, up %s" % (status["version"], status["pid"],
                                           format_duration(status["uptime"]))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-              for row in rows]
-    return "\n".join(lines + notes) + "\n"
+    lines += _aligned(rows) + notes
+    if "workers" in status:
+        lines += [""] + _aligned(_worker_rows(status["workers"]))
+    return "\n".join(lines) + "\n"
+
+
+def _worker_rows(workers):
+    rows = [["WORKER", "PID", "GEN", "STATE", "UP", "OPEN", "TOTAL"]]
+    for worker in workers:
+        total = sum(s["connections_total"] for s in worker["services"])
+        rows.append([str(worker["index"]), str(worker["pid"]), str(worker["generation"]),
+                     worker["state"], format_duration(worker["uptime"]),
+                     str(worker["connections"]), str(total)])
+    return rows
+
+
+def _aligned(rows):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in rows]

@@ -21,14 +21,20 @@ def document(directory, now=None):
     servers = directory.servers()
     doc = status.collect(servers, directory.started, now)
     for entry, server in zip(doc["services"], servers):
-        entry["state"] = "running"
-        entry["max_connections"] = (server.config["max_connections"]
-                                    if server.config.transport == "tcp" else None)
         _add_open_bytes(entry, server)
+    peers = getattr(directory, "peers", None)
+    if peers is not None:  # several worker processes: the whole daemon's figures
+        doc = peers.aggregate(doc)
+    configs = {server.name: server.config for server in servers}
+    for entry in doc["services"]:
+        config = configs.get(entry["name"])
+        entry["state"] = "running"
+        entry["max_connections"] = (config["max_connections"] if config is not None
+                                    and config.transport == "tcp" else None)
     for name, disabled in sorted(directory.disabled.items()):
         doc["services"].append(_disabled_entry(name, disabled))
     doc["threads"] = threading.active_count()
-    doc["processes"] = 1
+    doc.setdefault("processes", 1)
     doc["reload"] = directory.last_reload
     return doc
 

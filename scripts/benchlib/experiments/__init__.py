@@ -4,4 +4,4 @@ The import order is the order of ``bench.py all``. Add new experiment modules
 (chat, files, ...) to the import line below.
 """
 
-from benchlib.experiments import echo, udp, conns, idle, external  # noqa: F401  (registers them)
+from benchlib.experiments import echo, udp, conns, idle, external, workers  # noqa: F401  (registers them)
