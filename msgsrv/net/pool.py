@@ -957,7 +957,7 @@ class WorkerPool:
         events = self._epoll.poll(_POLL_TIMEOUT, _BATCH)
         if events:
             self.direct_wanted = False  # the leader has work: a direct session ends
-        lone = events[0][0] if len(events) == 1 else -1
+        lone = events[0][0] if len(events) == 1 and events[0][1] == _IN else -1
         direct, self._lone_fd = (lone if lone == self._lone_fd else -1), lone
         get = self._conns.get
         for fd, mask in events:

@@ -103,15 +103,21 @@ def test_a_lone_busy_connection_is_served_directly(start_service):
 def test_two_busy_connections_are_never_served_directly(start_service):
     server = start_service("echo")
     with connect(server) as first, connect(server) as second:
-        for _ in range(300):  # in lockstep: no poll finds the same one alone twice running
-            first.sendall(b"a" * 64)
-            second.sendall(b"b" * 64)
-            for sock, byte in ((first, b"a"), (second, b"b")):
-                got = b""
-                while len(got) < 64:
-                    got += sock.recv(64 - len(got))
-                assert got == byte * 64
-    assert server.pool.direct_sessions == 0
+        _lockstep(first, second, 5)  # both accepted and served once
+        before = server.pool.direct_sessions
+        _lockstep(first, second, 300)  # no poll finds the same one alone twice running
+    assert server.pool.direct_sessions == before
+
+
+def _lockstep(first, second, rounds):
+    for _ in range(rounds):
+        first.sendall(b"a" * 64)
+        second.sendall(b"b" * 64)
+        for sock, byte in ((first, b"a"), (second, b"b")):
+            got = b""
+            while len(got) < 64:
+                got += sock.recv(64 - len(got))
+            assert got == byte * 64
 
 
 def test_a_direct_session_ends_once_another_connection_is_served(start_service):
