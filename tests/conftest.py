@@ -29,6 +29,25 @@ def wait_for(predicate, timeout=5.0, interval=0.01, message="condition"):
         time.sleep(interval)
 
 
+def free_port():
+    """A TCP port free on 127.0.0.1 now, for a program that needs a number (redis-server,
+    haproxy).  Bound then closed: another process may take it, so retry a failed start."""
+    return free_ports(1)[0]
+
+
+def free_ports(count):
+    """``count`` different ports free on 127.0.0.1 now (as :func:`free_port`): all are held
+    until the last is picked, since a port just closed is often the next one handed out."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def service_config(handler="echo", name="svc", global_options=None, **options):
     """Build a validated ServiceConfig (port 0 on 127.0.0.1 unless given)."""
     parser = configparser.ConfigParser(interpolation=None)

@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 
+from tests.integration.redis_server import RedisServer
+
 
 def require_program(name):
     """The path of program ``name``; skip (or fail under CI) when it is not installed."""
@@ -33,3 +35,14 @@ def require_module(name):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A RedisServer with its directory in ``tmp_path``, not started yet; stopped at teardown."""
+    require_module("redis")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(require_program("redis-server"), directory)
+    yield server
+    server.stop()

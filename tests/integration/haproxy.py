@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from tests.conftest import wait_for
+from tests.conftest import free_ports, wait_for
 
 START_ATTEMPTS = 3
 
@@ -31,22 +31,21 @@ defaults
 """
 
 
-def free_port():
-    """A port free on 127.0.0.1 now (bound then closed: another process may take it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class HAProxy:
     """One haproxy process serving ``sections(ports)``: ``sections`` returns the
-    frontend/backend text given the dict of frontend name -> port picked for it."""
+    frontend/backend text given the dict of frontend name -> port picked for it.
 
-    def __init__(self, program, directory, frontends, sections):
+    With ``standalone`` the text is the whole configuration, its own ``global``
+    and ``defaults`` included; it must declare ``stats socket`` at
+    :attr:`stats_path` (readiness is seen there).
+    """
+
+    def __init__(self, program, directory, frontends, sections, standalone=False):
         self.program = program
         self.directory = str(directory)
         self.frontends = list(frontends)
         self.sections = sections
+        self.standalone = standalone
         self.stats_path = os.path.join(self.directory, "stats.sock")
         self.config_path = os.path.join(self.directory, "haproxy.cfg")
         self.pidfile = os.path.join(self.directory, "haproxy.pid")
@@ -56,9 +55,10 @@ class HAProxy:
     def start(self):
         """Write the config and start; retried on a port taken meanwhile.  Returns self."""
         for attempt in range(START_ATTEMPTS):
-            self.ports = {name: free_port() for name in self.frontends}
+            self.ports = dict(zip(self.frontends, free_ports(len(self.frontends))))
             with open(self.config_path, "w") as config:
-                config.write(GLOBAL.format(stats=self.stats_path, pidfile=self.pidfile))
+                if not self.standalone:
+                    config.write(GLOBAL.format(stats=self.stats_path, pidfile=self.pidfile))
                 config.write(self.sections(self.ports))
             self.proc = subprocess.Popen([self.program, "-db", "-f", self.config_path],
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

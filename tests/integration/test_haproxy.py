@@ -14,11 +14,9 @@ import subprocess
 
 import pytest
 
-from msgsrv.ops import config
 from tests.conftest import ROOT, wait_for
 from tests.integration.conftest import require_program
 from tests.integration.haproxy import HAProxy
-from tests.daemon.test_doc_examples import literal_blocks
 from tests.service.test_tls import certs  # noqa: F401  (throwaway certificates, module scope)
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,17 +130,10 @@ def test_haproxy_health_checks_see_the_status_service_and_mark_a_stopped_daemon_
     proxy.wait_status("status_servers", "msgsrv", "DOWN", "L4CON")  # connection refused
 
 
-def test_the_scaling_guide_configurations_are_valid(tmp_path):
+def test_the_reference_deployment_haproxy_cfg_is_valid():
+    """conf/examples/scaling/haproxy.cfg (docs/SCALING.rst shows it: tests/unit/test_scaling_examples)."""
     program = require_program("haproxy")
-    with open(os.path.join(ROOT, "docs", "SCALING.rst")) as doc:
-        blocks = [block for _, block, _ in literal_blocks(doc.read())]
-    haproxy_cfg = next(block for block in blocks if block.startswith("global"))
-    msgsrv_ini = next(block for block in blocks if "proxy_protocol = v2" in block)
-    (tmp_path / "haproxy.cfg").write_text(haproxy_cfg)
-    checked = subprocess.run([program, "-c", "-f", str(tmp_path / "haproxy.cfg")],
-                             capture_output=True, text=True, timeout=20)
+    path = os.path.join(ROOT, "conf", "examples", "scaling", "haproxy.cfg")
+    checked = subprocess.run([program, "-c", "-f", path], capture_output=True, text=True,
+                             timeout=20)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "send-proxy-v2" in haproxy_cfg and "tcp-check expect string hello" in haproxy_cfg
-    (tmp_path / "server.ini").write_text(msgsrv_ini)
-    service = config.load(str(tmp_path / "server.ini")).services[0]
-    assert service["proxy_protocol"] == "v2" and service["proxy_trusted"]

@@ -6,105 +6,20 @@ short ``presence_ttl`` and ``redis_timeout`` so that expiry and timeouts are
 quick.  Everything is stopped by PID.
 """
 
-import os
 import signal
-import socket
-import ssl
-import subprocess
 import time
 
 import pytest
 
 from msgsrv.client import ChatClient, EchoClient, RequestTimeout, ServerError
 from msgsrv.services.chat.protocol import History, Message, Notice, Private
-from tests.conftest import wait_for
-from tests.integration.conftest import require_module, require_program
-from tests.processes import alive, kill_quietly
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import require_program
+from tests.processes import alive
 
 pytestmark = pytest.mark.timeout(60)
 
 TTL, TIMEOUT = 2.0, 1.0
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _pong(port, ca_file=None):
-    """True once a redis-server answers on ``port`` (over TLS with ``ca_file``)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
-            sock = raw
-            if ca_file:
-                sock = ssl.create_default_context(cafile=ca_file).wrap_socket(
-                    raw, server_hostname="localhost")
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """One redis-server on 127.0.0.1 with its data directory, stopped by PID."""
-
-    def __init__(self, program, directory):
-        self.program, self.directory = program, directory
-        self.port = None
-        self.proc = None
-
-    def start(self, port=None, tls=None, password=None):
-        """Start it (again on ``port``, or on a free one) and wait until it answers PING.
-
-        ``tls``: ``(cert, key, ca)`` files to serve TLS only; ``password``: requirepass.
-        """
-        for _ in range(5):
-            self.port = port or _free_port()
-            listen = ["--port", str(self.port)]
-            if tls:
-                listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls[0],
-                          "--tls-key-file", tls[1], "--tls-ca-cert-file", tls[2],
-                          "--tls-auth-clients", "no"]
-            self.proc = subprocess.Popen(
-                [self.program] + listen + [
-                    "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "",
-                    "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
-                + (["--requirepass", password] if password else []),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if _pong(self.port, tls[2] if tls else None):
-                    return self
-                time.sleep(0.02)
-            self.stop()  # the port was taken meanwhile (or it did not start): try again
-        pytest.fail("redis-server did not start on 127.0.0.1")
-
-    def stop(self):
-        """SIGTERM (SIGCONT first, in case it is paused), then SIGKILL if it lingers."""
-        if self.proc is None:
-            return
-        kill_quietly(self.proc.pid, signal.SIGCONT)
-        kill_quietly(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            kill_quietly(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        self.proc = None
-
-    def signal(self, signum):
-        os.kill(self.proc.pid, signum)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    require_module("redis")
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(require_program("redis-server"), directory)
-    yield server
-    server.stop()
 
 
 CONFIG = """\
@@ -242,7 +157,7 @@ def test_every_chat_feature_works_across_three_daemons(fleet):
 
 
 def test_redis_unreachable_at_start_then_back(tmp_path, daemon_factory, redis_server):
-    port = _free_port()  # nothing listens there yet
+    port = free_port()  # nothing listens there yet
     fleet = Fleet(tmp_path, daemon_factory, port)
     (daemon,) = fleet.start(1, connected=False)
     with EchoClient(*daemon.listeners["echo"]) as echo:  # other services are unaffected

@@ -6,7 +6,7 @@ from msgsrv.client import ChatClient
 from msgsrv.services.chat.protocol import Message
 from msgsrv.services.status.client import StatusClient
 from tests.conftest import wait_for
-from tests.integration.test_redis_chat import events_until, redis_server  # noqa: F401
+from tests.integration.test_redis_chat import events_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -172,7 +172,7 @@ def test_worker_snapshots_and_the_table_of_workers(arena):
 
 def _entry(name, total, connections=1, **refused):
     return {"name": name, "handler": "echo", "transport": "tcp", "address": "127.0.0.1:1",
-            "tls": False, "uptime": 3.0, "connections": connections, "connections_total": total,
+            "tls": False, "proxy_protocol": "off", "uptime": 3.0, "connections": connections, "connections_total": total,
             "bytes_in": total, "bytes_out": total, "errors": 0,
             "refused": dict(dict.fromkeys(report.REFUSAL_REASONS, 0), **refused),
             "counters": {"requests": total}}
@@ -193,6 +193,7 @@ def test_the_status_of_several_workers_sums_them_and_keeps_the_exited():
     echo = document["services"][1]
     assert (echo["connections"], echo["connections_total"], echo["bytes_in"]) == (3, 12, 12)
     assert echo["refused"]["busy"] == 5 and echo["counters"] == {"requests": 12}
+    assert (echo["tls"], echo["proxy_protocol"]) == (False, "off")  # as each worker says
     assert [(w["pid"], w["uptime"], w["connections"]) for w in document["workers"]] == [
         (11, 10.0, 2), (12, 5.0, 2), (13, 1.0, 0)]
     metrics = report.to_prometheus(document)

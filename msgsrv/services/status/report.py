@@ -105,7 +105,8 @@ def add_totals(totals, entries):
 def _merge(entries, retired):
     """One service's entry, summed over the workers' ``entries`` plus what workers that
     exited counted (``retired``, or None)."""
-    merged = {key: entries[0][key] for key in ("name", "handler", "transport", "address", "tls")}
+    merged = {key: entries[0][key]
+              for key in ("name", "handler", "transport", "address", "tls", "proxy_protocol")}
     merged["uptime"] = max(entry["uptime"] for entry in entries)
     open_counts = [entry["connections"] for entry in entries if entry["connections"] is not None]
     merged["connections"] = sum(open_counts) if open_counts else None
