@@ -8,6 +8,9 @@ KIND is one of:
                   the same with a listen backlog of 1024 instead of 5, to tell
                   what the backlog costs apart from what the threads cost
   asyncio-tcp     asyncio.start_server with streams (read/write/drain)
+  uvloop-tcp      uvloop's event loop with an asyncio.Protocol (data_received ->
+                  transport.write), backlog 1024: the fast Python anchor
+                  (needs uvloop; exits with status 3 without it)
   udp             socketserver.UDPServer (one datagram at a time)
   threading-udp   socketserver.ThreadingUDPServer (one thread per datagram)
 
@@ -92,10 +95,34 @@ def serve_asyncio_tcp(port):
     asyncio.run(_serve_asyncio(port))
 
 
+class EchoProtocol(asyncio.Protocol):
+    """Echo with asyncio's callback interface, the fastest way to write it for uvloop."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+def serve_uvloop_tcp(port):
+    """Serve TCP echo with an asyncio Protocol on uvloop's loop until the process ends."""
+    try:
+        import uvloop
+    except ImportError:
+        print("uvloop is not installed", file=sys.stderr)
+        sys.exit(3)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(loop.create_server(EchoProtocol, HOST, port, backlog=1024))
+    loop.run_forever()
+
+
 SERVERS = {
     "threading-tcp": serve_threading_tcp,
     "threading-tcp-q1024": lambda port: serve_threading_tcp(port, DeepBacklogThreadingTCPServer),
     "asyncio-tcp": serve_asyncio_tcp,
+    "uvloop-tcp": serve_uvloop_tcp,
     "udp": serve_udp,
     "threading-udp": lambda port: serve_udp(port, threading_mixin=True),
 }

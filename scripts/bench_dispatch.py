@@ -24,6 +24,7 @@ from msgsrv.net.pool import WorkerPool  # noqa: E402
 
 class _Server:
     name = "bench"
+    service = None
 
     class config:  # noqa: N801  (mimics ServiceConfig.options)
         options = {}

@@ -141,3 +141,35 @@ class ChatFriend(Handler):
 
     def data_received(self, data):
         self.conn.send(data)
+
+
+class StateChanger(Handler):
+    """Changes its connection's state from inside ``data_received`` (the pool's short path).
+
+    ``pause``: reading stops for 0.3 s (a timer resumes it) after the answer
+    ``paused``; ``big N``: N bytes queued at once; ``close``: ``bye``, then
+    close; ``soon``: another thread's ``call_soon`` lands while this call
+    runs, and its callback answers ``soon``; anything else is echoed.
+    """
+
+    def data_received(self, data):
+        word = data.split()[0]
+        if word == b"pause":
+            self.conn.pause_reading()
+            self.conn.call_later(0.3, self.conn.resume_reading)
+            self.conn.send(b"paused\n")
+        elif word == b"big":
+            self.conn.send(b"x" * int(data.split()[1]))
+        elif word == b"close":
+            self.conn.send(b"bye\n")
+            self.conn.close()
+        elif word == b"soon":
+            scheduled = threading.Event()
+            threading.Thread(target=lambda: (self.conn.call_soon(self._soon), scheduled.set()),
+                             daemon=True).start()
+            scheduled.wait(5)
+        else:
+            self.conn.send(data)
+
+    def _soon(self):
+        self.conn.send(b"soon\n")

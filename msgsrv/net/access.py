@@ -65,11 +65,13 @@ def bucket_take(tokens, stamp, now, rate, burst):
     """One take from a bucket that held ``tokens`` at time ``stamp``, refilled at ``rate``
     per second up to ``burst``: ``(tokens, stamp, wait)`` after it, ``wait`` 0.0 when
     a token was taken, else the seconds until one is due (nothing taken)."""
-    if now > stamp:
-        tokens = min(burst, tokens + (now - stamp) * rate)
+    if now > stamp:  # no min()/max() calls: this runs per datagram
+        tokens += (now - stamp) * rate
+        if tokens > burst:
+            tokens = burst
         stamp = now
     if tokens >= 1 - TokenBucket._EPSILON:
-        return max(0.0, tokens - 1), stamp, 0.0
+        return (tokens - 1 if tokens > 1 else 0.0), stamp, 0.0
     return tokens, stamp, (1 - tokens) / rate
 
 

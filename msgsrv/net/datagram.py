@@ -61,13 +61,13 @@ class Listeners:
         self._exact = {(_normal(host), port) for host, port in self.addresses
                        if host not in _WILDCARDS}
         self._wildcard_ports = {port for host, port in self.addresses if host in _WILDCARDS}
-        self._ports = {port for _, port in self.addresses}
+        self.ports = frozenset(port for _, port in self.addresses)  # what match can match
         self._is_local = is_local
         self._local = {}
 
     def match(self, ip, port):
         """The listener address ``(ip, port)`` belongs to, or None."""
-        if port not in self._ports:  # the fast path: nearly every datagram
+        if port not in self.ports:  # the fast path: nearly every datagram
             return None
         ip = _normal(ip)
         if (ip, port) in self._exact:

@@ -7,11 +7,14 @@ given (the caller owns them).
 
 Times: ``start_at``/``end_at`` are ``time.monotonic()`` values shared by all
 load processes (system-wide on Linux); latencies use ``time.perf_counter()``.
+The loops start ``warmup`` seconds before ``start_at`` and record only the
+round trips whose ping left at or after it (the C generator does the same).
 """
 
 import array
 import errno
 import math
+import os
 import selectors
 import socket
 import threading
@@ -34,6 +37,33 @@ def sleep_until(moment):
     delay = moment - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def _perf_time(moment):
+    """Return the ``time.perf_counter()`` reading at monotonic time ``moment``."""
+    return time.perf_counter() + (moment - time.monotonic())
+
+
+class _WindowCpu:
+    """This process's CPU seconds from the start of the measured window (``mark`` it often)."""
+
+    def __init__(self, clock0):
+        self.clock0 = clock0
+        self.cpu0 = None
+
+    def mark(self, now):
+        """Take the starting reading at the first call at or after the window's start."""
+        if self.cpu0 is None and now >= self.clock0:
+            self.cpu0 = _own_cpu()
+
+    def used(self):
+        """CPU seconds since the starting reading (0.0 if the window never started)."""
+        return 0.0 if self.cpu0 is None else _own_cpu() - self.cpu0
+
+
+def _own_cpu():
+    times = os.times()
+    return times.user + times.system
 
 
 def open_connections(port, count, deadline):
@@ -141,19 +171,23 @@ class _Conn:
 class PingPong:
     """Ping-pong on many TCP connections: send the payload, wait for all of it, repeat.
 
-    Between ``start_at`` and ``end_at`` each connection runs round trips back to
-    back (or until ``max_rounds`` when given). ``run`` returns a summary dict:
+    From ``warmup`` seconds before ``start_at`` until ``end_at`` each
+    connection runs round trips back to back (or until ``max_rounds`` recorded
+    ones when given); those sent before ``start_at`` are not recorded.
+    ``run`` returns a summary dict:
     rounds, latencies (array of seconds), per_conn (round trips per
-    connection), buckets (connections with at least one round trip in each
+    connection), per_second (connections with at least one round trip in each
     whole second), errors (closed/reset/wrong bytes), seconds (measured
-    window) and oldest_pending (age in seconds of the oldest unanswered ping).
+    window), oldest_pending (age in seconds of the oldest unanswered ping)
+    and cpu_s (this process's CPU seconds over the window).
     """
 
-    def __init__(self, socks, payload, start_at, end_at, max_rounds=None):
+    def __init__(self, socks, payload, start_at, end_at, max_rounds=None, warmup=0.0):
         self.conns = [_Conn(sock) for sock in socks]
         self.payload = payload
         self.start_at, self.end_at = start_at, end_at
         self.max_rounds = max_rounds
+        self.warmup = warmup
         self.latencies = array.array("d")
         self.buckets = [0] * max(1, math.ceil(end_at - start_at))
         self.errors = 0
@@ -164,8 +198,9 @@ class PingPong:
         """Run the round trips until the window ends; return the summary dict."""
         for conn in self.conns:
             self.sel.register(conn.sock, _READ, conn)
-        sleep_until(self.start_at)
-        self.clock0 = time.perf_counter()
+        sleep_until(self.start_at - self.warmup)
+        self.clock0 = _perf_time(self.start_at)
+        self.cpu = _WindowCpu(self.clock0)
         self.end = self.clock0 + (self.end_at - self.start_at)
         try:
             for conn in self.conns:
@@ -185,6 +220,7 @@ class PingPong:
                 if conn.alive and mask & _WRITE:
                     self._write(conn)
             now = time.perf_counter()
+            self.cpu.mark(now)
 
     def _send_next(self, conn):
         conn.unsent = memoryview(self.payload)
@@ -226,8 +262,14 @@ class PingPong:
 
     def _complete(self, conn):
         now = time.perf_counter()
-        self.latencies.append(now - conn.started)
+        recorded = self.clock0 <= conn.started and now <= self.end
+        if recorded:
+            self.latencies.append(now - conn.started)
         conn.started = None
+        if not recorded:
+            if now < self.end:
+                self._send_next(conn)
+            return
         conn.rounds += 1
         second = int(now - self.clock0)
         if second != conn.last_second and second < len(self.buckets):
@@ -255,9 +297,10 @@ class PingPong:
             "rounds": len(self.latencies),
             "latencies": self.latencies,
             "per_conn": [conn.rounds for conn in self.conns],
-            "buckets": self.buckets,
+            "per_second": self.buckets,
             "errors": self.errors,
             "seconds": now - self.clock0,
+            "cpu_s": self.cpu.used(),
             "oldest_pending": max(waiting) if waiting else None,
         }
 
@@ -283,11 +326,12 @@ class UdpPingPong:
     the caller's (connected, non-blocking UDP sockets).
     """
 
-    def __init__(self, socks, size, start_at, end_at, reply_timeout):
+    def __init__(self, socks, size, start_at, end_at, reply_timeout, warmup=0.0):
         self.clients = [_UdpClient(sock) for sock in socks]
         self.filler = make_payload(max(0, size - 8))
         self.start_at, self.end_at = start_at, end_at
         self.reply_timeout = reply_timeout
+        self.warmup = warmup
         self.latencies = array.array("d")
         self.losses = self.stale = self.errors = 0
         self.sel = selectors.DefaultSelector()
@@ -296,8 +340,9 @@ class UdpPingPong:
         """Run until the window ends; return the summary dict."""
         for client in self.clients:
             self.sel.register(client.sock, _READ, client)
-        sleep_until(self.start_at)
-        clock0 = time.perf_counter()
+        sleep_until(self.start_at - self.warmup)
+        clock0 = self.clock0 = _perf_time(self.start_at)
+        self.cpu = _WindowCpu(clock0)
         end = clock0 + (self.end_at - self.start_at)
         try:
             for client in self.clients:
@@ -307,11 +352,12 @@ class UdpPingPong:
             self.sel.close()
         return {"rounds": len(self.latencies), "latencies": self.latencies,
                 "losses": self.losses, "stale": self.stale, "errors": self.errors,
-                "seconds": time.perf_counter() - clock0}
+                "seconds": time.perf_counter() - clock0, "cpu_s": self.cpu.used()}
 
     def _loop(self, end):
         now = time.perf_counter()
         while now < end:
+            self.cpu.mark(now)
             nearest = min(client.deadline for client in self.clients)
             timeout = max(0.0, min(0.05, end - now, nearest - now))
             for key, _ in self.sel.select(timeout=timeout):
@@ -319,7 +365,7 @@ class UdpPingPong:
             now = time.perf_counter()
             for client in self.clients:
                 if client.deadline <= now:
-                    self.losses += 1
+                    self.losses += client.started >= self.clock0
                     self._send(client)
 
     def _send(self, client):
@@ -346,7 +392,8 @@ class UdpPingPong:
             if data != client.expected:
                 self.stale += 1
                 continue
-            self.latencies.append(time.perf_counter() - client.started)
+            if client.started >= self.clock0:
+                self.latencies.append(time.perf_counter() - client.started)
             self._send(client)
 
 

@@ -1,19 +1,25 @@
 """Measured load runs against one running server, summarised as flat metric dicts.
 
-Each function spreads the connections over the load processes, waits until
-they are connected, starts them together, samples the server's CPU time over
-the same window and returns metrics (None where a value could not be had):
+Each function spreads the connections over the load processes (the C
+generator, ``benchlib.cload``, unless the context has none; else the Python
+one, ``benchlib.workers``), waits until they are connected, starts them
+together after a warm-up, samples the server's CPU time over the measured
+window and returns metrics (None where a value could not be had):
 
-    rt_s, p50_s, p99_s, max_s, errors, srv_pct, load_pct, and per experiment
-    a few more (see each function).
+    rt_s, p50_s, p99_s, max_s, errors, srv_pct, load_pct, cpu_us_rt, and
+    per experiment a few more (see each function).
 
 ``srv_pct`` and ``load_pct`` are CPU seconds per wall second x 100, so 100
 means one core fully busy; they show which side was saturated.
+``cpu_us_rt`` is the server's CPU (user + system, all threads, from
+/proc/PID/stat) per round trip in microseconds: the figure that a busy
+machine disturbs least.
 """
 
 import time
 
 from benchlib import clients, stats
+from benchlib.cload import CLoadGroup
 from benchlib.workers import LoadGroup
 
 LEAD = 0.1       # seconds between "go" and the common start time
@@ -45,13 +51,13 @@ def run_pingpong(ctx, server, conns, size, seconds, max_rounds=None,
     jobs = [{"port": server.port, "conns": share, "size": size, "seconds": seconds,
              "max_rounds": max_rounds, "connect_timeout": connect_timeout,
              "batch": batch, "go_timeout": connect_timeout + 30.0,
-             "cpus": ctx.plan.load}
+             "warmup": ctx.warmup, "cpus": ctx.plan.load}
             for share in split(conns, ctx.load_procs)]
-    with LoadGroup("tcp", jobs) as group:
+    with _load_group(ctx, "tcp", jobs) as group:
         ready = group.require("ready", time.monotonic() + connect_timeout + 30.0)
-        results, srv_pct, load_pct = _measured_window(group, server, seconds)
+        results, srv = _measured_window(ctx, group, server, seconds)
     metrics = _connect_metrics(ready)
-    metrics.update(_latency_metrics(results, srv_pct, load_pct))
+    metrics.update(_latency_metrics(results, srv))
     metrics.update(_fairness_metrics(results, metrics["failures"]))
     return metrics
 
@@ -63,12 +69,13 @@ def run_udp(ctx, server, clients_count, size, seconds, reply_timeout):
     (replies that came after their deadline). Raises LoadError like run_pingpong.
     """
     jobs = [{"port": server.port, "conns": share, "size": size, "seconds": seconds,
-             "reply_timeout": reply_timeout, "go_timeout": 30.0, "cpus": ctx.plan.load}
+             "reply_timeout": reply_timeout, "go_timeout": 30.0, "warmup": ctx.warmup,
+             "cpus": ctx.plan.load}
             for share in split(clients_count, ctx.load_procs)]
-    with LoadGroup("udp", jobs) as group:
+    with _load_group(ctx, "udp", jobs) as group:
         group.require("ready", time.monotonic() + 30.0)
-        results, srv_pct, load_pct = _measured_window(group, server, seconds)
-    metrics = _latency_metrics(results, srv_pct, load_pct)
+        results, srv = _measured_window(ctx, group, server, seconds)
+    metrics = _latency_metrics(results, srv)
     metrics["losses"] = sum(result["losses"] for result in results)
     metrics["stale"] = sum(result["stale"] for result in results)
     return metrics
@@ -96,8 +103,8 @@ def _repeated(ctx, server, kind, clients_count, seconds, job):
             for share in split(clients_count, ctx.load_procs)]
     with LoadGroup(kind, jobs) as group:
         group.require("ready", time.monotonic() + 30.0)
-        results, srv_pct, load_pct = _measured_window(group, server, seconds)
-    return _latency_metrics(results, srv_pct, load_pct)
+        results, srv = _measured_window(ctx, group, server, seconds)
+    return _latency_metrics(results, srv)
 
 
 class IdleHold:
@@ -147,17 +154,23 @@ def server_cpu_pct(server, seconds):
     return (cpu1 - cpu0) / (t1 - t0) * 100.0
 
 
-def _measured_window(group, server, seconds):
-    start_at = time.monotonic() + LEAD
+def _load_group(ctx, kind, jobs):
+    if ctx.load_generator is not None:
+        return CLoadGroup(ctx.load_generator, kind, jobs)
+    return LoadGroup(kind, jobs)
+
+
+def _measured_window(ctx, group, server, seconds):
+    """Run the window; return (results, server CPU seconds per wall second or None)."""
+    start_at = time.monotonic() + LEAD + ctx.warmup
     group.go(start_at)
     clients.sleep_until(start_at)
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     group.receive("done", start_at + seconds)  # returns early when rounds ran out
     cpu1, t1 = server.cpu_seconds(), time.monotonic()
     results = group.require("done", t1 + GRACE)
-    srv_pct = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / (t1 - t0) * 100.0
-    load_pct = sum(result["cpu_s"] for result in results) / (t1 - t0) * 100.0
-    return results, srv_pct, load_pct
+    srv = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / (t1 - t0)
+    return results, srv
 
 
 def _connect_metrics(ready):
@@ -168,15 +181,21 @@ def _connect_metrics(ready):
             "served_s": None if failures else max(info["served_s"] for info in ready)}
 
 
-def _latency_metrics(results, srv_pct, load_pct):
-    latencies = sorted(value for result in results for value in result["latencies"])
+def _latency_metrics(results, srv):
+    histogram = stats.Histogram()
+    for result in results:
+        histogram.add_sparse(result["hist"], result["max_ns"])
     seconds = max(result["seconds"] for result in results)
-    return {"rt_s": len(latencies) / seconds if seconds > 0 else None,
-            "p50_s": stats.percentile(latencies, 50),
-            "p99_s": stats.percentile(latencies, 99),
-            "max_s": latencies[-1] if latencies else None,
+    rt_s = histogram.total / seconds if seconds > 0 else None
+    return {"rt_s": rt_s,
+            "p50_s": histogram.percentile(50),
+            "p99_s": histogram.percentile(99),
+            "max_s": histogram.max_s,
             "errors": sum(result["errors"] for result in results),
-            "srv_pct": srv_pct, "load_pct": load_pct}
+            "srv_pct": None if srv is None else srv * 100.0,
+            "load_pct": (sum(result["cpu_s"] for result in results) / seconds * 100.0
+                         if seconds > 0 and all("cpu_s" in r for r in results) else None),
+            "cpu_us_rt": srv / rt_s * 1e6 if srv is not None and rt_s else None}
 
 
 def _fairness_metrics(results, failures):
@@ -188,7 +207,7 @@ def _fairness_metrics(results, failures):
             "mean_rounds": mean,
             "fairness": stats.ratio(min(per_conn), mean) if per_conn else None,
             "zero_conns": sum(1 for rounds in per_conn if rounds == 0),
-            "per_second": _sum_series([result["buckets"] for result in results]),
+            "per_second": _sum_series([result["per_second"] for result in results]),
             "oldest_pending_s": max(pending) if pending else None}
 
 

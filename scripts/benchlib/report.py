@@ -88,3 +88,8 @@ def fmt_size(nbytes):
     if nbytes >= 1024 and nbytes % 1024 == 0:
         return "%d KiB" % (nbytes // 1024)
     return "%d B" % nbytes
+
+
+def fmt_us(value):
+    """Format microseconds with one decimal, or "n/a"."""
+    return MISSING if value is None else "%.1f" % value

@@ -3,7 +3,7 @@
 import sys
 
 from benchlib import report, stats
-from benchlib.targets import TARGETS, ServerProcess, TargetUnavailable
+from benchlib.targets import TARGETS, ServerProcess, TargetUnavailable, unavailable_reason
 from benchlib.workers import LoadError
 
 
@@ -11,20 +11,32 @@ class RunContext:
     """Options of one benchmark run plus what was learnt on the way.
 
     ``unavailable`` maps the names of msgsrv targets that failed to start to
-    the reason; they are skipped for the rest of the run.
+    the reason; they are skipped for the rest of the run.  ``load_generator``
+    is the path of the C load generator, or None to use the Python one;
+    ``warmup`` the seconds of load before each measured window; ``servers``
+    the labels of the servers to measure (None: every experiment's own).
     """
 
     def __init__(self, plan, quick=False, reps=3, duration=None, use_msgsrv=True,
-                 load_procs=None, idle_conns=None, out=None):
+                 load_procs=None, idle_conns=None, out=None, load_generator=None,
+                 warmup=None, servers=None):
         self.plan = plan
         self.quick = quick
         self.reps = reps
         self.duration = duration
+        self.load_generator = load_generator
+        self.servers = servers
+        self.warmup = (0.2 if quick else 0.5) if warmup is None else warmup
         self.use_msgsrv = use_msgsrv
         self.load_procs = load_procs or (len(plan.load) if plan.load else 1)
         self.idle_conns = idle_conns
         self.out = out or sys.stdout
         self.unavailable = {}
+
+    @property
+    def generator_label(self):
+        """Which load generator runs, for table titles."""
+        return "C generator" if self.load_generator else "Python generator"
 
     def seconds(self, normal, quick):
         """Duration of one measured cell: --duration if given, else the normal or quick value."""
@@ -34,6 +46,8 @@ class RunContext:
 
     def wants(self, target):
         """Whether ``target`` is measured in this run (msgsrv may be off or broken)."""
+        if self.servers is not None and target.label not in self.servers:
+            return False
         if target.is_msgsrv:
             return self.use_msgsrv and target.name not in self.unavailable
         return True
@@ -50,9 +64,11 @@ class RunContext:
 def for_each_server(ctx, names, body):
     """For each rep and each wanted target in ``names``, start it and call body(rep, target, server).
 
-    A msgsrv target that fails to start is reported once and dropped; a
-    target whose load fails mid-run is reported and the loop goes on.
+    A msgsrv target that fails to start is reported once and dropped; an
+    anchor that cannot run here is skipped with a note; a target whose load
+    fails mid-run is reported and the loop goes on.
     """
+    names = [name for name in names if ctx.wants(TARGETS[name]) and _runnable(ctx, TARGETS[name])]
     for rep in range(ctx.reps):
         for name in names:
             target = TARGETS[name]
@@ -66,6 +82,13 @@ def for_each_server(ctx, names, body):
                 _report_unavailable(ctx, target, exc)
             except LoadError as exc:
                 ctx.say("%s: measurement failed, its cells show n/a: %s" % (target.label, exc))
+
+
+def _runnable(ctx, target):
+    reason = unavailable_reason(target)
+    if reason is not None:
+        ctx.say("anchor %s skipped: %s" % (target.label, reason))
+    return reason is None
 
 
 def _report_unavailable(ctx, target, exc):
@@ -125,7 +148,23 @@ def _ratio_cell(is_msgsrv, reference, metrics, key):
     return report.fmt_ratio(stats.ratio(reference.get(key), metrics.get(key)))
 
 
+LATENCY_COLUMNS = [
+    ("rt/s", "rt_s", report.fmt_int),
+    ("p50 ms", "p50_s", report.fmt_ms),
+    ("p99 ms", "p99_s", report.fmt_ms),
+    ("max ms", "max_s", report.fmt_ms),
+    ("us/rt", "cpu_us_rt", report.fmt_us),
+    ("srv%", "srv_pct", report.fmt_pct),
+    ("load%", "load_pct", report.fmt_pct),
+    ("err", "errors", report.fmt_int),
+]
+RATIO_COLUMNS = [("x rt/s", "rt_s"), ("x p99", "p99_s"), ("x us/rt", "cpu_us_rt")]
+
 RATIO_NOTE = ("x rt/s = msgsrv round trips/s divided by this server's (>1: msgsrv faster); "
-              "x p99 = msgsrv p99 divided by this server's (<1: msgsrv better).")
-CPU_NOTE = ("srv% / load% = CPU seconds per wall second x 100 of the server process and of "
-            "all load processes (100 = one core busy).")
+              "x p99 = msgsrv p99 divided by this server's (<1: msgsrv better); "
+              "x us/rt = msgsrv CPU per round trip divided by this server's (<1: msgsrv "
+              "cheaper).")
+CPU_NOTE = ("us/rt = server CPU microseconds (user + system, all threads, /proc/PID/stat) "
+            "per round trip over the measured window; srv% / load% = CPU seconds per wall "
+            "second x 100 of the server process and of all load processes (100 = one core "
+            "busy).")

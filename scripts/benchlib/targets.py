@@ -1,11 +1,15 @@
 """Servers under test: declared once in TARGETS, each started as its own process.
 
 msgsrv is started as the real daemon (``python -m msgsrv --config FILE``) with
-a temporary INI file; the anchors run ``scripts/bench_anchors.py``. Both are
+a temporary INI file; the Python anchors run ``scripts/bench_anchors.py``, the
+C one is ``csrc/epoll_echo.c`` built on demand (``benchlib.cbuild``). All are
 started, probed and stopped the same way, so they are measured identically.
+An anchor that cannot run here (uvloop not installed, no C compiler) is
+skipped with a note (:func:`unavailable_reason`).
 """
 
 import collections
+import importlib.util
 import os
 import signal
 import socket
@@ -14,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import machine
+from benchlib import cbuild, machine
 
 HOST = "127.0.0.1"
 SCRIPTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +35,8 @@ TARGETS = collections.OrderedDict((t.name, t) for t in [
     Target("msgsrv-tcp", "msgsrv", "tcp", "echo", True),
     Target("threading-tcp", "stdlib-threading", "tcp", "threading-tcp", False),
     Target("asyncio-tcp", "asyncio-streams", "tcp", "asyncio-tcp", False),
+    Target("uvloop-tcp", "uvloop", "tcp", "uvloop-tcp", False),
+    Target("c-epoll-tcp", "c-epoll", "tcp", "c-epoll-tcp", False),
     Target("threading-tcp-q1024", "stdlib-threading-q1024", "tcp", "threading-tcp-q1024", False),
     Target("msgsrv-udp", "msgsrv", "udp", "echo", True),
     Target("udp", "stdlib-udp", "udp", "udp", False),
@@ -103,8 +109,29 @@ def free_port(transport):
         return probe.getsockname()[1]
 
 
-def server_command(target, port, workdir):
-    """Return the argv that starts ``target`` on ``port`` (msgsrv's INI goes into workdir)."""
+def unavailable_reason(target):
+    """Why ``target`` cannot run on this machine (an optional module or the compiler), or None."""
+    if target.kind == "uvloop-tcp" and importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not importable here (pip install uvloop)"
+    if target.kind == "c-epoll-tcp":
+        try:
+            cbuild.build("epoll_echo")
+        except (cbuild.BuildUnavailable, OSError) as exc:
+            return "cannot build the C echo server: %s" % exc
+    return None
+
+
+def server_command(target, port, workdir, extra_ini=""):
+    """Return the argv that starts ``target`` on ``port`` (msgsrv's INI goes into workdir).
+
+    ``extra_ini`` is added to msgsrv's service section (``key = value`` lines).
+    """
+    if target.kind == "c-epoll-tcp":
+        try:
+            binary = cbuild.build("epoll_echo")
+        except (cbuild.BuildUnavailable, OSError) as exc:
+            raise TargetUnavailable(str(exc)) from exc
+        return [binary, "--port", str(port), "--max-seconds", str(ANCHOR_MAX_SECONDS)]
     if not target.is_msgsrv:
         return [sys.executable, os.path.join(SCRIPTS_DIR, "bench_anchors.py"), target.kind,
                 "--port", str(port), "--max-seconds", str(ANCHOR_MAX_SECONDS)]
@@ -113,7 +140,7 @@ def server_command(target, port, workdir):
     path = os.path.join(workdir, "msgsrv-bench-%d.ini" % port)
     with open(path, "w") as ini:
         ini.write(MSGSRV_INI.format(kind=target.kind, transport=target.transport,
-                                    host=HOST, port=port))
+                                    host=HOST, port=port) + extra_ini)
     return [sys.executable, "-m", "msgsrv", "--config", path]
 
 
@@ -151,12 +178,17 @@ class ServerProcess:
     answers, and raises TargetUnavailable if it exits or stays silent; a
     process that exits early is retried on another port (it may have lost the
     port race). ``__exit__`` always stops it: SIGTERM, then SIGKILL after
-    STOP_TIMEOUT seconds.
+    STOP_TIMEOUT seconds.  ``extra_ini`` goes into msgsrv's service section;
+    ``wrapper`` is an argv prefix (a profiler) and ``ready_timeout`` how long
+    the start may take.
     """
 
-    def __init__(self, target, cpus=None):
+    def __init__(self, target, cpus=None, extra_ini="", wrapper=(), ready_timeout=READY_TIMEOUT):
         self.target = target
         self.cpus = cpus
+        self.extra_ini = extra_ini
+        self.wrapper = list(wrapper)
+        self.ready_timeout = ready_timeout
         self.port = None
         self.proc = None
         self._stderr = None
@@ -198,7 +230,8 @@ class ServerProcess:
     def _start_once(self):
         self._reap()
         self.port = free_port(self.target.transport)
-        argv = server_command(self.target, self.port, self._workdir.name)
+        argv = self.wrapper + server_command(self.target, self.port, self._workdir.name,
+                                             self.extra_ini)
         self._stderr = open(os.path.join(self._workdir.name, "stderr-%d" % self.port), "w+")
         try:
             self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=_environment(),
@@ -214,7 +247,7 @@ class ServerProcess:
 
     def _wait_ready(self):
         probe = probe_tcp if self.target.transport == "tcp" else probe_udp
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return "exited with status %s: %s" % (self.proc.returncode, self._last_output())
@@ -222,7 +255,7 @@ class ServerProcess:
                 return None
             time.sleep(0.02)
         return "no answer on %s port %d within %.0f s" % (
-            self.target.transport, self.port, READY_TIMEOUT)
+            self.target.transport, self.port, self.ready_timeout)
 
     def _last_output(self):
         self._stderr.seek(0)

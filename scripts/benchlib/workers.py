@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-from benchlib import clients, machine
+from benchlib import clients, machine, stats
 from benchlib.targets import REPO_ROOT
 
 _MP = multiprocessing.get_context(
@@ -40,7 +40,27 @@ class _Control:
         self.start_at = _MP.Value("d", 0.0, lock=False)
 
 
-class LoadGroup:
+class GroupBase:
+    """What a group of load processes offers, whichever generator they run.
+
+    Subclasses provide ``size`` (processes), ``receive(phase, deadline)``,
+    ``go(start_at)``, ``release()`` and ``close()``.
+    """
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+    def require(self, phase, deadline):
+        """Like ``receive`` but raise LoadError unless every process reported; return a list."""
+        box = self.receive(phase, deadline)
+        if len(box) < self.size:
+            raise LoadError("%d of %d load processes did not report %r in time"
+                            % (self.size - len(box), self.size, phase))
+        return [box[wid] for wid in sorted(box)]
+
+
+class LoadGroup(GroupBase):
     """Load processes that run one job kind, used as a context manager.
 
     ``jobs`` is a list of parameter dicts, one per process. ``__exit__`` always
@@ -67,9 +87,10 @@ class LoadGroup:
             raise
         return self
 
-    def __exit__(self, *exc_info):
-        self.close()
-        return False
+    @property
+    def size(self):
+        """How many load processes there are."""
+        return len(self.procs)
 
     def receive(self, phase, deadline):
         """Collect ``phase`` messages until all processes sent one or ``deadline`` passes.
@@ -91,14 +112,6 @@ class LoadGroup:
                 raise LoadError("load process %d failed:\n%s" % (wid, payload))
             self.messages[got_phase][wid] = payload
         return dict(box)
-
-    def require(self, phase, deadline):
-        """Like ``receive`` but raise LoadError unless every process reported; return a list."""
-        box = self.receive(phase, deadline)
-        if len(box) < len(self.procs):
-            raise LoadError("%d of %d load processes did not report %r in time"
-                            % (len(self.procs) - len(box), len(self.procs), phase))
-        return [box[wid] for wid in sorted(box)]
 
     def _check_alive(self):
         for wid, proc in enumerate(self.procs):
@@ -166,29 +179,36 @@ def _tcp_job(wid, job, control):
              "connect_s": connect_s, "served_s": served_s}
     payload = clients.make_payload(job["size"])
     _measure(wid, job, control, socks, ready, lambda start_at: clients.PingPong(
-        socks, payload, start_at, start_at + job["seconds"], job.get("max_rounds")))
+        socks, payload, start_at, start_at + job["seconds"], job.get("max_rounds"),
+        job.get("warmup", 0.0)))
 
 
 def _udp_job(wid, job, control):
     socks = [_udp_socket(job["port"]) for _ in range(job["conns"])]
     ready = {"connected": len(socks), "failures": 0, "connect_s": 0.0, "served_s": 0.0}
     _measure(wid, job, control, socks, ready, lambda start_at: clients.UdpPingPong(
-        socks, job["size"], start_at, start_at + job["seconds"], job["reply_timeout"]))
+        socks, job["size"], start_at, start_at + job["seconds"], job["reply_timeout"],
+        job.get("warmup", 0.0)))
 
 
 def _measure(wid, job, control, socks, ready, make_loop):
-    """Report ready, wait for the common start, run the loop, report its result and CPU."""
+    """Report ready, wait for the common start, run the loop, report its result."""
     try:
         control.queue.put(("ready", wid, ready))
         start_at = _await_start(control, job["go_timeout"])
         if start_at is None:
             return
-        cpu0 = machine.own_cpu_seconds()
-        result = make_loop(start_at).run()
-        result["cpu_s"] = machine.own_cpu_seconds() - cpu0
-        control.queue.put(("done", wid, result))
+        control.queue.put(("done", wid, _as_histogram(make_loop(start_at).run())))
     finally:
         _close_all(socks)
+
+
+def _as_histogram(result):
+    """Replace the list of latencies by the histogram the C generator reports."""
+    histogram = stats.Histogram()
+    histogram.add_seconds(result.pop("latencies"))
+    result["hist"], result["max_ns"] = histogram.sparse(), histogram.max_ns
+    return result
 
 
 def _udp_socket(port):

@@ -5,14 +5,26 @@ the same server with a backlog of 1024 is measured: a burst of clients
 overruns a backlog of 5, and the kernel then drops or SYN-cookies the
 overflow, so many clients wait seconds before the server even sees them.
 The second anchor shows what is left when only the threads are to blame.
+uvloop and the C epoll server (as in ``echo``) show the fast end; the last
+table checks issue 14's targets for this row.
 """
 
-from benchlib import loads, report, runner
+from benchlib import goals, loads, report, runner
 from benchlib.registry import experiment
 
-TARGET_NAMES = ["msgsrv-tcp", "threading-tcp", "threading-tcp-q1024"]
+TARGET_NAMES = ["msgsrv-tcp", "threading-tcp", "threading-tcp-q1024", "uvloop-tcp",
+                "c-epoll-tcp"]
 SIZE = 64
 CONNECT_TIMEOUT = 15.0
+MAX_LATENCY = 0.25
+
+GOALS = [
+    goals.AbsoluteGoal("all/s", "served_share", 1.0, at_most=False,
+                       text="every connection has a round trip in every second"),
+    goals.AbsoluteGoal("max<=250", "max_s", MAX_LATENCY, at_most=True,
+                       text="msgsrv's slowest round trip at most 250 ms"),
+    goals.RatioGoal("p99/uv", "p99_s", "uvloop-tcp", 1.5, at_most=True),
+]
 
 
 @experiment("conns", "1000 concurrent 64 B ping-pong connections: throughput and fairness")
@@ -24,29 +36,35 @@ def run_conns(ctx):
 
     def run_cell(server, cell):
         # All clients arrive at once (batch=None): the burst is part of the test.
-        return loads.run_pingpong(ctx, server, cell, SIZE, seconds,
-                                  connect_timeout=CONNECT_TIMEOUT, batch=None)
+        metrics = loads.run_pingpong(ctx, server, cell, SIZE, seconds,
+                                     connect_timeout=CONNECT_TIMEOUT, batch=None)
+        served = metrics["per_second"]
+        metrics["served_share"] = min(served) / cell if served else None
+        return metrics
 
     results = runner.measure_matrix(ctx, TARGET_NAMES, cells, run_cell)
-    title = "conns: %d connections x 64 B ping-pong, %.1f s, median of %d rep(s)" % (
-        conns, seconds, ctx.reps)
+    title = "conns: %d connections x 64 B ping-pong, %.1f s after %.1f s warm-up, median " \
+            "of %d rep(s), load: %s" % (conns, seconds, ctx.warmup, ctx.reps,
+                                        ctx.generator_label)
     return [_throughput_table(title, cells, results), _fairness_table(cells, results),
-            _per_second_table(conns, results)]
+            _per_second_table(conns, results), _goals_table(cells, results)]
+
+
+def _goals_table(cells, results):
+    shown = [("p99 ms", "p99_s", report.fmt_ms, TARGET_NAMES[1:] + TARGET_NAMES[:1]),
+             ("us/rt", "cpu_us_rt", report.fmt_us,
+              ["threading-tcp", "uvloop-tcp", "c-epoll-tcp", "msgsrv-tcp"]),
+             ("msgsrv max ms", "max_s", report.fmt_ms, ["msgsrv-tcp"]),
+             ("msgsrv served/s", "served_share", report.fmt_ratio, ["msgsrv-tcp"])]
+    return goals.goals_table("conns: targets (msgsrv / anchor, this run)",
+                             [("conns", lambda c: c)], cells, results, "msgsrv-tcp", shown,
+                             GOALS, [GOALS[2]])
 
 
 def _throughput_table(title, cells, results):
-    columns = [
-        ("rt/s", "rt_s", report.fmt_int),
-        ("p50 ms", "p50_s", report.fmt_ms),
-        ("p99 ms", "p99_s", report.fmt_ms),
-        ("max ms", "max_s", report.fmt_ms),
-        ("srv%", "srv_pct", report.fmt_pct),
-        ("load%", "load_pct", report.fmt_pct),
-        ("err", "errors", report.fmt_int),
-    ]
     notes = [runner.RATIO_NOTE, runner.CPU_NOTE, "max ms counts answered pings only."]
     return runner.matrix_table(title, [("conns", lambda c: c)], cells, results, TARGET_NAMES,
-                               columns, [("x rt/s", "rt_s"), ("x p99", "p99_s")], notes)
+                               runner.LATENCY_COLUMNS, runner.RATIO_COLUMNS, notes)
 
 
 def _fairness_table(cells, results):
