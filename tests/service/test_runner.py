@@ -48,6 +48,7 @@ class Peer:
         return b"".join(m.body for m in self.frames if m.header.get("stream") == stream)
 
     def finish(self, run):
+        self.near.settimeout(5)  # the run left it non-blocking; the reader may lag behind
         self.near.sendall(bytes(run.pending))
         self.near.close()
         self.thread.join(5)
