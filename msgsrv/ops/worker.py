@@ -32,6 +32,9 @@ from .notify import ENV as NOTIFY_ENV
 log = logging.getLogger("msgsrv")
 
 PUBLISH_INTERVAL = 0.5  # seconds between two status snapshots of a worker
+# Seconds a stopping worker keeps serving after it stopped accepting: a connection it
+# accepted just before has its first request served instead of being closed as idle.
+STOP_GRACE = 0.25
 _REPORT_MAX = 3000      # bytes of one report line (below PIPE_BUF: written whole)
 
 
@@ -165,8 +168,23 @@ class WorkerDaemon(Daemon):
         if self._final is None:  # the first stop: later calls find the registry empty
             self._final = self.registry.servers()
             self.context.arena.set_state(self.context.slot, shared.STOPPING)
+            self._stop_accepting_first(self._final)
         super().stop()
         self.publish()  # the final counters, kept by the master once we exit
+
+    def _stop_accepting_first(self, servers):
+        """Stop accepting on the pooled services, then serve on for STOP_GRACE seconds.
+
+        The master keeps the listeners open for the next worker, so a connection
+        this worker would have accepted now waits for another; one it accepted a
+        moment ago gets its first request served (a rolled worker refuses and
+        resets nothing) before the graceful stop closes what is idle.
+        """
+        pooled = [server for server in servers if getattr(server, "pool", None) is not None]
+        for server in pooled:
+            server.stop_accepting(self.config["shutdown_timeout"])
+        if pooled:
+            time.sleep(min(STOP_GRACE, self.config["shutdown_timeout"]))
 
     def publish(self):
         """Publish this worker's status document to its slot (a failure is logged);
