@@ -241,6 +241,29 @@ class SignalLoop:
             log.warning("%d signals dropped: more than %d were waiting", dropped, SIGNAL_QUEUE)
 
 
+
+def run_holding_pidfile(pidfile, body, side_files=(state_path,)):
+    """Return ``body()`` run while holding ``pidfile`` (None: no pidfile).
+
+    Exit 1 (reported) when another daemon holds it.  Afterwards the files
+    beside it (each ``side_files`` function of the pidfile's path) are
+    removed and the pidfile released.
+    """
+    if pidfile is None:
+        return body()
+    try:
+        pidfile.acquire()
+    except OSError as exc:
+        report_fatal(exc)
+        return EXIT_FAILURE
+    try:
+        return body()
+    finally:
+        for side_file in side_files:
+            with contextlib.suppress(OSError):
+                os.unlink(side_file(pidfile.path))
+        pidfile.release()
+
 class Daemon(SignalLoop):
     """Owns the running services of one config and the main signal loop.
 
@@ -406,19 +429,7 @@ class Daemon(SignalLoop):
         """
         log.info("starting msgsrv %s pid=%d config=%s", __version__, os.getpid(),
                  os.path.abspath(self.config.path))
-        if self.pidfile is not None:
-            try:
-                self.pidfile.acquire()
-            except OSError as exc:
-                report_fatal(exc)
-                return EXIT_FAILURE
-        try:
-            return self._run(restore_signals)
-        finally:
-            if self.pidfile is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(state_path(self.pidfile.path))
-                self.pidfile.release()
+        return run_holding_pidfile(self.pidfile, lambda: self._run(restore_signals))
 
     def _run(self, restore_signals):
         wake_r, self._wake_w = os.pipe()

@@ -40,7 +40,7 @@ from . import config as config_module, notify, preflight, shared, worker as work
 from .daemon import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, STOP_MARGIN, SignalLoop, _summary,
                      _write_atomically, drop_privileges, install_log_handlers, log_handlers,
                      plan_reload, raise_open_files_limit, reopen_logs, report_fatal,
-                     restart_keys_changed, state_path, workers_path)
+                     restart_keys_changed, run_holding_pidfile, state_path, workers_path)
 from .pidfile import Pidfile
 
 log = logging.getLogger("msgsrv")
@@ -244,20 +244,8 @@ class Supervisor(SignalLoop):
         """Serve until SIGTERM or SIGINT; return the exit code (as Daemon.run)."""
         log.info("starting msgsrv %s pid=%d config=%s processes=%d", __version__, os.getpid(),
                  os.path.abspath(self.config.path), self.processes)
-        if self.pidfile is not None:
-            try:
-                self.pidfile.acquire()
-            except OSError as exc:
-                report_fatal(exc)
-                return EXIT_FAILURE
-        try:
-            return self._run(restore_signals)
-        finally:
-            if self.pidfile is not None:
-                for path in (state_path(self.pidfile.path), workers_path(self.pidfile.path)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                self.pidfile.release()
+        return run_holding_pidfile(self.pidfile, lambda: self._run(restore_signals),
+                                   (state_path, workers_path))
 
     def handled_signals(self):
         """The signals the master acts on."""
