@@ -360,10 +360,12 @@ def test_shipped_config_starts_as_root_and_as_an_ordinary_user():
         pytest.skip("no user 'daemon' here")
     as_other = [shutil.which("setpriv"), "--reuid=%d" % other.pw_uid, "--regid=%d" % other.pw_gid,
                 "--clear-groups"]
-    probe = subprocess.run(as_other + [sys.executable, "-c", "pass"], capture_output=True,
-                           text=True, timeout=30)
+    # The checkout itself must be readable by that user (a clone inside a 0700 temp dir is not).
+    probe = subprocess.run(as_other + [sys.executable, "-c", "import msgsrv.__main__"],
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, PYTHONPATH=ROOT), cwd="/")
     if probe.returncode:
-        pytest.skip("%s cannot run as user 'daemon' here: %s"
+        pytest.skip("%s cannot run msgsrv as user 'daemon' here: %s"
                     % (sys.executable, probe.stderr.strip()[-200:]))
     directory = tempfile.mkdtemp(prefix="msgsrv-shipped-")
     try:
